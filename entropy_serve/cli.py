@@ -1,0 +1,123 @@
+"""`entropy-serve` command line: `serve` and `prepare-model`.
+
+Flags reuse vLLM's names where they mean the same thing. Settings resolve once, in this
+order: defaults, then environment (ENTROPY_SERVE_API_KEY), then flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from entropy_serve import model_store
+
+API_KEY_ENV = "ENTROPY_SERVE_API_KEY"
+CPU_KV_CACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"
+DEFAULT_CPU_KV_CACHE_GIB = "4"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="entropy-serve", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the OpenAI-compatible server")
+    serve.add_argument("--model", help="local HF model folder or hub id (default: the embedded SmolLM2-135M-Instruct)")
+    serve.add_argument("--served-model-name", help="model name clients use (default: the folder name)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
+    serve.add_argument("--dtype", default="auto")
+    serve.add_argument(
+        "--enforce-eager",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="skip torch.compile and CUDA graphs (default: on for CPU, off for GPU)",
+    )
+    serve.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    serve.add_argument("--max-num-seqs", type=int, default=64, help="sequences the engine batches at once")
+    serve.add_argument("--api-key", default=os.environ.get(API_KEY_ENV), help=f"require this bearer key on /v1 (env {API_KEY_ENV})")
+    serve.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
+    serve.add_argument("--max-n", type=int, default=16, help="largest n a request may ask for")
+    serve.add_argument("--max-tokens-limit", type=int, help="largest max_tokens a request may ask for")
+    serve.add_argument("--max-prompt-tokens", type=int, help="longest prompt accepted, in tokens")
+    serve.add_argument("--log-level", default="info")
+
+    prepare = commands.add_parser("prepare-model", help="dequantize the embedded model into the cache")
+    prepare.add_argument("--out", type=Path, help=f"target folder (default: under ${model_store.CACHE_ENV})")
+    prepare.add_argument("--force", action="store_true", help="rebuild even if already prepared")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(args, "log_level", "info").upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "prepare-model":
+            print(model_store.prepare_default_model(args.out, force=args.force))
+            return 0
+        return serve(args)
+    except (model_store.ModelPreparationError, ValueError) as error:
+        print(f"entropy-serve: error: {error}", file=sys.stderr)
+        return 2
+
+
+def serve(args: argparse.Namespace) -> int:
+    # CPU engines size their KV cache from this variable; set a sane default before vLLM loads.
+    os.environ.setdefault(CPU_KV_CACHE_ENV, DEFAULT_CPU_KV_CACHE_GIB)
+    import uvicorn
+    from vllm.platforms import current_platform
+
+    from entropy_serve.server.app import create_app
+    from entropy_serve.server.config import ServerConfig
+    from entropy_serve.server.engine import EngineHolder
+
+    model = args.model or str(model_store.prepare_default_model())
+    if args.model is None:
+        default_name = model_store.DEFAULT_MODEL_NAME
+    else:
+        default_name = Path(model).name if Path(model).exists() else model
+    enforce_eager = current_platform.is_cpu() if args.enforce_eager is None else args.enforce_eager
+    config = ServerConfig(
+        model=model,
+        served_model_name=args.served_model_name or default_name,
+        max_model_len=args.max_model_len,
+        dtype=args.dtype,
+        enforce_eager=enforce_eager,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        max_num_seqs=args.max_num_seqs,
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key or None,
+        max_body_bytes=args.max_body_bytes,
+        max_n=args.max_n,
+        max_tokens_limit=args.max_tokens_limit,
+        max_prompt_tokens=args.max_prompt_tokens,
+    )
+    server: uvicorn.Server | None = None
+
+    def stop_on_engine_death() -> None:
+        server.should_exit = True
+
+    holder = EngineHolder(config, on_dead=stop_on_engine_death)
+    app = create_app(config, holder)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            log_level=args.log_level,
+            timeout_graceful_shutdown=int(config.shutdown_timeout_s),
+        )
+    )
+    server.run()
+    if holder.failure:
+        print(f"entropy-serve: {holder.failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # vLLM spawns engine processes: keep imports side-effect free
+    sys.exit(main())

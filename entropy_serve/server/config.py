@@ -1,0 +1,48 @@
+"""Server configuration: one frozen object, resolved once at start-up from flags and env.
+
+Requests never write into it; request handlers only read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    # What to serve (vLLM's flag names where they mean the same thing).
+    model: str
+    served_model_name: str
+    max_model_len: int | None = None
+    dtype: str = "auto"
+    enforce_eager: bool = True
+    gpu_memory_utilization: float = 0.9
+    max_num_seqs: int = 64
+    # Where to listen.
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Limits a client cannot exceed (None: the model's context length).
+    api_key: str | None = None
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_n: int = 16
+    max_tokens_limit: int | None = None
+    max_prompt_tokens: int | None = None
+    # Seconds SIGTERM waits for in-flight requests before closing them.
+    shutdown_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        positive = {
+            "max_body_bytes": self.max_body_bytes,
+            "max_n": self.max_n,
+            "max_num_seqs": self.max_num_seqs,
+            "max_tokens_limit": self.max_tokens_limit,
+            "max_prompt_tokens": self.max_prompt_tokens,
+            "max_model_len": self.max_model_len,
+        }
+        for name, value in positive.items():
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(
+                f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
+            )

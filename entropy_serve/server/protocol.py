@@ -1,0 +1,171 @@
+"""OpenAI request bodies: parsed and validated here, at the edge.
+
+Every field the OpenAI SDK sends for completions and chat is typed with its valid range,
+so a bad value becomes an HTTP 400 naming the field before anything reaches the engine.
+Unknown fields are ignored with a log line, as vLLM's own server does. `to_sampling_params`
+is the single place where a request becomes vLLM `SamplingParams`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from vllm import SamplingParams
+from vllm.sampling_params import RequestOutputKind
+
+from entropy_serve.server.errors import BadRequest
+
+logger = logging.getLogger(__name__)
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_TOP_LOGPROBS = 20
+
+Seed = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
+class SamplingRequest(BaseModel):
+    """Fields shared by /v1/completions and /v1/chat/completions."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    n: int = Field(1, ge=1)
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: Seed | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    user: str | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    # vLLM's extras.
+    top_k: int | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0.0, le=1.0)
+    repetition_penalty: float | None = Field(None, gt=0.0)
+    vllm_xargs: dict[str, str | int | float | bool | list[str | int | float]] | None = None
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> SamplingRequest:
+        if self.extra_fields():
+            logger.warning("ignoring unknown request fields: %s", sorted(self.extra_fields()))
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed when stream is true")
+        if isinstance(self.stop, list) and any(not s for s in self.stop):
+            raise ValueError("stop: stop sequences must not be empty")
+        return self
+
+    def extra_fields(self) -> dict[str, Any]:
+        return self.model_extra or {}
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
+
+    def num_top_logprobs(self) -> int | None:
+        """None: no logprobs; k >= 0: the sampled token's logprob plus the top k."""
+        raise NotImplementedError
+
+    def to_sampling_params(self, max_tokens: int) -> SamplingParams:
+        """The vLLM parameters of this request, with `max_tokens` already resolved."""
+        optional = {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "min_p": self.min_p,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
+            "repetition_penalty": self.repetition_penalty,
+        }
+        stop = [self.stop] if isinstance(self.stop, str) else self.stop
+        try:
+            return SamplingParams(
+                n=self.n,
+                max_tokens=max_tokens,
+                stop=stop,
+                seed=self.seed,
+                logprobs=self.num_top_logprobs(),
+                extra_args=self.vllm_xargs,
+                output_kind=RequestOutputKind.DELTA if self.stream else RequestOutputKind.FINAL_ONLY,
+                **{k: v for k, v in optional.items() if v is not None},
+            )
+        except ValueError as error:  # vLLM's own cross-field checks
+            raise BadRequest(str(error)) from error
+
+
+class CompletionRequest(SamplingRequest):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    echo: bool = False
+    suffix: str | None = None
+
+    @model_validator(mode="after")
+    def _check_prompt(self) -> CompletionRequest:
+        if self.echo:
+            raise ValueError("echo: echoing the prompt is not supported")
+        if self.suffix:
+            raise ValueError("suffix: insertion (suffix) is not supported")
+        if isinstance(self.prompt, list) and not self.prompt:
+            raise ValueError("prompt: must not be an empty list")
+        return self
+
+    def num_top_logprobs(self) -> int | None:
+        return self.logprobs
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class ChatCompletionRequest(SamplingRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    @model_validator(mode="after")
+    def _check_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs: requires logprobs to be true")
+        return self
+
+    def requested_max_tokens(self) -> int | None:
+        # max_completion_tokens replaces the deprecated max_tokens in OpenAI's chat API.
+        return self.max_completion_tokens or self.max_tokens
+
+    def num_top_logprobs(self) -> int | None:
+        if not self.logprobs:
+            return None
+        return self.top_logprobs or 0
+
+    def chat_messages(self) -> list[dict[str, str]]:
+        """Messages in the plain form chat templates expect (content parts joined)."""
+        return [{"role": m.role, "content": m.text()} for m in self.messages]

@@ -1,0 +1,181 @@
+"""vLLM outputs -> the `openai` package's own response types.
+
+Building responses from `openai.types` makes their shape right by construction: a
+field the SDK does not know cannot slip in, and one it requires cannot be missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from openai.types import Completion, CompletionChoice, CompletionUsage
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
+from openai.types.chat import chat_completion, chat_completion_chunk
+from openai.types.chat.chat_completion_token_logprob import ChatCompletionTokenLogprob, TopLogprob
+from openai.types.completion_choice import Logprobs as CompletionLogprobs
+from vllm.outputs import CompletionOutput
+
+OPENAI_FINISH_REASONS = {"stop", "length"}
+
+
+def finish_reason(output: CompletionOutput) -> str | None:
+    """vLLM's reason in OpenAI's vocabulary (an abort is reported as a stop)."""
+    if output.finish_reason is None:
+        return None
+    return output.finish_reason if output.finish_reason in OPENAI_FINISH_REASONS else "stop"
+
+
+def usage(num_prompt_tokens: int, num_completion_tokens: int) -> CompletionUsage:
+    return CompletionUsage(
+        prompt_tokens=num_prompt_tokens,
+        completion_tokens=num_completion_tokens,
+        total_tokens=num_prompt_tokens + num_completion_tokens,
+    )
+
+
+def _token_text(token_id: int, logprob) -> str:
+    return logprob.decoded_token if logprob.decoded_token is not None else f"<{token_id}>"
+
+
+def _positions(output: CompletionOutput, num_top: int):
+    """(sampled token id, its Logprob, top-k (id, Logprob) by rank) per generated token."""
+    for token_id, position in zip(output.token_ids, output.logprobs or (), strict=False):
+        top = sorted(
+            ((tid, lp) for tid, lp in position.items() if lp.rank is not None and lp.rank <= num_top),
+            key=lambda item: item[1].rank,
+        )
+        yield token_id, position[token_id], top[:num_top]
+
+
+def completion_logprobs(
+    output: CompletionOutput, num_top: int, text_offset_start: int = 0
+) -> CompletionLogprobs:
+    tokens, token_logprobs, top_logprobs, text_offsets = [], [], [], []
+    offset = text_offset_start
+    for token_id, sampled, top in _positions(output, num_top):
+        text = _token_text(token_id, sampled)
+        tokens.append(text)
+        token_logprobs.append(sampled.logprob)
+        top_logprobs.append({_token_text(tid, lp): lp.logprob for tid, lp in top})
+        text_offsets.append(offset)
+        offset += len(text)
+    return CompletionLogprobs(
+        tokens=tokens, token_logprobs=token_logprobs, top_logprobs=top_logprobs, text_offset=text_offsets
+    )
+
+
+def chat_logprobs(output: CompletionOutput, num_top: int) -> list[ChatCompletionTokenLogprob]:
+    content = []
+    for token_id, sampled, top in _positions(output, num_top):
+        text = _token_text(token_id, sampled)
+        content.append(
+            ChatCompletionTokenLogprob(
+                token=text,
+                bytes=list(text.encode()),
+                logprob=sampled.logprob,
+                top_logprobs=[
+                    TopLogprob(
+                        token=_token_text(tid, lp),
+                        bytes=list(_token_text(tid, lp).encode()),
+                        logprob=lp.logprob,
+                    )
+                    for tid, lp in top
+                ],
+            )
+        )
+    return content
+
+
+def completion(
+    request_id: str,
+    model: str,
+    created: int,
+    choices: Iterable[tuple[int, CompletionOutput]],
+    num_top_logprobs: int | None,
+    usage_: CompletionUsage | None,
+) -> Completion:
+    """A Completion (also the shape of each streamed chunk) from (index, output) pairs."""
+    return Completion(
+        id=request_id,
+        object="text_completion",
+        created=created,
+        model=model,
+        choices=[
+            CompletionChoice(
+                index=index,
+                text=output.text,
+                finish_reason=finish_reason(output),
+                logprobs=None if num_top_logprobs is None else completion_logprobs(output, num_top_logprobs),
+            )
+            for index, output in choices
+        ],
+        usage=usage_,
+    )
+
+
+def chat_completion_response(
+    request_id: str,
+    model: str,
+    created: int,
+    outputs: Iterable[CompletionOutput],
+    num_top_logprobs: int | None,
+    usage_: CompletionUsage,
+) -> ChatCompletion:
+    return ChatCompletion(
+        id=request_id,
+        object="chat.completion",
+        created=created,
+        model=model,
+        choices=[
+            chat_completion.Choice(
+                index=output.index,
+                message=ChatCompletionMessage(role="assistant", content=output.text),
+                finish_reason=finish_reason(output),
+                logprobs=None
+                if num_top_logprobs is None
+                else chat_completion.ChoiceLogprobs(content=chat_logprobs(output, num_top_logprobs)),
+            )
+            for output in outputs
+        ],
+        usage=usage_,
+    )
+
+
+def chat_chunk(
+    request_id: str,
+    model: str,
+    created: int,
+    choices: list[chat_completion_chunk.Choice],
+    usage_: CompletionUsage | None = None,
+) -> ChatCompletionChunk:
+    return ChatCompletionChunk(
+        id=request_id,
+        object="chat.completion.chunk",
+        created=created,
+        model=model,
+        choices=choices,
+        usage=usage_,
+    )
+
+
+def chat_delta_choice(
+    output: CompletionOutput, num_top_logprobs: int | None, first: bool
+) -> chat_completion_chunk.Choice:
+    """One streamed choice: the new text since the last chunk (the role on the first)."""
+    logprobs = None
+    if num_top_logprobs is not None:
+        logprobs = chat_completion_chunk.ChoiceLogprobs(content=chat_logprobs(output, num_top_logprobs))
+    return chat_completion_chunk.Choice(
+        index=output.index,
+        delta=chat_completion_chunk.ChoiceDelta(role="assistant" if first else None, content=output.text),
+        finish_reason=finish_reason(output),
+        logprobs=logprobs,
+    )
+
+
+def sse(payload) -> str:
+    """One server-sent event holding a response model (only the fields we set)."""
+    return f"data: {payload.model_dump_json(exclude_unset=True)}\n\n"
+
+
+SSE_DONE = "data: [DONE]\n\n"
