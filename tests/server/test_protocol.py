@@ -1,0 +1,87 @@
+"""Request validation and the request -> SamplingParams mapping, without an engine."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+from vllm.sampling_params import RequestOutputKind
+
+from entropy_serve.server.errors import BadRequest
+from entropy_serve.server.protocol import ChatCompletionRequest, CompletionRequest
+
+
+def completion(**fields) -> CompletionRequest:
+    return CompletionRequest(model="m", prompt="p", **fields)
+
+
+def test_defaults_map_to_vllm_defaults():
+    params = completion().to_sampling_params(max_tokens=7)
+    assert params.max_tokens == 7
+    assert params.n == 1
+    assert params.temperature == 1.0 and params.top_p == 1.0
+    assert params.logprobs is None
+    assert params.seed is None
+    assert params.output_kind is RequestOutputKind.DELTA
+
+
+def test_every_sampling_field_reaches_vllm():
+    request = completion(
+        n=3, temperature=0.7, top_p=0.9, stop="\n", seed=5, presence_penalty=0.5, frequency_penalty=-0.5,
+        top_k=40, min_p=0.1, repetition_penalty=1.2, logprobs=2, min_tokens=1, ignore_eos=True,
+        vllm_xargs={"a": 1},
+    )
+    params = request.to_sampling_params(max_tokens=10)
+    assert (params.n, params.temperature, params.top_p, params.seed) == (3, 0.7, 0.9, 5)
+    assert params.stop == ["\n"]
+    assert (params.presence_penalty, params.frequency_penalty) == (0.5, -0.5)
+    assert (params.top_k, params.min_p, params.repetition_penalty) == (40, 0.1, 1.2)
+    assert params.logprobs == 2
+    assert params.min_tokens == 1 and params.ignore_eos
+    assert params.extra_args == {"a": 1}
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"temperature": 2.01}, {"top_p": 0.0}, {"n": 0}, {"max_tokens": 0}, {"seed": 2**64}, {"logprobs": 21},
+     {"stop": [""]}, {"stream_options": {"include_usage": True}}, {"echo": True}, {"prompt": []}],
+)
+def test_invalid_values_raise(fields):
+    with pytest.raises(ValidationError):
+        CompletionRequest(**{"model": "m", "prompt": "p", **fields})
+
+
+def test_vllm_cross_field_errors_become_bad_request():
+    with pytest.raises(BadRequest, match="min_tokens"):
+        completion(min_tokens=9).to_sampling_params(max_tokens=4)
+
+
+def test_unknown_fields_are_kept_aside_not_rejected():
+    request = completion(store=True)
+    assert request.extra_fields() == {"store": True}
+
+
+def test_chat_logprobs_and_token_limits():
+    base = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    assert ChatCompletionRequest(**base).num_top_logprobs() is None
+    assert ChatCompletionRequest(**base, logprobs=True).num_top_logprobs() == 0
+    assert ChatCompletionRequest(**base, logprobs=True, top_logprobs=3).num_top_logprobs() == 3
+    with pytest.raises(ValidationError, match="top_logprobs"):
+        ChatCompletionRequest(**base, top_logprobs=3)
+    assert ChatCompletionRequest(**base, max_tokens=5, max_completion_tokens=9).requested_max_tokens() == 9
+    assert ChatCompletionRequest(**base, max_tokens=5).requested_max_tokens() == 5
+
+
+def test_chat_content_parts_are_joined():
+    request = ChatCompletionRequest(
+        model="m",
+        messages=[
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+            {"role": "assistant", "content": None},
+        ],
+    )
+    assert request.chat_messages() == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "ab"},
+        {"role": "assistant", "content": ""},
+    ]

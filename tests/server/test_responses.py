@@ -1,0 +1,68 @@
+"""Response building from hand-made vLLM outputs."""
+
+from __future__ import annotations
+
+import math
+
+from vllm.logprobs import Logprob
+from vllm.outputs import CompletionOutput
+
+from entropy_serve.server import responses
+
+
+def output(index=0, finish_reason="length") -> CompletionOutput:
+    # Two generated tokens; position 1 sampled the second-ranked token.
+    logprobs = [
+        {5: Logprob(-0.1, 1, "He"), 6: Logprob(-2.5, 2, "We"), 7: Logprob(-3.0, 3, "I")},
+        {9: Logprob(-1.2, 2, "llo"), 8: Logprob(-0.5, 1, "y")},
+    ]
+    return CompletionOutput(index, "Hello", [5, 9], None, logprobs, finish_reason=finish_reason)
+
+
+def test_completion_logprobs_top_k_by_rank_and_offsets():
+    logprobs = responses.completion_logprobs(output(), num_top=1)
+    assert logprobs.tokens == ["He", "llo"]
+    assert logprobs.token_logprobs == [-0.1, -1.2]
+    assert logprobs.top_logprobs == [{"He": -0.1}, {"y": -0.5}]
+    assert logprobs.text_offset == [0, 2]
+
+
+def test_chat_logprobs_carry_bytes_and_sorted_top():
+    content = responses.chat_logprobs(output(), num_top=2)
+    assert [c.token for c in content] == ["He", "llo"]
+    assert content[0].bytes == list(b"He")
+    assert [t.token for t in content[0].top_logprobs] == ["He", "We"]
+    assert [t.token for t in content[1].top_logprobs] == ["y", "llo"]
+    assert all(math.isclose(c.logprob, lp) for c, lp in zip(content, [-0.1, -1.2]))
+
+
+def test_finish_reasons_in_openai_vocabulary():
+    assert responses.finish_reason(output(finish_reason="stop")) == "stop"
+    assert responses.finish_reason(output(finish_reason="length")) == "length"
+    assert responses.finish_reason(output(finish_reason="abort")) == "stop"
+    assert responses.finish_reason(output(finish_reason=None)) is None
+
+
+def test_usage_totals():
+    usage = responses.usage(7, 5)
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (7, 5, 12)
+
+
+def test_chat_completion_response_shape():
+    response = responses.chat_completion_response(
+        "id-1", "m", 123, [output(0), output(1, "stop")], None, responses.usage(3, 4)
+    )
+    body = response.model_dump(exclude_unset=True)
+    assert body["object"] == "chat.completion"
+    assert [c["index"] for c in body["choices"]] == [0, 1]
+    assert body["choices"][1]["finish_reason"] == "stop"
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": "Hello"}
+    assert body["choices"][0]["logprobs"] is None
+
+
+def test_sse_event_format():
+    chunk = responses.chat_chunk("id", "m", 1, [responses.chat_delta_choice(output(), None, first=True)])
+    event = responses.sse(chunk)
+    assert event.startswith("data: {") and event.endswith("}\n\n")
+    assert '"role":"assistant"' in event
+    assert responses.SSE_DONE == "data: [DONE]\n\n"

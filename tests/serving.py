@@ -1,0 +1,72 @@
+"""Start and stop real `entropy-serve serve` processes for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+STARTUP_TIMEOUT_S = 300
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """One server on a free port; its combined output goes to a temporary log file."""
+
+    def __init__(self, *args: str, kv_cache_gib: int = 2):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(tempfile.mkstemp(prefix="entropy-serve-", suffix=".log")[1])
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib)}
+        command = [sys.executable, "-m", "entropy_serve", "serve", "--port", str(self.port), *args]
+        self._log = self.log_path.open("w")
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def health(self) -> httpx.Response | None:
+        try:
+            return httpx.get(f"{self.url}/health", timeout=2)
+        except httpx.TransportError:
+            return None
+
+    def wait_until_listening(self) -> httpx.Response:
+        return self._wait(lambda r: r is not None)
+
+    def wait_until_ready(self) -> httpx.Response:
+        return self._wait(lambda r: r is not None and r.status_code == 200)
+
+    def _wait(self, done) -> httpx.Response:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()[-4000:]}")
+            response = self.health()
+            if done(response):
+                return response
+            time.sleep(0.1)
+        raise TimeoutError(f"server not up in {STARTUP_TIMEOUT_S}s:\n{self.log()[-4000:]}")
+
+    def terminate(self, timeout_s: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+        finally:
+            self._log.close()
