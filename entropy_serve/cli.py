@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -115,6 +116,10 @@ def serve(args: argparse.Namespace) -> int:
             timeout_graceful_shutdown=int(config.shutdown_timeout_s),
         )
     )
+    # uvicorn drains in-flight requests on SIGTERM/SIGINT, restores the handlers it found,
+    # then re-raises the signal. A drained shutdown is a clean exit: make those no-ops.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     server.run()
     if holder.failure:
         print(f"entropy-serve: {holder.failure}", file=sys.stderr)

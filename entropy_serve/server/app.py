@@ -8,6 +8,7 @@ Request path: body-size guard (413) -> API key (401, /v1 only) -> pydantic valid
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -211,11 +212,15 @@ async def stream_chat(generator: Generator, prepared: PreparedRequest) -> AsyncI
 
 
 async def _guarded(outputs: AsyncIterator) -> AsyncIterator:
-    """Pass outputs through; an APIError mid-stream becomes one error event (headers are gone)."""
+    """Pass outputs through; an error mid-stream becomes one error event (headers are gone)."""
     try:
         async for item in outputs:
             yield item
     except APIError as error:
         logger.warning("stream ended with an error: %s", error.message)
         body = error_body(error.status_code, error.message, error.error_type, error.param, error.code)
-        yield None, f"data: {JSONResponse(body).body.decode()}\n\n"
+        yield None, f"data: {json.dumps(body)}\n\n"
+    except Exception as error:
+        logger.exception("stream ended with an unexpected error")
+        body = error_body(500, f"internal error: {type(error).__name__}", "server_error")
+        yield None, f"data: {json.dumps(body)}\n\n"

@@ -43,11 +43,6 @@ class ModelNotFound(APIError):
     error_type = "invalid_request_error"
 
 
-class PayloadTooLarge(APIError):
-    status_code = 413
-    error_type = "invalid_request_error"
-
-
 class ClientDisconnected(APIError):
     """Nobody reads this response; 499 is the conventional "client closed request"."""
 

@@ -52,9 +52,11 @@ class Generator:
     # -- 1-3: render, bound, build parameters -------------------------------------
 
     def prepare_completion(self, request: CompletionRequest) -> PreparedRequest:
+        self._engine()  # 503 before touching the tokenizer of an engine not yet loaded
         return self._prepare(request, "cmpl", self._completion_prompts(request))
 
     def prepare_chat(self, request: ChatCompletionRequest) -> PreparedRequest:
+        self._engine()
         tokenizer = self.holder.tokenizer
         if getattr(tokenizer, "chat_template", None) is None:
             raise BadRequest("this model has no chat template; use /v1/completions")

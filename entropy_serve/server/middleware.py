@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi.responses import JSONResponse
 
 from entropy_serve.server import metrics
-from entropy_serve.server.errors import PayloadTooLarge, error_body
+from entropy_serve.server.errors import error_body
 
 
 class ErrorCounter:
@@ -27,7 +27,12 @@ class ErrorCounter:
 
 
 class BodySizeLimit:
-    """ASGI middleware: refuse request bodies over `max_body_bytes` with a 413."""
+    """Refuse request bodies over `max_body_bytes` with a 413.
+
+    A declared Content-Length is checked before reading anything; a chunked body is
+    read up to the limit, then handed on whole (the app's later receive() calls go to
+    the client again, so disconnects are still seen).
+    """
 
     def __init__(self, app, max_body_bytes: int):
         self.app = app
@@ -37,26 +42,32 @@ class BodySizeLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            return await self._refuse(scope, receive, send)
-        received = 0
+        if declared is not None:
+            if declared.isdigit() and int(declared) > self.max_body_bytes:
+                return await self._refuse(scope, receive, send)
+            return await self.app(scope, receive, send)
 
-        async def counting_receive():
-            nonlocal received
+        body, more_body = bytearray(), True
+        while more_body:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    raise PayloadTooLarge(self._message())
-            return message
+            if message["type"] != "http.request":  # client left while sending
+                return
+            body += message.get("body", b"")
+            more_body = message.get("more_body", False)
+            if len(body) > self.max_body_bytes:
+                return await self._refuse(scope, receive, send)
+        replayed = False
 
-        await self.app(scope, counting_receive, send)
+        async def replay_receive():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
 
-    def _message(self) -> str:
-        return f"request body is larger than the {self.max_body_bytes} bytes allowed"
+        await self.app(scope, replay_receive, send)
 
     async def _refuse(self, scope, receive, send):
-        response = JSONResponse(
-            error_body(413, self._message(), "invalid_request_error"), status_code=413
-        )
+        message = f"request body is larger than the {self.max_body_bytes} bytes allowed"
+        response = JSONResponse(error_body(413, message, "invalid_request_error"), status_code=413)
         await response(scope, receive, send)

@@ -101,7 +101,9 @@ def completion(
         created=created,
         model=model,
         choices=[
-            CompletionChoice(
+            # model_construct: a streamed choice has finish_reason null until its last
+            # chunk, as on OpenAI's wire, though the SDK type declares it required.
+            CompletionChoice.model_construct(
                 index=index,
                 text=output.text,
                 finish_reason=finish_reason(output),

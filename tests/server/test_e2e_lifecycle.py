@@ -12,6 +12,7 @@ from conftest import MODEL
 from serving import ServerProcess
 
 SMALL = ("--max-model-len", "2048")
+CHAT = {"messages": [{"role": "user", "content": "Hi"}]}
 
 
 def test_health_is_503_while_loading_then_engine_death_exits_non_zero():
@@ -21,8 +22,10 @@ def test_health_is_503_while_loading_then_engine_death_exits_non_zero():
         # uvicorn answers before the model has loaded.
         assert first.status_code == 503, first.text
         assert first.json()["error"]["type"] == "service_unavailable"
-        early = httpx.post(f"{server.url}/v1/completions", json={"model": MODEL, "prompt": "Hi"}, timeout=10)
-        assert early.status_code in (200, 503)  # 200 only if loading finished in between
+        for path, body in [("/v1/completions", {"prompt": "Hi"}), ("/v1/chat/completions", CHAT)]:
+            early = httpx.post(f"{server.url}{path}", json={"model": MODEL, "max_tokens": 2, **body}, timeout=30)
+            if server.health().status_code == 503:  # still loading after the request
+                assert early.status_code == 503, early.text
         server.wait_until_ready()
 
         for child in psutil.Process(server.process.pid).children(recursive=True):
