@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import openai
 import pytest
-from serving import ServerProcess
+from entropy_serve.server.process import ServerProcess
 
 API_KEY = "test-key"
 MODEL = "SmolLM2-135M-Instruct"

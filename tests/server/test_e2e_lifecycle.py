@@ -9,7 +9,7 @@ import time
 import httpx
 import psutil
 from conftest import MODEL
-from serving import ServerProcess
+from entropy_serve.server.process import ServerProcess
 
 SMALL = ("--max-model-len", "2048")
 CHAT = {"messages": [{"role": "user", "content": "Hi"}]}

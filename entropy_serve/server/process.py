@@ -1,4 +1,4 @@
-"""Start and stop real `entropy-serve serve` processes for end-to-end tests."""
+"""Start and stop real `entropy-serve serve` processes (end-to-end tests, benchmarks)."""
 
 from __future__ import annotations
 
