@@ -85,7 +85,7 @@ def create_app(config: ServerConfig, holder: EngineHolder) -> FastAPI:
         check_model(body, config)
         prepared = generator.prepare_completion(body)
         if prepared.stream:
-            return sse_response(stream_completion(generator, prepared))
+            return await sse_response(raw, stream_completion(generator, prepared))
         outputs = await until_disconnected(raw, generator.run(prepared))
         n = prepared.params.n
         choices = [(p * n + c.index, c) for p, out in enumerate(outputs) for c in out.outputs]
@@ -102,7 +102,7 @@ def create_app(config: ServerConfig, holder: EngineHolder) -> FastAPI:
         check_model(body, config)
         prepared = generator.prepare_chat(body)
         if prepared.stream:
-            return sse_response(stream_chat(generator, prepared))
+            return await sse_response(raw, stream_chat(generator, prepared))
         (output,) = await until_disconnected(raw, generator.run(prepared))
         return JSONResponse(
             responses.chat_completion_response(
@@ -154,34 +154,56 @@ async def _wait_for_disconnect(request: Request) -> None:
         pass
 
 
-def sse_response(events: AsyncIterator[str]) -> StreamingResponse:
-    return StreamingResponse(events, media_type="text/event-stream")
+async def sse_response(request: Request, events: AsyncIterator[str]) -> StreamingResponse:
+    """Stream server-sent events, once the first one exists.
+
+    Waiting for the first event means an error before it (bad parameters, engine not
+    ready) is still an ordinary HTTP error with its status; after it, the status line is
+    gone, so an error becomes one final `data: {"error": ...}` event.
+    """
+    first = await until_disconnected(request, anext(events))
+
+    async def all_events() -> AsyncIterator[str]:
+        yield first
+        try:
+            async for event in events:
+                yield event
+        except APIError as error:
+            logger.warning("stream ended with an error: %s", error.message)
+            yield sse_error(error_body(error.status_code, error.message, error.error_type, error.param, error.code))
+        except Exception as error:
+            logger.exception("stream ended with an unexpected error")
+            yield sse_error(error_body(500, f"internal error: {type(error).__name__}", "server_error"))
+
+    return StreamingResponse(all_events(), media_type="text/event-stream")
+
+
+def sse_error(body: dict) -> str:
+    return f"data: {json.dumps(body)}\n\n"
 
 
 async def stream_completion(generator: Generator, prepared: PreparedRequest) -> AsyncIterator[str]:
     n = prepared.params.n
     num_completion = 0
-    finals = []
-    async for prompt_index, output in _guarded(generator.stream(prepared)):
-        if isinstance(output, str):
-            yield output
-            return
+    num_prompt_by_index: dict[int, int] = {}
+    text_offsets: dict[int, int] = {}  # choice index -> characters streamed so far
+    async for prompt_index, output in generator.stream(prepared):
+        num_prompt_by_index.setdefault(prompt_index, len(output.prompt_token_ids or ()))
         num_completion += sum(len(c.token_ids) for c in output.outputs)
-        if output.finished:
-            finals.append(output)
         choices = [(prompt_index * n + c.index, c) for c in output.outputs]
         yield responses.sse(
             responses.completion(
                 prepared.request_id, prepared.model, prepared.created, choices,
-                prepared.num_top_logprobs, None,
+                prepared.num_top_logprobs, None, text_offsets,
             )
         )
+        for index, c in choices:
+            text_offsets[index] = text_offsets.get(index, 0) + len(c.text)
     if prepared.include_usage:
-        num_prompt = sum(len(o.prompt_token_ids or ()) for o in finals)
         yield responses.sse(
             responses.completion(
                 prepared.request_id, prepared.model, prepared.created, [], None,
-                responses.usage(num_prompt, num_completion),
+                responses.usage(sum(num_prompt_by_index.values()), num_completion),
             )
         )
     yield responses.SSE_DONE
@@ -190,11 +212,8 @@ async def stream_completion(generator: Generator, prepared: PreparedRequest) -> 
 async def stream_chat(generator: Generator, prepared: PreparedRequest) -> AsyncIterator[str]:
     started: set[int] = set()
     num_completion, num_prompt = 0, 0
-    async for _, output in _guarded(generator.stream(prepared)):
-        if isinstance(output, str):
-            yield output
-            return
-        num_prompt = len(output.prompt_token_ids or ())
+    async for _, output in generator.stream(prepared):
+        num_prompt = num_prompt or len(output.prompt_token_ids or ())
         choices = []
         for c in output.outputs:
             num_completion += len(c.token_ids)
@@ -209,18 +228,3 @@ async def stream_chat(generator: Generator, prepared: PreparedRequest) -> AsyncI
             )
         )
     yield responses.SSE_DONE
-
-
-async def _guarded(outputs: AsyncIterator) -> AsyncIterator:
-    """Pass outputs through; an error mid-stream becomes one error event (headers are gone)."""
-    try:
-        async for item in outputs:
-            yield item
-    except APIError as error:
-        logger.warning("stream ended with an error: %s", error.message)
-        body = error_body(error.status_code, error.message, error.error_type, error.param, error.code)
-        yield None, f"data: {json.dumps(body)}\n\n"
-    except Exception as error:
-        logger.exception("stream ended with an unexpected error")
-        body = error_body(500, f"internal error: {type(error).__name__}", "server_error")
-        yield None, f"data: {json.dumps(body)}\n\n"

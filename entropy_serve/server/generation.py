@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from vllm import SamplingParams
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.utils.async_utils import merge_async_iterators
+from vllm.exceptions import VLLMValidationError
 from vllm.v1.engine.exceptions import EngineDeadError
 
 from entropy_serve.server import metrics
@@ -60,9 +61,12 @@ class Generator:
         tokenizer = self.holder.tokenizer
         if getattr(tokenizer, "chat_template", None) is None:
             raise BadRequest("this model has no chat template; use /v1/completions")
-        text = tokenizer.apply_chat_template(
-            request.chat_messages(), add_generation_prompt=True, tokenize=False
-        )
+        try:
+            text = tokenizer.apply_chat_template(
+                request.chat_messages(), add_generation_prompt=True, tokenize=False
+            )
+        except Exception as error:  # templates raise their own errors (e.g. role order)
+            raise BadRequest(f"messages: the chat template rejected them: {error}", param="messages") from error
         # The template already holds the special tokens (BOS etc.): add none twice.
         prompt = tokenizer.encode(text, add_special_tokens=False)
         return self._prepare(request, "chatcmpl", [prompt])
@@ -153,6 +157,8 @@ class Generator:
             metrics.E2E_LATENCY_S.observe(time.perf_counter() - arrival)
         except EngineDeadError as error:
             raise EngineUnavailable(f"the engine died: {error}") from error
+        except VLLMValidationError as error:  # checks vLLM makes only when adding a request
+            raise BadRequest(str(error), param=error.parameter) from error
         finally:
             metrics.REQUESTS_RUNNING.dec()
             if num_unfinished:  # left early: merge_async_iterators' cleanup aborted them

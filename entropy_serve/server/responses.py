@@ -93,8 +93,14 @@ def completion(
     choices: Iterable[tuple[int, CompletionOutput]],
     num_top_logprobs: int | None,
     usage_: CompletionUsage | None,
+    text_offsets: dict[int, int] | None = None,
 ) -> Completion:
-    """A Completion (also the shape of each streamed chunk) from (index, output) pairs."""
+    """A Completion (also the shape of each streamed chunk) from (index, output) pairs.
+
+    `text_offsets` gives, per choice index, the characters already streamed, so that
+    logprobs' text_offset counts from the start of the whole completion.
+    """
+    text_offsets = text_offsets or {}
     return Completion(
         id=request_id,
         object="text_completion",
@@ -107,7 +113,9 @@ def completion(
                 index=index,
                 text=output.text,
                 finish_reason=finish_reason(output),
-                logprobs=None if num_top_logprobs is None else completion_logprobs(output, num_top_logprobs),
+                logprobs=None
+                if num_top_logprobs is None
+                else completion_logprobs(output, num_top_logprobs, text_offsets.get(index, 0)),
             )
             for index, output in choices
         ],

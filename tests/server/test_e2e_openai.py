@@ -159,6 +159,8 @@ def test_completion_streaming_with_n_and_logprobs(client):
     chunks = list(client.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs))
     for chunk in chunks:
         for choice in chunk.choices:
+            # Offsets count from the start of the whole completion, across chunks.
+            assert choice.logprobs.text_offset[:1] in ([], [len(texts[choice.index])])
             texts[choice.index] += choice.text
             tokens[choice.index] += len(choice.logprobs.tokens)
             if choice.finish_reason:
@@ -171,3 +173,12 @@ def test_completion_streaming_with_n_and_logprobs(client):
 def test_streaming_without_usage_sends_no_usage_chunk(client):
     chunks = list(client.completions.create(model=MODEL, prompt="Hi", max_tokens=3, stream=True))
     assert chunks and all(c.choices and c.usage is None for c in chunks)
+
+
+def test_streaming_errors_before_the_first_chunk_keep_their_status(client):
+    import openai
+
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        client.completions.create(model=MODEL, prompt="Hi", max_tokens=10**6, stream=True)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="other", messages=CHAT, stream=True)

