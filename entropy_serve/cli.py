@@ -1,4 +1,4 @@
-"""`entropy-serve` command line: `serve` and `prepare-model`.
+"""`entropy-serve` command line: `serve`, `prepare-model`, `calibrate`.
 
 Flags reuse vLLM's names where they mean the same thing. Settings resolve once, in this
 order: defaults, then environment (ENTROPY_SERVE_API_KEY), then flags.
@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
 import sys
 from pathlib import Path
 
-from entropy_serve import model_store
+from entropy_serve import calibration, model_store
 
 API_KEY_ENV = "ENTROPY_SERVE_API_KEY"
 CPU_KV_CACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"
@@ -22,35 +23,52 @@ DEFAULT_CPU_KV_CACHE_GIB = "4"
 DEAD_EXIT_DELAY_S = 1.0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="entropy-serve", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    serve = commands.add_parser("serve", help="run the OpenAI-compatible server")
-    serve.add_argument("--model", help="local HF model folder or hub id (default: the embedded SmolLM2-135M-Instruct)")
-    serve.add_argument("--served-model-name", help="model name clients use (default: the folder name)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
-    serve.add_argument("--dtype", default="auto")
-    serve.add_argument(
+def engine_flags() -> argparse.ArgumentParser:
+    """Flags that choose and size the engine, shared by `serve` and `calibrate`."""
+    flags = argparse.ArgumentParser(add_help=False)
+    flags.add_argument("--model", help="local HF model folder or hub id (default: the embedded SmolLM2-135M-Instruct)")
+    flags.add_argument("--served-model-name", help="model name clients use (default: the folder name)")
+    flags.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
+    flags.add_argument("--dtype", default="auto")
+    flags.add_argument(
         "--enforce-eager",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="skip torch.compile and CUDA graphs (default: on for CPU, off for GPU)",
     )
-    serve.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    serve.add_argument("--max-num-seqs", type=int, default=64, help="sequences the engine batches at once")
+    flags.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    flags.add_argument("--max-num-seqs", type=int, default=64, help="sequences the engine batches at once")
+    flags.add_argument("--log-level", default="info")
+    return flags
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="entropy-serve", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", parents=[engine_flags()], help="run the OpenAI-compatible server")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--api-key", default=os.environ.get(API_KEY_ENV), help=f"require this bearer key on /v1 (env {API_KEY_ENV})")
     serve.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
     serve.add_argument("--max-n", type=int, default=16, help="largest n a request may ask for")
     serve.add_argument("--max-tokens-limit", type=int, help="largest max_tokens a request may ask for")
     serve.add_argument("--max-prompt-tokens", type=int, help="longest prompt accepted, in tokens")
-    serve.add_argument("--log-level", default="info")
+    serve.add_argument(
+        "--entropy-profile", help="token-entropy profile for hapo (default: the shipped one of the embedded model)"
+    )
 
     prepare = commands.add_parser("prepare-model", help="dequantize the embedded model into the cache")
     prepare.add_argument("--out", type=Path, help=f"target folder (default: under ${model_store.CACHE_ENV})")
     prepare.add_argument("--force", action="store_true", help="rebuild even if already prepared")
+
+    calibrate = commands.add_parser(
+        "calibrate", parents=[engine_flags()], help="sample built-in prompts, write the model's entropy profile"
+    )
+    calibrate.add_argument("--out", type=Path, required=True, help="profile JSON to write")
+    calibrate.add_argument("--samples", type=int, default=4, help="samples per built-in prompt")
+    calibrate.add_argument("--max-tokens", type=int, default=128)
+    calibrate.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -61,21 +79,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "prepare-model":
             print(model_store.prepare_default_model(args.out, force=args.force))
             return 0
+        if args.command == "calibrate":
+            return run_calibrate(args)
         return serve(args)
     except (model_store.ModelPreparationError, ValueError) as error:
         print(f"entropy-serve: error: {error}", file=sys.stderr)
         return 2
 
 
-def serve(args: argparse.Namespace) -> int:
+def server_config(args: argparse.Namespace, **extra):
+    """The frozen ServerConfig of these flags (the embedded model prepared if needed)."""
     # CPU engines size their KV cache from this variable; set a sane default before vLLM loads.
     os.environ.setdefault(CPU_KV_CACHE_ENV, DEFAULT_CPU_KV_CACHE_GIB)
-    import uvicorn
     from vllm.platforms import current_platform
 
-    from entropy_serve.server.app import create_app
     from entropy_serve.server.config import ServerConfig
-    from entropy_serve.server.engine import EngineHolder
 
     model = args.model or str(model_store.prepare_default_model())
     if args.model is None:
@@ -83,7 +101,7 @@ def serve(args: argparse.Namespace) -> int:
     else:
         default_name = Path(model).name if Path(model).exists() else model
     enforce_eager = current_platform.is_cpu() if args.enforce_eager is None else args.enforce_eager
-    config = ServerConfig(
+    return ServerConfig(
         model=model,
         served_model_name=args.served_model_name or default_name,
         max_model_len=args.max_model_len,
@@ -91,6 +109,21 @@ def serve(args: argparse.Namespace) -> int:
         enforce_eager=enforce_eager,
         gpu_memory_utilization=args.gpu_memory_utilization,
         max_num_seqs=args.max_num_seqs,
+        **extra,
+    )
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from entropy_serve.server.app import create_app
+    from entropy_serve.server.engine import EngineHolder
+
+    profile = args.entropy_profile
+    if profile is None and args.model is None:
+        profile = calibration.default_profile_path(model_store.DEFAULT_MODEL_NAME)
+    config = server_config(
+        args,
         host=args.host,
         port=args.port,
         api_key=args.api_key or None,
@@ -98,6 +131,7 @@ def serve(args: argparse.Namespace) -> int:
         max_n=args.max_n,
         max_tokens_limit=args.max_tokens_limit,
         max_prompt_tokens=args.max_prompt_tokens,
+        entropy_profile=str(profile) if profile else None,
     )
     server: uvicorn.Server | None = None
 
@@ -124,6 +158,19 @@ def serve(args: argparse.Namespace) -> int:
     if holder.failure:
         print(f"entropy-serve: {holder.failure}", file=sys.stderr)
         return 1
+    return 0
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from entropy_serve.server.calibrate import calibrate
+
+    for name in ("samples", "max_tokens"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    config = server_config(args)
+    profile = calibrate(config, args.out, args.samples, args.max_tokens, args.seed)
+    print(json.dumps({k: profile[k] for k in ("model", "log_entropy_pivot", "log_entropy_spread", "summary")}, indent=2))
+    print(f"wrote {args.out}")
     return 0
 
 

