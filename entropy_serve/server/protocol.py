@@ -50,6 +50,16 @@ class AdaptiveTemperature(BaseModel):
 SAMPLER_XARGS = ("typical_p", "adaptive_temperature", "return_entropy")
 
 
+def _adaptive_from_string(value: str) -> dict:
+    """vllm_xargs' spelling: a method name ("edt") or the JSON object as a string."""
+    if not value.lstrip().startswith("{"):
+        return {"method": value}
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"vllm_xargs.adaptive_temperature: not valid JSON ({error})") from error
+
+
 class SamplingRequest(BaseModel):
     """Fields shared by /v1/completions and /v1/chat/completions."""
 
@@ -91,7 +101,7 @@ class SamplingRequest(BaseModel):
                 continue
             value = xargs.pop(name)
             if name == "adaptive_temperature" and isinstance(value, str):
-                value = json.loads(value) if value.lstrip().startswith("{") else {"method": value}
+                value = _adaptive_from_string(value)
             if name in data and data[name] != value:
                 raise ValueError(f"{name}: given both in the body and in vllm_xargs, differently")
             data[name] = value

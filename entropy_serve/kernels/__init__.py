@@ -1,0 +1,1 @@
+"""Fused GPU kernels (Triton) and the torch reference they are tested against."""
