@@ -1,9 +1,11 @@
 """Generation throughput: bare `vllm.LLM.generate` versus our server over HTTP, one run.
 
-Both sides get the same prompts, the same sampling parameters (ignore_eos, so every
+Every side gets the same prompts, the same sampling parameters (ignore_eos, so every
 request generates exactly --max-tokens tokens) and the same engine settings. The server
-is driven with all requests in flight at once through the official `openai` client.
-Also reports the server's cold start: process start to the first `/health` 200.
+is driven with all requests in flight at once through the official `openai` client:
+first plain, then with every one of our samplers on (typical_p, hapo adaptive
+temperature, return_entropy). Also reports the server's cold start: process start to
+the first `/health` 200.
 
     python benchmarks/throughput.py [--num-requests 64] [--max-tokens 64]
 """
@@ -42,21 +44,26 @@ def bare_vllm(model: str, texts: list[str], max_tokens: int, max_model_len: int)
     return elapsed, num_tokens
 
 
-def server_http(texts: list[str], max_tokens: int, max_model_len: int) -> tuple[float, int, float]:
+SAMPLERS_ON = {"typical_p": 0.9, "adaptive_temperature": {"method": "hapo"}, "return_entropy": True}
+
+
+def server_http(texts: list[str], max_tokens: int, max_model_len: int) -> dict:
+    """tokens/s of the server, plain and with every sampler on, and its cold start."""
     import openai
 
     from entropy_serve.server.process import ServerProcess
 
     started = time.perf_counter()
-    server = ServerProcess("--max-model-len", str(max_model_len), kv_cache_gib=int(os.environ.get("VLLM_CPU_KVCACHE_SPACE", 4)))
+    kv_cache_gib = int(os.environ.get("VLLM_CPU_KVCACHE_SPACE", 4))
+    server = ServerProcess("--max-model-len", str(max_model_len), kv_cache_gib=kv_cache_gib)
     try:
         server.wait_until_ready()
         cold_start_s = time.perf_counter() - started
         model = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x").models.list().data[0].id
 
-        async def run_all():
+        async def run_all(extra: dict) -> float:
             client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="x", timeout=600)
-            extra = {"ignore_eos": True}
+            extra = {"ignore_eos": True, **extra}
             await client.completions.create(model=model, prompt=texts[0], max_tokens=max_tokens, extra_body=extra)
             start = time.perf_counter()
             results = await asyncio.gather(
@@ -67,10 +74,11 @@ def server_http(texts: list[str], max_tokens: int, max_model_len: int) -> tuple[
                     for t in texts
                 )
             )
-            return time.perf_counter() - start, sum(r.usage.completion_tokens for r in results)
+            return sum(r.usage.completion_tokens for r in results) / (time.perf_counter() - start)
 
-        elapsed, num_tokens = asyncio.run(run_all())
-        return elapsed, num_tokens, cold_start_s
+        plain = asyncio.run(run_all({}))
+        samplers = asyncio.run(run_all(SAMPLERS_ON))
+        return {"plain": plain, "samplers": samplers, "cold_start_s": cold_start_s}
     finally:
         server.terminate()
 
@@ -88,14 +96,18 @@ def main() -> None:
     model = args.model or str(prepare_default_model())
     texts = prompts(args.num_requests)
     bare_s, bare_tokens = bare_vllm(model, texts, args.max_tokens, args.max_model_len)
-    http_s, http_tokens, cold_start_s = server_http(texts, args.max_tokens, args.max_model_len)
+    bare = bare_tokens / bare_s
+    server = server_http(texts, args.max_tokens, args.max_model_len)
     result = {
         "num_requests": args.num_requests,
         "max_tokens": args.max_tokens,
-        "bare_vllm_tokens_per_s": round(bare_tokens / bare_s, 1),
-        "server_tokens_per_s": round(http_tokens / http_s, 1),
-        "ratio_server_over_bare": round((http_tokens / http_s) / (bare_tokens / bare_s), 3),
-        "server_cold_start_s": round(cold_start_s, 1),
+        "bare_vllm_tokens_per_s": round(bare, 1),
+        "server_tokens_per_s": round(server["plain"], 1),
+        "server_all_samplers_tokens_per_s": round(server["samplers"], 1),
+        "ratio_server_over_bare": round(server["plain"] / bare, 3),
+        "ratio_all_samplers_over_bare": round(server["samplers"] / bare, 3),
+        "ratio_all_samplers_over_server_plain": round(server["samplers"] / server["plain"], 3),
+        "server_cold_start_s": round(server["cold_start_s"], 1),
     }
     print(json.dumps(result, indent=2))
 

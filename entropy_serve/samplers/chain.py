@@ -114,6 +114,9 @@ def min_p_mask(logits: torch.Tensor, min_p: torch.Tensor, min_tokens_to_keep: in
 
 
 def _filter_rows(logits: torch.Tensor, enabled: torch.Tensor, mask_fn, value: torch.Tensor) -> None:
+    if bool(enabled.all()):  # common case: every row filters, no gather/scatter
+        logits.masked_fill_(mask_fn(logits, value), float("-inf"))
+        return
     rows = enabled.nonzero().squeeze(-1)
     if rows.numel() == 0:
         return

@@ -24,5 +24,9 @@ def entropy_and_varentropy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """logits [batch, vocab] -> entropy [batch] in nats."""
-    return entropy_and_varentropy(logits)[0]
+    """logits [batch, vocab] -> entropy [batch] in nats (the hot path: no varentropy)."""
+    if logits.is_cuda:
+        return entropy_and_varentropy(logits)[0]
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    # -inf entries give 0 * -inf = nan, which nansum skips: they contribute nothing.
+    return (-(logprobs.exp() * logprobs).nansum(dim=-1)).clamp_min(0.0) + 0.0
