@@ -39,9 +39,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--typical-p", type=float, default=0.9)
+    parser.add_argument("--logit-scale", type=float, default=3.0, help="std of the random logits (larger: peakier rows)")
     args = parser.parse_args()
 
-    logits = torch.randn(args.batch, args.vocab, generator=torch.Generator().manual_seed(0)) * 3
+    logits = torch.randn(args.batch, args.vocab, generator=torch.Generator().manual_seed(0)) * args.logit_scale
     rows = args.batch
     full = lambda value, dtype=torch.float32: torch.full((rows,), value, dtype=dtype)  # noqa: E731
     params = RowParams(
@@ -62,7 +63,7 @@ def main() -> None:
     assert torch.equal(theirs() == float("-inf"), logits.clone().isinf() | _our_mask(logits, params))
     theirs_s, ours_s = median_time_s(theirs, args.repeats), median_time_s(ours, args.repeats)
     print(json.dumps({
-        "batch": args.batch, "vocab": args.vocab, "threads": torch.get_num_threads(),
+        "batch": args.batch, "vocab": args.vocab, "logit_scale": args.logit_scale, "threads": torch.get_num_threads(),
         "transformers_ms": round(theirs_s * 1e3, 2), "ours_ms": round(ours_s * 1e3, 2),
         "ratio_ours_over_transformers": round(ours_s / theirs_s, 3),
     }, indent=2))

@@ -38,6 +38,7 @@ def engine_flags() -> argparse.ArgumentParser:
     )
     flags.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     flags.add_argument("--max-num-seqs", type=int, default=64, help="sequences the engine batches at once")
+    flags.add_argument("--num-gpu-blocks-override", type=int, help="KV cache blocks, overriding the sizing (as in vLLM)")
     flags.add_argument("--log-level", default="info")
     return flags
 
@@ -109,6 +110,7 @@ def server_config(args: argparse.Namespace, **extra):
         enforce_eager=enforce_eager,
         gpu_memory_utilization=args.gpu_memory_utilization,
         max_num_seqs=args.max_num_seqs,
+        num_gpu_blocks_override=args.num_gpu_blocks_override,
         **extra,
     )
 

@@ -18,6 +18,7 @@ class ServerConfig:
     enforce_eager: bool = True
     gpu_memory_utilization: float = 0.9
     max_num_seqs: int = 64
+    num_gpu_blocks_override: int | None = None  # KV cache blocks (vLLM's flag; tests use it)
     # The model's token-entropy profile (JSON from `entropy-serve calibrate`), for hapo.
     entropy_profile: str | None = None
     # Where to listen.

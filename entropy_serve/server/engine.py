@@ -55,6 +55,7 @@ def engine_args(config: ServerConfig) -> AsyncEngineArgs:
         enforce_eager=config.enforce_eager,
         gpu_memory_utilization=config.gpu_memory_utilization,
         max_num_seqs=config.max_num_seqs,
+        num_gpu_blocks_override=config.num_gpu_blocks_override,
         disable_log_stats=False,  # feeds vLLM's own Prometheus gauges on /metrics
         enable_log_requests=False,
     )

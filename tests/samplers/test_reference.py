@@ -74,8 +74,9 @@ def test_entropy_bounds_and_no_nan(logits):
 @pytest.mark.parametrize("logits", ALL_LOGITS)
 @pytest.mark.parametrize("mass", [0.05, 0.2, 0.5, 0.9, 0.99])
 @pytest.mark.parametrize("keep", [1, 3])
-def test_typical_keeps_exactly_what_transformers_keeps(logits, mass, keep):
-    ours = typical_mask(logits.clone(), torch.full((logits.shape[0],), mass), keep)
+@pytest.mark.parametrize("candidates", [1024, 4, 12])  # full sort; top-k path with fallbacks
+def test_typical_keeps_exactly_what_transformers_keeps(logits, mass, keep, candidates):
+    ours = typical_mask(logits.clone(), torch.full((logits.shape[0],), mass), keep, candidates)
     theirs = TypicalLogitsWarper(mass=mass, min_tokens_to_keep=keep)(None, logits.clone()) == NEG_INF
     already_masked = logits == NEG_INF
     assert torch.equal(ours | already_masked, theirs)
@@ -185,3 +186,12 @@ def test_adaptive_temperatures_stay_in_bounds(logits, method):
     chosen = dict(method=method, hapo_tau=5.0, dynatemp_min=0.0, dynatemp_max=50.0, edt_theta=3.0)
     result = apply_chain(logits.clone(), params(logits.shape[0], **chosen), profile)
     assert ((result.temperature >= MIN_TEMPERATURE) & (result.temperature <= MAX_TEMPERATURE)).all()
+
+
+@pytest.mark.parametrize("scale", [0.5, 2.0, 6.0])  # flat to peaked rows over a real vocabulary
+@pytest.mark.parametrize("mass", [0.2, 0.9, 0.95])
+def test_typical_fast_path_on_a_full_vocabulary(scale, mass):
+    logits = random_logits(rows=8, vocab=49152, seed=7, scale=scale)
+    ours = typical_mask(logits, torch.full((8,), mass))
+    theirs = TypicalLogitsWarper(mass=mass)(None, logits.clone()) == NEG_INF
+    assert torch.equal(ours, theirs)
