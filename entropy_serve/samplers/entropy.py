@@ -16,6 +16,8 @@ import torch
 
 from entropy_serve.kernels.entropy import entropy_stats
 
+FLOAT32_MIN_LOG_NORMAL = -87.0  # exp(-87) ~ 1.6e-38, just above float32's smallest normal
+
 
 def entropy_and_varentropy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """logits [batch, vocab] -> (entropy [batch], varentropy [batch]), fp32, nats."""
@@ -27,6 +29,17 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     """logits [batch, vocab] -> entropy [batch] in nats (the hot path: no varentropy)."""
     if logits.is_cuda:
         return entropy_and_varentropy(logits)[0]
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
-    # -inf entries give 0 * -inf = nan, which nansum skips: they contribute nothing.
-    return (-(logprobs.exp() * logprobs).nansum(dim=-1)).clamp_min(0.0) + 0.0
+    return entropy_from_logprobs(torch.log_softmax(logits.float(), dim=-1))
+
+
+def entropy_from_logprobs(logprobs: torch.Tensor) -> torch.Tensor:
+    """log_softmax output [batch, vocab] -> entropy [batch] in nats.
+
+    The log-probabilities are clamped at FLOAT32_MIN_LOG_NORMAL: real LM rows hold many
+    tokens with log p < -87, whose exp is a denormal float, and x86 arithmetic on
+    denormals is many times slower. Each such token (and each masked -inf one) then
+    weighs e^-87 ~ 1e-38: the entropy moves by under 1e-33 nats, and no 0 * -inf NaN
+    can appear.
+    """
+    clamped = logprobs.clamp_min(FLOAT32_MIN_LOG_NORMAL)
+    return (-(clamped.exp() * clamped).sum(dim=-1)).clamp_min(0.0) + 0.0

@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import torch
 
-DEFAULT_CANDIDATES = 1024
-# Cumulative masses this close to typical_p are decided by the exact (full-sort) path.
-BOUNDARY_MARGIN = 1e-4
+from entropy_serve.samplers.entropy import entropy_from_logprobs
+
+DEFAULT_CANDIDATES = 256
+# Cumulative masses this close to typical_p are decided by the exact (full-sort) path:
+# far above the float noise between our cumulative sum and transformers' (~1e-7 per token).
+BOUNDARY_MARGIN = 2e-5
 
 
 def typical_mask(
@@ -34,7 +37,7 @@ def typical_mask(
     if candidates >= vocab:
         return _sorted_mask(logits, typical_p, min_tokens_to_keep)
     logprobs = torch.log_softmax(logits, dim=-1)
-    entropy = -(logprobs * logprobs.exp()).nansum(-1, keepdim=True)  # [batch, 1]
+    entropy = entropy_from_logprobs(logprobs).unsqueeze(-1)  # [batch, 1]
     shifted = torch.abs(-logprobs - entropy)  # [batch, vocab]
     top_shifted, top_indices = torch.topk(shifted, candidates, dim=-1, largest=False, sorted=True)
     cumulative = logprobs.gather(-1, top_indices).exp().cumsum(dim=-1)  # [batch, candidates]

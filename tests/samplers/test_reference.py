@@ -83,27 +83,21 @@ def test_typical_keeps_exactly_what_transformers_keeps(logits, mass, keep, candi
     assert ((~ours) & ~already_masked).sum(-1).min() >= 1  # kept set never empty
 
 
-@pytest.mark.parametrize("logits", ALL_LOGITS)
-@pytest.mark.parametrize("k", [1, 2, 7])
-def test_top_k_matches_transformers(logits, k):
-    ours = top_k_mask(logits, torch.full((logits.shape[0],), k))
-    theirs = TopKLogitsWarper(top_k=k)(None, logits.clone()) == NEG_INF
-    assert torch.equal(ours | (logits == NEG_INF), theirs)
+FILTERS = [
+    (top_k_mask, TopKLogitsWarper, "top_k", [1, 2, 7]),
+    (top_p_mask, TopPLogitsWarper, "top_p", [0.1, 0.5, 0.95]),
+    (min_p_mask, MinPLogitsWarper, "min_p", [0.01, 0.1, 0.5]),
+]
 
 
 @pytest.mark.parametrize("logits", ALL_LOGITS)
-@pytest.mark.parametrize("p", [0.1, 0.5, 0.95])
-def test_top_p_matches_transformers(logits, p):
-    ours = top_p_mask(logits, torch.full((logits.shape[0],), p))
-    theirs = TopPLogitsWarper(top_p=p)(None, logits.clone()) == NEG_INF
-    assert torch.equal(ours | (logits == NEG_INF), theirs)
-
-
-@pytest.mark.parametrize("logits", ALL_LOGITS)
-@pytest.mark.parametrize("p", [0.01, 0.1, 0.5])
-def test_min_p_matches_transformers(logits, p):
-    ours = min_p_mask(logits, torch.full((logits.shape[0],), p))
-    theirs = MinPLogitsWarper(min_p=p)(None, logits.clone()) == NEG_INF
+@pytest.mark.parametrize(
+    "mask_fn,warper,name,value",
+    [(fn, warper, name, v) for fn, warper, name, values in FILTERS for v in values],
+)
+def test_filters_match_transformers(logits, mask_fn, warper, name, value):
+    ours = mask_fn(logits, torch.full((logits.shape[0],), value))
+    theirs = warper(**{name: value})(None, logits.clone()) == NEG_INF
     assert torch.equal(ours | (logits == NEG_INF), theirs)
 
 

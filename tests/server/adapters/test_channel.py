@@ -1,0 +1,46 @@
+"""The entropy channel: engine-side publisher to server-side store over a real socket."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from entropy_serve.server.adapters.channel import CHANNEL_ENV, EntropyPublisher, EntropyStore, EntropySubscriber
+
+
+def test_records_travel_and_wait_for_late_ones(tmp_path, monkeypatch):
+    address = f"ipc://{tmp_path}/entropy.sock"
+    monkeypatch.setenv(CHANNEL_ENV, address)
+
+    async def scenario():
+        store = EntropyStore()
+        subscriber = EntropySubscriber(address, store)
+        reader = asyncio.create_task(subscriber.run())
+        publisher = EntropyPublisher()
+        publisher.publish([("req-a", 0, 1.5, 1.0, 0.8), ("req-b", 0, 0.2, 0.0, 0.0)])
+        first = await store.take("req-a", range(0, 1))
+        # Position 1 is published only after we start waiting for it.
+        asyncio.get_running_loop().call_later(0.05, publisher.publish, [("req-a", 1, 2.5, 2.0, 0.9)])
+        both = await store.take("req-a", range(0, 2))
+        # A recomputed position (preemption) overwrites the earlier record.
+        publisher.publish([("req-a", 1, 3.0, 2.5, 1.0)])
+        await asyncio.sleep(0.05)
+        again = await store.take("req-a", range(1, 2))
+        with pytest.raises(TimeoutError, match="req-b positions \\[1\\]"):
+            await store.take("req-b", range(0, 2), timeout_s=0.1)
+        store.forget("req-a")
+        reader.cancel()
+        subscriber.close()
+        return first, both, again, store
+
+    first, both, again, store = asyncio.run(scenario())
+    assert [t.model_entropy_nats for t in first] == [1.5]
+    assert [(t.model_entropy_nats, t.sampled_entropy_nats, t.temperature) for t in both] == [(1.5, 1.0, 0.8), (2.5, 2.0, 0.9)]
+    assert again[0].model_entropy_nats == 3.0
+    assert "req-a" not in store._by_key
+
+
+def test_publisher_without_a_channel_is_silent(monkeypatch):
+    monkeypatch.delenv(CHANNEL_ENV, raising=False)
+    EntropyPublisher().publish([("k", 0, 1.0, 1.0, 1.0)])  # no server: nothing to send to
