@@ -74,9 +74,9 @@ def test_entropy_bounds_and_no_nan(logits):
 @pytest.mark.parametrize("logits", ALL_LOGITS)
 @pytest.mark.parametrize("mass", [0.05, 0.2, 0.5, 0.9, 0.99])
 @pytest.mark.parametrize("keep", [1, 3])
-@pytest.mark.parametrize("candidates", [1024, 4, 12])  # full sort; top-k path with fallbacks
-def test_typical_keeps_exactly_what_transformers_keeps(logits, mass, keep, candidates):
-    ours = typical_mask(logits.clone(), torch.full((logits.shape[0],), mass), keep, candidates)
+@pytest.mark.parametrize("stages", [(), (4,), (12,), (3, 20)])  # full sort; top-k stages with fallbacks
+def test_typical_keeps_exactly_what_transformers_keeps(logits, mass, keep, stages):
+    ours = typical_mask(logits.clone(), torch.full((logits.shape[0],), mass), keep, stages)
     theirs = TypicalLogitsWarper(mass=mass, min_tokens_to_keep=keep)(None, logits.clone()) == NEG_INF
     already_masked = logits == NEG_INF
     assert torch.equal(ours | already_masked, theirs)
