@@ -1,0 +1,71 @@
+"""Seeded arithmetic problems with exact answers, across difficulty levels.
+
+A level is (digits per operand, operations allowed, number of operations). The default
+levels span what SmolLM2-135M-Instruct can and cannot do (greedy, addition: ~93% with
+1-digit operands, ~27% with 2-digit, ~0% with 3-digit), so probes and voting have easy,
+medium and impossible problems to work on. Problems are generated from an explicit
+`random.Random(seed)`: the same seed gives the same problems everywhere.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+OPERATIONS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
+@dataclass(frozen=True)
+class Level:
+    name: str
+    digits: int  # digits of each operand
+    operations: tuple[str, ...] = ("+",)
+    num_operations: int = 1
+
+
+DEFAULT_LEVELS = (
+    Level("add-1digit", digits=1),
+    Level("add-2digit", digits=2),
+    Level("add-3digit", digits=3),
+    Level("mixed-2digit-2ops", digits=2, operations=("+", "-"), num_operations=2),
+    Level("mul-2digit", digits=2, operations=("*",)),
+)
+
+
+@dataclass(frozen=True)
+class Problem:
+    question: str
+    answer: str  # exact, as an integer string
+    level: str
+
+
+def make_problem(rng: random.Random, level: Level) -> Problem:
+    low, high = (0 if level.digits == 1 else 10 ** (level.digits - 1)), 10**level.digits - 1
+    operands = [rng.randint(low, high) for _ in range(level.num_operations + 1)]
+    operators = [rng.choice(level.operations) for _ in range(level.num_operations)]
+    expression = str(operands[0])
+    value = operands[0]
+    for operator, operand in zip(operators, operands[1:]):
+        # Left to right; every operator binds the same, so the text reads unambiguously
+        # only with one kind of operation or with + and - (the default levels).
+        value = OPERATIONS[operator](value, operand)
+        expression += f" {operator} {operand}"
+    return Problem(question=f"What is {expression}?", answer=str(value), level=level.name)
+
+
+def generate(num_problems: int, seed: int, levels: tuple[Level, ...] = DEFAULT_LEVELS) -> list[Problem]:
+    """`num_problems` problems, levels in turn, from `random.Random(seed)`."""
+    if num_problems < 0:
+        raise ValueError(f"num_problems must be >= 0, got {num_problems}")
+    if not levels:
+        raise ValueError("at least one level is needed")
+    for level in levels:
+        if level.digits < 1 or level.num_operations < 1 or not level.operations:
+            raise ValueError(f"invalid level {level}")
+        unknown = set(level.operations) - set(OPERATIONS)
+        if unknown:
+            raise ValueError(f"level {level.name}: unknown operations {sorted(unknown)}")
+        if "*" in level.operations and len(set(level.operations)) > 1:
+            raise ValueError(f"level {level.name}: mixing * with +/- would need precedence rules")
+    rng = random.Random(seed)
+    return [make_problem(rng, levels[i % len(levels)]) for i in range(num_problems)]
