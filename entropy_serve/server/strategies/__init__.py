@@ -1,0 +1,1 @@
+"""Request strategies that orchestrate several generations (voting now; more to come)."""
