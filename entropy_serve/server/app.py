@@ -24,6 +24,7 @@ from entropy_serve.server.errors import ModelNotFound, Unauthorized, error_body,
 from entropy_serve.server.generation import Generator
 from entropy_serve.server.middleware import BodySizeLimit, ErrorCounter
 from entropy_serve.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
+from entropy_serve.server.strategies.self_consistency import run_self_consistency
 from entropy_serve.server.streaming import sse_response, stream_chat, stream_completion, until_disconnected
 
 logger = logging.getLogger(__name__)
@@ -74,10 +75,32 @@ def create_app(config: ServerConfig, holder: EngineHolder) -> FastAPI:
             ],
         }
 
+    async def strategy_reply(body: SamplingRequest, raw: Request, chat: bool) -> Response:
+        outcome = await until_disconnected(raw, run_self_consistency(holder, generator, body))
+        winner = outcome.result.output.outputs[outcome.winner_leaf]
+        tokens = outcome.result.entropies.get(winner.index)
+        entropy = {0: responses.entropy_field(tokens, summary=True)} if body.return_entropy and tokens else None
+        usage = responses.usage(*submission.count_usage([outcome.result]))
+        prepared = outcome.prepared
+        winner.index = 0
+        if chat:
+            reply = responses.chat_completion_response(
+                prepared.request_id, prepared.model, prepared.created, [winner], prepared.num_top_logprobs, usage,
+                entropy=entropy,
+            )
+        else:
+            reply = responses.completion(
+                prepared.request_id, prepared.model, prepared.created, [(0, winner)], prepared.num_top_logprobs,
+                usage, entropy=entropy,
+            )
+        return JSONResponse({**reply.model_dump(exclude_unset=True), "strategy": outcome.extension()})
+
     @router.post("/completions")
     async def completions(body: CompletionRequest, raw: Request) -> Response:
         metrics.REQUESTS.labels(endpoint="completions").inc()
         check_model(body, config)
+        if body.strategy is not None:
+            return await strategy_reply(body, raw, chat=False)
         prepared = generator.prepare_completion(body)
         if prepared.stream:
             return await sse_response(raw, stream_completion(holder, prepared))
@@ -100,6 +123,8 @@ def create_app(config: ServerConfig, holder: EngineHolder) -> FastAPI:
     async def chat_completions(body: ChatCompletionRequest, raw: Request) -> Response:
         metrics.REQUESTS.labels(endpoint="chat_completions").inc()
         check_model(body, config)
+        if body.strategy is not None:
+            return await strategy_reply(body, raw, chat=True)
         prepared = generator.prepare_chat(body)
         if prepared.stream:
             return await sse_response(raw, stream_chat(holder, prepared))

@@ -40,3 +40,12 @@ SAMPLING_TEMPERATURE = Histogram(
 TOKENS_BY_SAMPLER = Counter(
     "entropy_serve_tokens_by_sampler", "Generated tokens, by sampler (vllm: none of ours).", ["sampler"]
 )
+
+STRATEGY_LEAVES = Histogram(
+    "entropy_serve_strategy_leaves", "Leaves (answered samples) per strategy request.", ["strategy"],
+    buckets=(1, 2, 4, 8, 12, 16, 24, 32, 48, 64),
+)
+STRATEGY_AGREEMENT = Histogram(
+    "entropy_serve_strategy_agreement", "The winning answer's share of the vote.", ["strategy"],
+    buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+)

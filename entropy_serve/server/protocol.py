@@ -46,6 +46,16 @@ class AdaptiveTemperature(BaseModel):
     exponent: float = Field(1.0, gt=0.0, le=10.0, description="dynatemp: (H / ln V)^exponent")
 
 
+class Strategy(BaseModel):
+    """A strategy that answers from several generations (server/strategies/)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["self_consistency"]
+    n: int = Field(8, ge=2, le=64, description="independent samples to vote over")
+    vote: Literal["majority", "entropy_weighted"] = "majority"
+
+
 # Our sampler fields may also come inside vllm_xargs (for clients that only pass those).
 SAMPLER_XARGS = ("typical_p", "adaptive_temperature", "return_entropy")
 
@@ -88,6 +98,7 @@ class SamplingRequest(BaseModel):
     typical_p: float | None = Field(None, gt=0.0, le=1.0)
     adaptive_temperature: AdaptiveTemperature | None = None
     return_entropy: bool = False
+    strategy: Strategy | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -116,6 +127,11 @@ class SamplingRequest(BaseModel):
             raise ValueError("stream_options is only allowed when stream is true")
         if isinstance(self.stop, list) and any(not s for s in self.stop):
             raise ValueError("stop: stop sequences must not be empty")
+        if self.strategy is not None:
+            if self.stream:
+                raise ValueError("strategy: streaming is not supported with a strategy (the answer exists only after the vote)")
+            if self.n != 1:
+                raise ValueError("strategy: set the number of samples with strategy.n, not n")
         return self
 
     def extra_fields(self) -> dict[str, Any]:
