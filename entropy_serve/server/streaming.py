@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
-from entropy_serve.server import metrics, responses, submission
+from entropy_serve.server import responses, submission
 from entropy_serve.server.adapters.channel import TokenEntropy
 from entropy_serve.server.engine import EngineHolder
 from entropy_serve.server.errors import APIError, ClientDisconnected, error_body
@@ -32,8 +32,7 @@ async def until_disconnected(request: Request, work: Awaitable):
     if work_task in done:
         watch_task.cancel()
         return work_task.result()
-    work_task.cancel()
-    metrics.ABORTED.inc()
+    work_task.cancel()  # submission.stream counts the abort, once, if jobs were running
     raise ClientDisconnected("client disconnected")
 
 

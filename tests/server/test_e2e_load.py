@@ -66,6 +66,7 @@ def test_streaming_disconnect_aborts_in_engine(server):
         assert metric(server, "vllm:num_requests_running") >= 1
     assert wait_for(lambda: metric(server, "entropy_serve_requests_aborted_total") > aborted_before)
     assert wait_for(lambda: metric(server, "vllm:num_requests_running") == 0)
+    assert metric(server, "entropy_serve_requests_aborted_total") == aborted_before + 1  # counted once
 
 
 def test_non_streaming_disconnect_aborts_in_engine(server):
@@ -78,6 +79,7 @@ def test_non_streaming_disconnect_aborts_in_engine(server):
         pass
     assert wait_for(lambda: metric(server, "entropy_serve_requests_aborted_total") > aborted_before)
     assert wait_for(lambda: metric(server, "vllm:num_requests_running") == 0)
+    assert metric(server, "entropy_serve_requests_aborted_total") == aborted_before + 1  # counted once
 
 
 def test_seeded_5000_token_prompt_is_reproducible_and_keeps_the_engine(server, client, tokenizer):
