@@ -14,7 +14,6 @@ Under TRITON_INTERPRET=1 the kernel also runs on CPU tensors, which is how CI te
 
 from __future__ import annotations
 
-import os
 
 import torch
 
@@ -84,10 +83,6 @@ def fused_entropy_stats(logits: torch.Tensor, block: int = 4096) -> tuple[torch.
     lse, entropy, varentropy = (torch.empty(batch, dtype=torch.float32, device=logits.device) for _ in range(3))
     _entropy_stats_kernel[(batch,)](logits, lse, entropy, varentropy, vocab, logits.stride(0), BLOCK=block)
     return lse, entropy, varentropy
-
-
-def use_kernel(logits: torch.Tensor) -> bool:
-    return triton is not None and (logits.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
 
 
 def entropy_stats(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

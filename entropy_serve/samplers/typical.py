@@ -88,8 +88,3 @@ def _sorted_mask(logits: torch.Tensor, typical_p: torch.Tensor, min_tokens_to_ke
     sorted_remove = sorted_shifted > sorted_shifted.gather(-1, last_kept.unsqueeze(-1))
     sorted_remove[..., :min_tokens_to_keep] = False
     return sorted_remove.scatter(-1, sorted_indices, sorted_remove)
-
-
-def apply_typical(logits: torch.Tensor, typical_p: torch.Tensor, min_tokens_to_keep: int = 1) -> torch.Tensor:
-    """Set the removed tokens' logits to -inf, in place; returns `logits`."""
-    return logits.masked_fill_(typical_mask(logits, typical_p, min_tokens_to_keep), float("-inf"))

@@ -40,6 +40,7 @@ from entropy_serve.calibration import load_profile
 from entropy_serve.samplers.chain import EntropyProfile
 from entropy_serve.server.adapters.channel import CHANNEL_ENV, EntropyStore, EntropySubscriber
 from entropy_serve.server.config import ServerConfig
+from entropy_serve.server.errors import EngineUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,12 @@ class EngineHolder:
     @property
     def ready(self) -> bool:
         return self.state is EngineState.READY
+
+    def require_engine(self) -> AsyncLLM:
+        """The engine, or a 503 while it is not ready (loading, dead or stopped)."""
+        if not self.ready or self.engine is None:
+            raise EngineUnavailable(f"the engine is not ready ({self.state.value})")
+        return self.engine
 
     async def start(self) -> None:
         try:

@@ -22,7 +22,7 @@ from vllm import SamplingParams
 
 from entropy_serve.server.config import ServerConfig
 from entropy_serve.server.engine import EngineHolder
-from entropy_serve.server.errors import BadRequest, EngineUnavailable
+from entropy_serve.server.errors import BadRequest
 from entropy_serve.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
 from entropy_serve.server.sampling import check_sampler_request, engine_params, sampler_labels, uses_our_sampler
 
@@ -60,11 +60,11 @@ class Generator:
     # -- 1-3: render, bound, build parameters -------------------------------------
 
     def prepare_completion(self, request: CompletionRequest) -> PreparedRequest:
-        self._engine()  # 503 before touching the tokenizer of an engine not yet loaded
+        self.holder.require_engine()  # 503 before touching the tokenizer of an engine not yet loaded
         return self._prepare(request, "cmpl", self._completion_prompts(request))
 
     def prepare_chat(self, request: ChatCompletionRequest) -> PreparedRequest:
-        self._engine()
+        self.holder.require_engine()
         tokenizer = self.holder.tokenizer
         if getattr(tokenizer, "chat_template", None) is None:
             raise BadRequest("this model has no chat template; use /v1/completions")
@@ -124,7 +124,8 @@ class Generator:
         self, request: SamplingRequest, request_id: str, prompts: list[list[int]], params: SamplingParams
     ) -> list[EngineJob]:
         profile = self.holder.entropy_profile
-        fan_out = uses_our_sampler(request) and params.n > 1
+        ours = uses_our_sampler(request)
+        fan_out = ours and params.n > 1
         jobs = []
         for p, token_ids in enumerate(prompts):
             for i in range(params.n if fan_out else 1):
@@ -135,7 +136,7 @@ class Generator:
                     job_params.n = 1
                     job_params.seed = None if params.seed is None else params.seed + i
                 job_params = engine_params(request, job_params, key, profile)
-                jobs.append(EngineJob(p, i, token_ids, job_params, key, uses_our_sampler(request)))
+                jobs.append(EngineJob(p, i, token_ids, job_params, key, ours))
         return jobs
 
     def _resolve_max_tokens(self, requested: int | None, num_prompt_tokens: int) -> int:
@@ -159,8 +160,3 @@ class Generator:
                 param="max_tokens",
             )
         return requested
-
-    def _engine(self):
-        if not self.holder.ready or self.holder.engine is None:
-            raise EngineUnavailable(f"the engine is not ready ({self.holder.state.value})")
-        return self.holder.engine

@@ -42,9 +42,7 @@ class PromptResult:
 
 
 async def stream(holder: EngineHolder, prepared: PreparedRequest) -> AsyncIterator[Delta]:
-    engine = holder.engine
-    if not holder.ready or engine is None:
-        raise EngineUnavailable(f"the engine is not ready ({holder.state.value})")
+    engine = holder.require_engine()
     arrival = time.perf_counter()
     first_token_at: float | None = None
     unfinished = {job.key for job in prepared.jobs}

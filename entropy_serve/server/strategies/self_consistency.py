@@ -59,10 +59,9 @@ async def run_self_consistency(holder, generator: Generator, request: SamplingRe
     if isinstance(sampled, ChatCompletionRequest):
         prepared = generator.prepare_chat(sampled)
     else:
-        if isinstance(sampled.prompt, list) and sampled.prompt and not isinstance(sampled.prompt[0], int):
-            if len(sampled.prompt) != 1:
-                raise BadRequest("strategy: needs a single prompt", param="prompt")
         prepared = generator.prepare_completion(sampled)
+    if prepared.num_prompts != 1:
+        raise BadRequest("strategy: needs a single prompt", param="prompt")
     (result,) = await submission.run(holder, prepared)
     leaves = result.output.outputs
     answers = [extract_answer(leaf.text) for leaf in leaves]

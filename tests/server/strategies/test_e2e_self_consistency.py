@@ -63,3 +63,11 @@ def test_bad_strategy_requests_are_400(server, change, field):
     response = httpx.post(f"{server.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"})
     assert response.status_code == 400, response.text
     assert field in response.json()["error"]["message"]
+
+
+def test_strategy_needs_a_single_prompt(server):
+    body = {"model": MODEL, "prompt": ["1 + 1 =", "2 + 2 ="], "max_tokens": 4,
+            "strategy": {"name": "self_consistency", "n": 2}}
+    response = httpx.post(f"{server.url}/v1/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"})
+    assert response.status_code == 400, response.text
+    assert "single prompt" in response.json()["error"]["message"]
