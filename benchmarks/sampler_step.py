@@ -18,7 +18,7 @@ import time
 import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TypicalLogitsWarper
 
-from entropy_serve.samplers.chain import FIXED, RowParams, apply_chain
+from entropy_serve.samplers.chain import RowParams, apply_chain
 
 
 def median_time_s(fn, repeats: int) -> float:
@@ -43,14 +43,7 @@ def main() -> None:
     args = parser.parse_args()
 
     logits = torch.randn(args.batch, args.vocab, generator=torch.Generator().manual_seed(0)) * args.logit_scale
-    rows = args.batch
-    full = lambda value, dtype=torch.float32: torch.full((rows,), value, dtype=dtype)  # noqa: E731
-    params = RowParams(
-        temperature=full(args.temperature), method=full(FIXED, torch.int64), hapo_tau=full(0.0),
-        edt_theta=full(1.0), edt_base=full(0.8), dynatemp_min=full(1.0), dynatemp_max=full(1.0),
-        dynatemp_exponent=full(1.0), top_k=full(0, torch.int64), top_p=full(1.0), min_p=full(0.0),
-        typical_p=full(args.typical_p),
-    )
+    params = RowParams.uniform(args.batch, temperature=args.temperature, typical_p=args.typical_p)
     temperature = TemperatureLogitsWarper(args.temperature)
     typical = TypicalLogitsWarper(mass=args.typical_p)
 

@@ -58,6 +58,28 @@ class RowParams:
     def select(self, rows: torch.Tensor) -> RowParams:
         return RowParams(**{name: value[rows] for name, value in vars(self).items()})
 
+    @classmethod
+    def uniform(cls, num_rows: int, device: torch.device | None = None, **values) -> RowParams:
+        """Every row alike: NEUTRAL values, overridden by `values`."""
+        return cls(
+            **{
+                name: torch.full((num_rows,), value, device=device, dtype=param_dtype(name))
+                for name, value in {**NEUTRAL, **values}.items()
+            }
+        )
+
+
+# The values that switch each step off (a row with these is left as the model made it).
+NEUTRAL = dict(
+    temperature=1.0, method=FIXED, hapo_tau=0.0, edt_theta=1.0, edt_base=0.8, dynatemp_min=1.0,
+    dynatemp_max=1.0, dynatemp_exponent=1.0, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0,
+)
+INT_FIELDS = frozenset({"method", "top_k"})
+
+
+def param_dtype(name: str) -> torch.dtype:
+    return torch.int64 if name in INT_FIELDS else torch.float32
+
 
 @dataclass
 class ChainResult:

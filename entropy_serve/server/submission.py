@@ -25,7 +25,7 @@ from entropy_serve.server import metrics
 from entropy_serve.server.adapters.channel import TokenEntropy
 from entropy_serve.server.engine import EngineHolder
 from entropy_serve.server.errors import BadRequest, EngineUnavailable
-from entropy_serve.server.generation import EngineJob, PreparedRequest
+from entropy_serve.server.generation import PreparedRequest
 
 
 @dataclass

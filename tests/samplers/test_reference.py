@@ -17,7 +17,6 @@ from transformers.generation.logits_process import (
 from entropy_serve.samplers.chain import (
     DYNATEMP,
     EDT,
-    FIXED,
     HAPO,
     EntropyProfile,
     RowParams,
@@ -102,17 +101,7 @@ def test_filters_match_transformers(logits, mask_fn, warper, name, value):
 
 
 def params(rows: int, **values) -> RowParams:
-    neutral = dict(
-        temperature=1.0, method=FIXED, hapo_tau=0.0, edt_theta=1.0, edt_base=0.8, dynatemp_min=1.0,
-        dynatemp_max=1.0, dynatemp_exponent=1.0, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0,
-    )
-    neutral.update(values)
-    return RowParams(
-        **{
-            name: torch.full((rows,), value, dtype=torch.int64 if name in ("method", "top_k") else torch.float32)
-            for name, value in neutral.items()
-        }
-    )
+    return RowParams.uniform(rows, **values)
 
 
 @pytest.mark.parametrize("logits", ALL_LOGITS)

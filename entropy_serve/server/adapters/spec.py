@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
-from entropy_serve.samplers.chain import FIXED, EntropyProfile, RowParams
+from entropy_serve.samplers.chain import FIXED, EntropyProfile, RowParams, param_dtype
 
 EXTRA_ARGS_KEY = "entropy_serve"
 
@@ -54,13 +54,11 @@ class RowSpec:
 
 
 PARAM_FIELDS = [f.name for f in fields(RowParams)]
-INT_FIELDS = {"method", "top_k"}
 
 
 def stack_params(specs: list[RowSpec], device: torch.device) -> RowParams:
     """RowParams [rows] from one RowSpec per row."""
     columns = {}
     for name in PARAM_FIELDS:
-        dtype = torch.int64 if name in INT_FIELDS else torch.float32
-        columns[name] = torch.tensor([getattr(s, name) for s in specs], dtype=dtype, device=device)
+        columns[name] = torch.tensor([getattr(s, name) for s in specs], dtype=param_dtype(name), device=device)
     return RowParams(**columns)
