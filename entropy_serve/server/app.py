@@ -16,10 +16,9 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from entropy_serve.server import metrics, responses
+from entropy_serve.server import metrics, responses, submission
 from entropy_serve.server.config import ServerConfig
 from entropy_serve.server.engine import EngineHolder
-from entropy_serve.server import submission
 from entropy_serve.server.errors import ModelNotFound, Unauthorized, error_body, install_error_handlers
 from entropy_serve.server.generation import Generator
 from entropy_serve.server.middleware import BodySizeLimit, ErrorCounter
@@ -106,16 +105,18 @@ def create_app(config: ServerConfig, holder: EngineHolder) -> FastAPI:
             return await sse_response(raw, stream_completion(holder, prepared))
         results = await until_disconnected(raw, submission.run(holder, prepared))
         choices = [(p * prepared.n + c.index, c) for p, r in enumerate(results) for c in r.output.outputs]
-        entropy = {
-            p * prepared.n + index: responses.entropy_field(tokens, summary=True)
-            for p, r in enumerate(results)
-            for index, tokens in r.entropies.items()
-        }
+        entropy = None
+        if prepared.return_entropy:
+            entropy = {
+                p * prepared.n + index: responses.entropy_field(tokens, summary=True)
+                for p, r in enumerate(results)
+                for index, tokens in r.entropies.items()
+            }
         return JSONResponse(
             responses.completion(
                 prepared.request_id, prepared.model, prepared.created, choices,
                 prepared.num_top_logprobs, responses.usage(*submission.count_usage(results)),
-                entropy=entropy if prepared.return_entropy else None,
+                entropy=entropy,
             ).model_dump(exclude_unset=True)
         )
 
@@ -129,12 +130,14 @@ def create_app(config: ServerConfig, holder: EngineHolder) -> FastAPI:
         if prepared.stream:
             return await sse_response(raw, stream_chat(holder, prepared))
         (result,) = await until_disconnected(raw, submission.run(holder, prepared))
-        entropy = {i: responses.entropy_field(tokens, summary=True) for i, tokens in result.entropies.items()}
+        entropy = None
+        if prepared.return_entropy:
+            entropy = {i: responses.entropy_field(tokens, summary=True) for i, tokens in result.entropies.items()}
         return JSONResponse(
             responses.chat_completion_response(
                 prepared.request_id, prepared.model, prepared.created, result.output.outputs,
                 prepared.num_top_logprobs, responses.usage(*submission.count_usage([result])),
-                entropy=entropy if prepared.return_entropy else None,
+                entropy=entropy,
             ).model_dump(exclude_unset=True)
         )
 
