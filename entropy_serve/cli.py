@@ -39,6 +39,9 @@ def engine_flags() -> argparse.ArgumentParser:
     flags.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     flags.add_argument("--max-num-seqs", type=int, default=64, help="sequences the engine batches at once")
     flags.add_argument("--num-gpu-blocks-override", type=int, help="KV cache blocks, overriding the sizing (as in vLLM)")
+    flags.add_argument(
+        "--block-size", type=int, help="KV cache block size in tokens (default: vLLM's); prefix caching reuses whole blocks"
+    )
     flags.add_argument("--log-level", default="info")
     return flags
 
@@ -53,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key", default=os.environ.get(API_KEY_ENV), help=f"require this bearer key on /v1 (env {API_KEY_ENV})")
     serve.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
     serve.add_argument("--max-n", type=int, default=16, help="largest n a request may ask for")
+    serve.add_argument(
+        "--max-leaves", type=int, default=64, help="most samples one strategy request may generate (self_consistency n; entropy_fork M*(1+N*B))"
+    )
     serve.add_argument("--max-tokens-limit", type=int, help="largest max_tokens a request may ask for")
     serve.add_argument("--max-prompt-tokens", type=int, help="longest prompt accepted, in tokens")
     serve.add_argument(
@@ -111,6 +117,7 @@ def server_config(args: argparse.Namespace, **extra):
         gpu_memory_utilization=args.gpu_memory_utilization,
         max_num_seqs=args.max_num_seqs,
         num_gpu_blocks_override=args.num_gpu_blocks_override,
+        block_size=args.block_size,
         **extra,
     )
 
@@ -131,6 +138,7 @@ def serve(args: argparse.Namespace) -> int:
         api_key=args.api_key or None,
         max_body_bytes=args.max_body_bytes,
         max_n=args.max_n,
+        max_leaves=args.max_leaves,
         max_tokens_limit=args.max_tokens_limit,
         max_prompt_tokens=args.max_prompt_tokens,
         entropy_profile=str(profile) if profile else None,

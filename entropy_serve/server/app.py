@@ -23,7 +23,7 @@ from entropy_serve.server.errors import ModelNotFound, Unauthorized, error_body,
 from entropy_serve.server.generation import Generator
 from entropy_serve.server.middleware import BodySizeLimit, ErrorCounter
 from entropy_serve.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
-from entropy_serve.server.strategies.self_consistency import run_self_consistency
+from entropy_serve.server.strategies import run_strategy
 from entropy_serve.server.streaming import sse_response, stream_chat, stream_completion, until_disconnected
 
 logger = logging.getLogger(__name__)
@@ -75,22 +75,21 @@ def create_app(config: ServerConfig, holder: EngineHolder) -> FastAPI:
         }
 
     async def strategy_reply(body: SamplingRequest, raw: Request, chat: bool) -> Response:
-        outcome = await until_disconnected(raw, run_self_consistency(holder, generator, body))
-        winner = outcome.result.output.outputs[outcome.winner_leaf]
-        tokens = outcome.result.entropies.get(winner.index)
-        entropy = {0: responses.entropy_field(tokens, summary=True)} if body.return_entropy and tokens else None
-        usage = responses.usage(*submission.count_usage([outcome.result]))
+        outcome = await until_disconnected(raw, run_strategy(holder, generator, body))
+        winner = outcome.winner
+        entropy = {0: responses.entropy_field(winner.entropies, summary=True)} if body.return_entropy else None
+        usage = responses.usage(outcome.num_prompt_tokens, outcome.num_generated_tokens)
         prepared = outcome.prepared
-        winner.index = 0
+        winner.output.index = 0
         if chat:
             reply = responses.chat_completion_response(
-                prepared.request_id, prepared.model, prepared.created, [winner], prepared.num_top_logprobs, usage,
-                entropy=entropy,
+                prepared.request_id, prepared.model, prepared.created, [winner.output], prepared.num_top_logprobs,
+                usage, entropy=entropy,
             )
         else:
             reply = responses.completion(
-                prepared.request_id, prepared.model, prepared.created, [(0, winner)], prepared.num_top_logprobs,
-                usage, entropy=entropy,
+                prepared.request_id, prepared.model, prepared.created, [(0, winner.output)],
+                prepared.num_top_logprobs, usage, entropy=entropy,
             )
         return JSONResponse({**reply.model_dump(exclude_unset=True), "strategy": outcome.extension()})
 

@@ -19,6 +19,8 @@ class ServerConfig:
     gpu_memory_utilization: float = 0.9
     max_num_seqs: int = 64
     num_gpu_blocks_override: int | None = None  # KV cache blocks (vLLM's flag; tests use it)
+    # KV cache block size in tokens (None: vLLM's, 128 on CPU); prefix caching reuses whole blocks.
+    block_size: int | None = None
     # The model's token-entropy profile (JSON from `entropy-serve calibrate`), for hapo.
     entropy_profile: str | None = None
     # Where to listen.
@@ -28,6 +30,7 @@ class ServerConfig:
     api_key: str | None = None
     max_body_bytes: int = 4 * 1024 * 1024
     max_n: int = 16
+    max_leaves: int = 64  # samples one strategy request may generate (entropy_fork: M * (1 + N * B))
     max_tokens_limit: int | None = None
     max_prompt_tokens: int | None = None
     # Seconds SIGTERM waits for in-flight requests before closing them.
@@ -37,6 +40,8 @@ class ServerConfig:
         positive = {
             "max_body_bytes": self.max_body_bytes,
             "max_n": self.max_n,
+            "max_leaves": self.max_leaves,
+            "block_size": self.block_size,
             "max_num_seqs": self.max_num_seqs,
             "max_tokens_limit": self.max_tokens_limit,
             "max_prompt_tokens": self.max_prompt_tokens,

@@ -57,6 +57,8 @@ def engine_args(config: ServerConfig) -> AsyncEngineArgs:
         gpu_memory_utilization=config.gpu_memory_utilization,
         max_num_seqs=config.max_num_seqs,
         num_gpu_blocks_override=config.num_gpu_blocks_override,
+        block_size=config.block_size,
+        enable_prefix_caching=True,  # entropy_fork's branches share their tree's prefix
         disable_log_stats=False,  # feeds vLLM's own Prometheus gauges on /metrics
         enable_log_requests=False,
     )

@@ -68,7 +68,7 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None]:
     """One readable message naming each bad field, and the first field's name."""
     parts, first_param = [], None
     for error in errors:
-        location = [str(p) for p in error.get("loc", ()) if p != "body"]
+        location = _field_path(error.get("loc", ()))
         field = ".".join(location)
         first_param = first_param or (location[0] if location else None)
         message = error.get("msg", "invalid value").removeprefix("Value error, ")
@@ -79,6 +79,15 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None]:
             message = f"{message} (got {error['input']!r:.80})"
         parts.append(f"{field}: {message}" if field else message)
     return "; ".join(parts), first_param
+
+
+def _field_path(location: tuple) -> list[str]:
+    """The client's path to a field: without FastAPI's "body", nor the tag pydantic puts
+    after a tagged union (`strategy.entropy_fork.trees` is the client's `strategy.trees`)."""
+    path = [str(part) for part in location if part != "body"]
+    if len(path) > 2 and path[0] == "strategy":
+        del path[1]
+    return path
 
 
 def install_error_handlers(app: FastAPI) -> None:

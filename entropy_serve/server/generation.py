@@ -99,19 +99,55 @@ class Generator:
             )
         return list(token_ids)
 
+    def prepare(self, request: SamplingRequest) -> PreparedRequest:
+        """Either endpoint's request (strategies run both)."""
+        if isinstance(request, ChatCompletionRequest):
+            return self.prepare_chat(request)
+        return self.prepare_completion(request)
+
+    def prepare_continuations(
+        self,
+        request: SamplingRequest,
+        prompt_ids: list[int],
+        prefixes: list[list[int]],
+        max_tokens: int,
+        seeds: list[int | None],
+    ) -> PreparedRequest:
+        """Continue a prompt from each prefix of tokens already generated for it,
+        `request.n` samples each, with the request's sampler. `max_tokens` and
+        `min_tokens` count from the prompt, as for the samples the prefixes came from:
+        each continuation gets what its prefix left of them. Prefix p's samples are
+        seeded seeds[p] + i."""
+        self.holder.require_engine()
+        check_sampler_request(request, self.holder.entropy_profile)
+        request_id = f"cont-{uuid.uuid4().hex}"
+        jobs = []
+        for p, (prefix, seed) in enumerate(zip(prefixes, seeds, strict=True)):
+            if len(prefix) >= max_tokens:
+                raise ValueError(f"prefix {p}: {len(prefix)} tokens leave nothing of max_tokens={max_tokens}")
+            token_ids = prompt_ids + prefix
+            budget = self._resolve_max_tokens(max_tokens - len(prefix), len(token_ids))
+            owed = request.model_copy(update={"seed": seed, "min_tokens": max(0, request.min_tokens - len(prefix))})
+            jobs += self._jobs(owed, request_id, p, token_ids, owed.to_sampling_params(budget))
+        return self._prepared(request, request_id, jobs, len(prefixes))
+
     def _prepare(self, request: SamplingRequest, kind: str, prompts: list[list[int]]) -> PreparedRequest:
-        if request.n > self.config.max_n:
+        if request.strategy is None and request.n > self.config.max_n:  # a strategy's samples: --max-leaves
             raise BadRequest(f"n: at most {self.config.max_n} is allowed, got {request.n}", param="n")
         check_sampler_request(request, self.holder.entropy_profile)
         longest = max(len(p) for p in prompts)
         params = request.to_sampling_params(self._resolve_max_tokens(request.requested_max_tokens(), longest))
         request_id = f"{kind}-{uuid.uuid4().hex}"
+        jobs = [job for p, token_ids in enumerate(prompts) for job in self._jobs(request, request_id, p, token_ids, params)]
+        return self._prepared(request, request_id, jobs, len(prompts))
+
+    def _prepared(self, request: SamplingRequest, request_id: str, jobs: list[EngineJob], num_prompts: int) -> PreparedRequest:
         return PreparedRequest(
             request_id=request_id,
             created=int(time.time()),
             model=self.config.served_model_name,
-            jobs=self._jobs(request, request_id, prompts, params),
-            num_prompts=len(prompts),
+            jobs=jobs,
+            num_prompts=num_prompts,
             n=request.n,
             num_top_logprobs=request.num_top_logprobs(),
             stream=request.stream,
@@ -121,22 +157,21 @@ class Generator:
         )
 
     def _jobs(
-        self, request: SamplingRequest, request_id: str, prompts: list[list[int]], params: SamplingParams
+        self, request: SamplingRequest, request_id: str, p: int, token_ids: list[int], params: SamplingParams
     ) -> list[EngineJob]:
-        profile = self.holder.entropy_profile
+        """Prompt p's engine jobs: one, or one per sample when our sampler runs n > 1."""
         ours = uses_our_sampler(request)
         fan_out = ours and params.n > 1
         jobs = []
-        for p, token_ids in enumerate(prompts):
-            for i in range(params.n if fan_out else 1):
-                key = f"{request_id}-{p}-{i}"
-                job_params = params
-                if fan_out:
-                    job_params = copy.copy(params)
-                    job_params.n = 1
-                    job_params.seed = None if params.seed is None else params.seed + i
-                job_params = engine_params(request, job_params, key, profile)
-                jobs.append(EngineJob(p, i, token_ids, job_params, key, ours))
+        for i in range(params.n if fan_out else 1):
+            key = f"{request_id}-{p}-{i}"
+            job_params = params
+            if fan_out:
+                job_params = copy.copy(params)
+                job_params.n = 1
+                job_params.seed = None if params.seed is None else params.seed + i
+            job_params = engine_params(request, job_params, key, self.holder.entropy_profile)
+            jobs.append(EngineJob(p, i, token_ids, job_params, key, ours))
         return jobs
 
     def _resolve_max_tokens(self, requested: int | None, num_prompt_tokens: int) -> int:

@@ -49,3 +49,9 @@ STRATEGY_AGREEMENT = Histogram(
     "entropy_serve_strategy_agreement", "The winning answer's share of the vote.", ["strategy"],
     buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
 )
+STRATEGY_FORKS = Counter("entropy_serve_strategy_forks", "Fork points opened by entropy_fork.")
+STRATEGY_TOKENS = Counter(
+    "entropy_serve_strategy_tokens",
+    "Leaf tokens of strategy requests: generated, or shared with the tree a branch forked from.",
+    ["strategy", "kind"],
+)

@@ -12,7 +12,7 @@ import json
 import logging
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from vllm import SamplingParams
 from vllm.exceptions import VLLMValidationError
 from vllm.sampling_params import RequestOutputKind
@@ -46,14 +46,43 @@ class AdaptiveTemperature(BaseModel):
     exponent: float = Field(1.0, gt=0.0, le=10.0, description="dynatemp: (H / ln V)^exponent")
 
 
-class Strategy(BaseModel):
-    """A strategy that answers from several generations (server/strategies/)."""
+VoteMode = Literal["majority", "entropy_weighted"]
+
+
+class SelfConsistency(BaseModel):
+    """n independent samples, one vote (server/strategies/self_consistency.py)."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: Literal["self_consistency"]
-    n: int = Field(8, ge=2, le=64, description="independent samples to vote over")
-    vote: Literal["majority", "entropy_weighted"] = "majority"
+    n: int = Field(8, ge=2, le=1024, description="independent samples to vote over")
+    vote: VoteMode = "majority"
+
+    @property
+    def num_leaves(self) -> int:
+        return self.n
+
+
+class EntropyFork(BaseModel):
+    """ETTRL's tree rollouts: fork each tree at its highest-entropy tokens (strategies/entropy_fork.py).
+
+    Defaults are ETTRL's (M=12 trees, N=2 forks, B=2 branches: 60 leaves)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["entropy_fork"]
+    trees: int = Field(12, ge=1, le=1024, description="M: initial samples")
+    forks: int = Field(2, ge=1, le=64, description="N: fork points per tree, at its highest-entropy tokens")
+    branches: int = Field(2, ge=1, le=64, description="B: continuations sampled from each fork point")
+    vote: VoteMode = "majority"
+
+    @property
+    def num_leaves(self) -> int:
+        return self.trees * (1 + self.forks * self.branches)
+
+
+Strategy = Annotated[SelfConsistency | EntropyFork, Field(discriminator="name")]
+STRATEGY_NAMES = ("self_consistency", "entropy_fork")
 
 
 # Our sampler fields may also come inside vllm_xargs (for clients that only pass those).
@@ -100,6 +129,30 @@ class SamplingRequest(BaseModel):
     return_entropy: bool = False
     strategy: Strategy | None = None
 
+    @field_validator("strategy", mode="before")
+    @classmethod
+    def _strategy_by_name(cls, value: Any) -> Any:
+        """`"strategy": "entropy_fork"` is that strategy with its defaults."""
+        return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strategy_from_model_name(cls, data: Any) -> Any:
+        """`"model": "entropy_fork:NAME"` is model NAME with that strategy's defaults, for
+        clients that cannot send extra fields. A strategy in the body must agree."""
+        if not isinstance(data, dict) or not isinstance(data.get("model"), str):
+            return data
+        prefix, colon, model = data["model"].partition(":")
+        if not colon or prefix not in STRATEGY_NAMES:
+            return data
+        data = dict(data, model=model)
+        given = data.get("strategy")
+        if given is None:
+            data["strategy"] = prefix
+        elif (given if isinstance(given, str) else dict(given).get("name")) != prefix:
+            raise ValueError(f"strategy: the model name asks for {prefix!r}, the strategy field for another")
+        return data
+
     @model_validator(mode="before")
     @classmethod
     def _lift_sampler_xargs(cls, data: Any) -> Any:
@@ -131,7 +184,7 @@ class SamplingRequest(BaseModel):
             if self.stream:
                 raise ValueError("strategy: streaming is not supported with a strategy (the answer exists only after the vote)")
             if self.n != 1:
-                raise ValueError("strategy: set the number of samples with strategy.n, not n")
+                raise ValueError("strategy: set the number of samples in the strategy (strategy.n, strategy.trees), not n")
         return self
 
     def extra_fields(self) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from entropy_serve.server.generation import PreparedRequest
 @dataclass
 class Delta:
     prompt_index: int
+    key: str  # the engine job's
     output: RequestOutput  # its outputs' `index` is the choice index within the prompt
     entropies: dict[int, list[TokenEntropy]] = field(default_factory=dict)  # choice -> new tokens'
 
@@ -39,6 +40,7 @@ class Delta:
 class PromptResult:
     output: RequestOutput  # whole outputs, sorted by choice index
     entropies: dict[int, list[TokenEntropy]]  # choice -> every generated token's
+    num_cached_tokens: int = 0  # prompt tokens vLLM's prefix cache served, over the prompt's jobs
 
 
 async def stream(holder: EngineHolder, prepared: PreparedRequest) -> AsyncIterator[Delta]:
@@ -52,7 +54,7 @@ async def stream(holder: EngineHolder, prepared: PreparedRequest) -> AsyncIterat
     try:
         async for job_index, output in merge_async_iterators(*streams):
             job = prepared.jobs[job_index]
-            delta = Delta(job.prompt_index, output)
+            delta = Delta(job.prompt_index, job.key, output)
             for piece in output.outputs:
                 start = num_streamed.get((job.key, piece.index), 0)
                 num_streamed[(job.key, piece.index)] = start + len(piece.token_ids)
@@ -87,12 +89,16 @@ async def stream(holder: EngineHolder, prepared: PreparedRequest) -> AsyncIterat
 async def run(holder: EngineHolder, prepared: PreparedRequest) -> list[PromptResult]:
     """Every prompt's whole outputs, in prompt order."""
     results: dict[int, PromptResult] = {}
+    counted_cache: set[str] = set()  # jobs whose prefix-cache hits are counted
     async for delta in stream(holder, prepared):
         pieces = delta.output.outputs
         result = results.get(delta.prompt_index)
         if result is None:  # the first delta of a prompt holds its whole outputs from now on
             delta.output.outputs = []
             result = results[delta.prompt_index] = PromptResult(delta.output, {})
+        if delta.key not in counted_cache:
+            counted_cache.add(delta.key)
+            result.num_cached_tokens += delta.output.num_cached_tokens or 0
         by_index = {c.index: c for c in result.output.outputs}
         for piece in pieces:
             if piece.index in by_index:

@@ -3,29 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import re
-import time
 
 import httpx
 from conftest import API_KEY, MODEL
+from helpers import metric, wait_for
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-
-
-def metric(server, name: str) -> float:
-    text = httpx.get(f"{server.url}/metrics").text
-    match = re.search(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE)
-    assert match, f"{name} not in /metrics"
-    return float(match.group(1))
-
-
-def wait_for(condition, timeout_s: float = 20) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_32_concurrent_streams_all_complete(server, async_client):

@@ -10,7 +10,7 @@ import openai
 import pytest
 import torch
 from conftest import MODEL
-from test_e2e_load import metric
+from helpers import metric
 
 from entropy_serve.model_store import prepare_default_model
 

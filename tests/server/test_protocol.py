@@ -85,3 +85,42 @@ def test_chat_content_parts_are_joined():
         {"role": "user", "content": "ab"},
         {"role": "assistant", "content": ""},
     ]
+
+
+def test_strategies_by_object_by_name_and_by_model_prefix():
+    fork = completion(strategy={"name": "entropy_fork", "trees": 3, "forks": 1, "branches": 2})
+    assert (fork.strategy.trees, fork.strategy.forks, fork.strategy.branches) == (3, 1, 2)
+    assert fork.strategy.num_leaves == 3 * (1 + 1 * 2)
+    by_name = completion(strategy="entropy_fork")
+    assert (by_name.strategy.trees, by_name.strategy.forks, by_name.strategy.branches) == (12, 2, 2)  # ETTRL's
+    prefixed = CompletionRequest(model="self_consistency:m", prompt="p")
+    assert prefixed.model == "m" and prefixed.strategy.name == "self_consistency" and prefixed.strategy.n == 8
+    agreeing = CompletionRequest(model="entropy_fork:m", prompt="p", strategy={"name": "entropy_fork", "trees": 2})
+    assert agreeing.strategy.trees == 2
+    assert CompletionRequest(model="llama3:8b", prompt="p").model == "llama3:8b"  # not a strategy: left alone
+    with pytest.raises(ValidationError, match="model name asks for 'entropy_fork'"):
+        CompletionRequest(model="entropy_fork:m", prompt="p", strategy="self_consistency")
+
+
+@pytest.mark.parametrize(
+    "strategy, field",
+    [
+        ({"name": "entropy_fork", "trees": 0}, "strategy.trees"),
+        ({"name": "entropy_fork", "forks": 0}, "strategy.forks"),
+        ({"name": "entropy_fork", "branches": 65}, "strategy.branches"),
+        ({"name": "entropy_fork", "n": 4}, "strategy.n"),  # self_consistency's field
+        ({"name": "entropy_fork", "vote": "loudest"}, "strategy.vote"),
+        ("beam", "strategy"),
+    ],
+)
+def test_bad_strategies_name_the_client_field(strategy, field):
+    from fastapi.exceptions import RequestValidationError
+
+    from entropy_serve.server.errors import validation_message
+
+    with pytest.raises(ValidationError) as caught:
+        completion(strategy=strategy)
+    body_errors = [{**e, "loc": ("body", *e["loc"])} for e in RequestValidationError(caught.value.errors()).errors()]
+    message, param = validation_message(body_errors)
+    assert message.startswith(f"{field}:"), message
+    assert param == "strategy"
