@@ -32,11 +32,18 @@ DEFAULT_LEVELS = (
 )
 
 
+# Phrasing matters to a 135M model: on 30 seeded problems per level, greedy, this one
+# scored 73% / 20% / 7% (1-, 2-, 3-digit addition) against 57% / 20% / 7% for
+# "What is a + b? Answer with just the number."
+QUESTION_TEMPLATE = "Compute {expression}. Reply with only the result."
+
+
 @dataclass(frozen=True)
 class Problem:
     question: str
     answer: str  # exact, as an integer string
     level: str
+    expression: str = ""  # the bare arithmetic, e.g. "12 + 9"
 
 
 def make_problem(rng: random.Random, level: Level) -> Problem:
@@ -50,7 +57,7 @@ def make_problem(rng: random.Random, level: Level) -> Problem:
         # only with one kind of operation or with + and - (the default levels).
         value = OPERATIONS[operator](value, operand)
         expression += f" {operator} {operand}"
-    return Problem(question=f"What is {expression}?", answer=str(value), level=level.name)
+    return Problem(QUESTION_TEMPLATE.format(expression=expression), str(value), level.name, expression)
 
 
 def generate(num_problems: int, seed: int, levels: tuple[Level, ...] = DEFAULT_LEVELS) -> list[Problem]:

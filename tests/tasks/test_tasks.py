@@ -16,15 +16,15 @@ def test_generation_is_seeded_and_exact():
     assert first == arithmetic.generate(50, seed=3)
     assert first != arithmetic.generate(50, seed=4)
     for problem in first:
-        expression = problem.question.removeprefix("What is ").removesuffix("?")
-        assert str(eval(expression)) == problem.answer  # noqa: S307 (our own digits and + - *)
+        assert str(eval(problem.expression)) == problem.answer  # noqa: S307 (our own digits and + - *)
+        assert problem.question == arithmetic.QUESTION_TEMPLATE.format(expression=problem.expression)
     assert {p.level for p in first} == {level.name for level in arithmetic.DEFAULT_LEVELS}
 
 
 def test_levels_have_their_digits():
     level = arithmetic.Level("add-3digit", digits=3)
     for problem in arithmetic.generate(20, seed=0, levels=(level,)):
-        a, _, b = problem.question.removeprefix("What is ").removesuffix("?").split()
+        a, _, b = problem.expression.split()
         assert 100 <= int(a) <= 999 and 100 <= int(b) <= 999
 
 
