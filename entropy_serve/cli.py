@@ -1,4 +1,4 @@
-"""`entropy-serve` command line: `serve`, `prepare-model`, `calibrate`.
+"""`entropy-serve` command line: `serve`, `prepare-model`, `calibrate`, `train-probe`.
 
 Flags reuse vLLM's names where they mean the same thing. Settings resolve once, in this
 order: defaults, then environment (ENTROPY_SERVE_API_KEY), then flags.
@@ -69,6 +69,27 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--out", type=Path, help=f"target folder (default: under ${model_store.CACHE_ENV})")
     prepare.add_argument("--force", action="store_true", help="rebuild even if already prepared")
 
+    serve.add_argument("--probe", type=Path, help="difficulty probe folder (from train-probe): enables strategy 'difficulty'")
+    serve.add_argument("--difficulty-table", type=Path, help="JSON overriding the per-class strategies (see README)")
+
+    train = commands.add_parser(
+        "train-probe", parents=[engine_flags()], help="sample a task, label difficulty, train the DiffAdapt probe"
+    )
+    train.add_argument("--task", default="arithmetic", help="'arithmetic' (built-in, seeded) or a question/answer JSONL file")
+    train.add_argument("--problems", type=int, default=300, help="training problems (first N of a file)")
+    train.add_argument("--samples", type=int, default=8, help="answers sampled per problem (k)")
+    train.add_argument("--max-tokens", type=int, default=128, help="token budget of each sampled answer")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--out", type=Path, required=True, help="folder for samples.jsonl and the probe (resumable)")
+    train.add_argument("--hard-below-accuracy", type=float, default=0.5, help="label rule: accuracy below this is hard")
+    train.add_argument(
+        "--easy-entropy-quantile", type=float, default=0.5,
+        help="label rule: solved problems above this quantile of mean entropy are easy",
+    )
+    train.add_argument("--easy-entropy-above", type=float, help="label rule: an absolute entropy threshold (nats) instead")
+    train.add_argument("--feature-suffix", default="", help="text appended to each prompt before reading its hidden state")
+    train.add_argument("--hidden-units", type=int, default=512)
+
     calibrate = commands.add_parser(
         "calibrate", parents=[engine_flags()], help="sample built-in prompts, write the model's entropy profile"
     )
@@ -88,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "calibrate":
             return run_calibrate(args)
+        if args.command == "train-probe":
+            return run_train_probe(args)
         return serve(args)
     except (model_store.ModelPreparationError, ValueError) as error:
         print(f"entropy-serve: error: {error}", file=sys.stderr)
@@ -142,6 +165,8 @@ def serve(args: argparse.Namespace) -> int:
         max_tokens_limit=args.max_tokens_limit,
         max_prompt_tokens=args.max_prompt_tokens,
         entropy_profile=str(profile) if profile else None,
+        probe=str(args.probe) if args.probe else None,
+        difficulty_table=str(args.difficulty_table) if args.difficulty_table else None,
     )
     server: uvicorn.Server | None = None
 
@@ -180,6 +205,33 @@ def run_calibrate(args: argparse.Namespace) -> int:
     config = server_config(args)
     profile = calibrate(config, args.out, args.samples, args.max_tokens, args.seed)
     print(json.dumps({k: profile[k] for k in ("model", "log_entropy_pivot", "log_entropy_spread", "summary")}, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def run_train_probe(args: argparse.Namespace) -> int:
+    from entropy_serve.probes.labels import LabelRule
+    from entropy_serve.trainer.probe import TrainSettings, train_probe
+
+    for name in ("problems", "samples", "max_tokens", "hidden_units"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    settings = TrainSettings(
+        task=args.task,
+        num_problems=args.problems,
+        samples=args.samples,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+        rule=LabelRule(args.hard_below_accuracy, args.easy_entropy_quantile, args.easy_entropy_above),
+        feature_suffix=args.feature_suffix,
+        hidden_units=args.hidden_units,
+    )
+    metadata = train_probe(server_config(args), settings, args.out)
+    print(json.dumps({k: metadata[k] for k in ("class_balance", "entropy_threshold_nats", "num_train", "num_held_out")}))
+    print(
+        f"held-out accuracy {metadata['held_out_accuracy']:.3f} vs majority-class baseline "
+        f"{metadata['majority_baseline_accuracy']:.3f} ({metadata['majority_class']})"
+    )
     print(f"wrote {args.out}")
     return 0
 

@@ -8,6 +8,7 @@ Request path: body-size guard (413) -> API key (401, /v1 only) -> pydantic valid
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,10 +21,11 @@ from entropy_serve.server import metrics, responses, submission
 from entropy_serve.server.config import ServerConfig
 from entropy_serve.server.engine import EngineHolder
 from entropy_serve.server.errors import ModelNotFound, Unauthorized, error_body, install_error_handlers
-from entropy_serve.server.generation import Generator
+from entropy_serve.server.generation import Generator, PreparedRequest
 from entropy_serve.server.middleware import BodySizeLimit, ErrorCounter
-from entropy_serve.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
+from entropy_serve.server.protocol import VOTING_STRATEGIES, ChatCompletionRequest, CompletionRequest, SamplingRequest
 from entropy_serve.server.strategies import run_strategy
+from entropy_serve.server.strategies.difficulty import prepare_difficulty
 from entropy_serve.server.streaming import sse_response, stream_chat, stream_completion, until_disconnected
 
 logger = logging.getLogger(__name__)
@@ -70,6 +72,7 @@ def create_app(config: ServerConfig, holder: EngineHolder) -> FastAPI:
                     "root": config.model,
                     "max_model_len": holder.max_model_len or None,
                     "entropy_profile": config.entropy_profile,
+                    "difficulty_probe": config.probe,
                 }
             ],
         }
@@ -93,17 +96,15 @@ def create_app(config: ServerConfig, holder: EngineHolder) -> FastAPI:
             )
         return JSONResponse({**reply.model_dump(exclude_unset=True), "strategy": outcome.extension()})
 
-    @router.post("/completions")
-    async def completions(body: CompletionRequest, raw: Request) -> Response:
-        metrics.REQUESTS.labels(endpoint="completions").inc()
-        check_model(body, config)
-        if body.strategy is not None:
-            return await strategy_reply(body, raw, chat=False)
-        prepared = generator.prepare_completion(body)
+    async def generate(
+        prepared: PreparedRequest, raw: Request, chat: bool, extension: dict | None = None, headers: dict | None = None
+    ) -> Response:
+        """One ordinary generation, streamed or whole; `extension` fields join the whole reply."""
         if prepared.stream:
-            return await sse_response(raw, stream_completion(holder, prepared))
+            events = stream_chat(holder, prepared) if chat else stream_completion(holder, prepared)
+            return await sse_response(raw, events, headers)
         results = await until_disconnected(raw, submission.run(holder, prepared))
-        choices = [(p * prepared.n + c.index, c) for p, r in enumerate(results) for c in r.output.outputs]
+        usage = responses.usage(*submission.count_usage(results))
         entropy = None
         if prepared.return_entropy:
             entropy = {
@@ -111,34 +112,43 @@ def create_app(config: ServerConfig, holder: EngineHolder) -> FastAPI:
                 for p, r in enumerate(results)
                 for index, tokens in r.entropies.items()
             }
-        return JSONResponse(
-            responses.completion(
-                prepared.request_id, prepared.model, prepared.created, choices,
-                prepared.num_top_logprobs, responses.usage(*submission.count_usage(results)),
+        if chat:
+            (result,) = results
+            reply = responses.chat_completion_response(
+                prepared.request_id, prepared.model, prepared.created, result.output.outputs,
+                prepared.num_top_logprobs, usage, entropy=entropy,
+            )
+        else:
+            choices = [(p * prepared.n + c.index, c) for p, r in enumerate(results) for c in r.output.outputs]
+            reply = responses.completion(
+                prepared.request_id, prepared.model, prepared.created, choices, prepared.num_top_logprobs, usage,
                 entropy=entropy,
-            ).model_dump(exclude_unset=True)
-        )
+            )
+        return JSONResponse({**reply.model_dump(exclude_unset=True), **(extension or {})}, headers=headers)
+
+    async def answer(body: SamplingRequest, raw: Request, chat: bool) -> Response:
+        check_model(body, config)
+        strategy = body.strategy
+        if strategy is None:
+            return await generate(generator.prepare(body), raw, chat)
+        if strategy.name in VOTING_STRATEGIES:
+            return await strategy_reply(body, raw, chat)
+        prepared, difficulty = await until_disconnected(raw, prepare_difficulty(holder, generator, body))
+        headers = {
+            "x-entropy-serve-difficulty": difficulty.name,
+            "x-entropy-serve-difficulty-probabilities": json.dumps(difficulty.probabilities),
+        }
+        return await generate(prepared, raw, chat, {"difficulty": difficulty.extension()}, headers)
+
+    @router.post("/completions")
+    async def completions(body: CompletionRequest, raw: Request) -> Response:
+        metrics.REQUESTS.labels(endpoint="completions").inc()
+        return await answer(body, raw, chat=False)
 
     @router.post("/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, raw: Request) -> Response:
         metrics.REQUESTS.labels(endpoint="chat_completions").inc()
-        check_model(body, config)
-        if body.strategy is not None:
-            return await strategy_reply(body, raw, chat=True)
-        prepared = generator.prepare_chat(body)
-        if prepared.stream:
-            return await sse_response(raw, stream_chat(holder, prepared))
-        (result,) = await until_disconnected(raw, submission.run(holder, prepared))
-        entropy = None
-        if prepared.return_entropy:
-            entropy = {i: responses.entropy_field(tokens, summary=True) for i, tokens in result.entropies.items()}
-        return JSONResponse(
-            responses.chat_completion_response(
-                prepared.request_id, prepared.model, prepared.created, result.output.outputs,
-                prepared.num_top_logprobs, responses.usage(*submission.count_usage([result])),
-                entropy=entropy,
-            ).model_dump(exclude_unset=True)
-        )
+        return await answer(body, raw, chat=True)
 
     app_started_at = time.time()
     app.include_router(router)

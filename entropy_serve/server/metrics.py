@@ -55,3 +55,10 @@ STRATEGY_TOKENS = Counter(
     "Leaf tokens of strategy requests: generated, or shared with the tree a branch forked from.",
     ["strategy", "kind"],
 )
+DIFFICULTY_REQUESTS = Counter(
+    "entropy_serve_difficulty_requests", "Requests routed by the difficulty probe, by class.", ["difficulty"]
+)
+PROBE_LATENCY_S = Histogram(
+    "entropy_serve_probe_latency_seconds", "Seconds to read a prompt's hidden state and classify it.",
+    buckets=LATENCY_BUCKETS_S,
+)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from vllm import SamplingParams
@@ -81,8 +81,18 @@ class EntropyFork(BaseModel):
         return self.trees * (1 + self.forks * self.branches)
 
 
-Strategy = Annotated[SelfConsistency | EntropyFork, Field(discriminator="name")]
-STRATEGY_NAMES = ("self_consistency", "entropy_fork")
+class Difficulty(BaseModel):
+    """DiffAdapt: the difficulty probe picks the strategy (strategies/difficulty.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["difficulty"]
+    num_leaves: ClassVar[int] = 1
+
+
+Strategy = Annotated[SelfConsistency | EntropyFork | Difficulty, Field(discriminator="name")]
+STRATEGY_NAMES = ("self_consistency", "entropy_fork", "difficulty")
+VOTING_STRATEGIES = ("self_consistency", "entropy_fork")
 
 
 # Our sampler fields may also come inside vllm_xargs (for clients that only pass those).
@@ -181,8 +191,10 @@ class SamplingRequest(BaseModel):
         if isinstance(self.stop, list) and any(not s for s in self.stop):
             raise ValueError("stop: stop sequences must not be empty")
         if self.strategy is not None:
-            if self.stream:
+            if self.stream and self.strategy.name in VOTING_STRATEGIES:
                 raise ValueError("strategy: streaming is not supported with a strategy (the answer exists only after the vote)")
+            if self.n != 1 and self.strategy.name == "difficulty":
+                raise ValueError("strategy: 'difficulty' answers with one sample; n must be 1")
             if self.n != 1:
                 raise ValueError("strategy: set the number of samples in the strategy (strategy.n, strategy.trees), not n")
         return self

@@ -40,7 +40,7 @@ async def _wait_for_disconnect(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
 
-async def sse_response(request: Request, events: AsyncIterator[str]) -> StreamingResponse:
+async def sse_response(request: Request, events: AsyncIterator[str], headers: dict | None = None) -> StreamingResponse:
     """Stream server-sent events, once the first one exists.
 
     Waiting for the first event means an error before it (bad parameters, engine not
@@ -61,7 +61,7 @@ async def sse_response(request: Request, events: AsyncIterator[str]) -> Streamin
             logger.exception("stream ended with an unexpected error")
             yield sse_error(error_body(500, f"internal error: {type(error).__name__}", "server_error"))
 
-    return StreamingResponse(all_events(), media_type="text/event-stream")
+    return StreamingResponse(all_events(), media_type="text/event-stream", headers=headers)
 
 
 def sse_error(body: dict) -> str:

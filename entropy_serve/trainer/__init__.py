@@ -1,0 +1,1 @@
+"""What produces what the server serves: the difficulty probe (probe.py)."""

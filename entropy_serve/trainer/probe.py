@@ -1,0 +1,193 @@
+"""`entropy-serve train-probe`: sample, label, featurize, train, save.
+
+Order:
+1. problems: the built-in arithmetic task (seeded) or a JSONL file (tasks/);
+2. sampling: k answers per problem with the Normal strategy of the difficulty table,
+   on the served engine with exact per-token entropies; each finished problem is
+   appended to `OUT/samples.jsonl` at once, so an interrupted run keeps its work and the
+   same command resumes where it stopped;
+3. labels: accuracy and mean token entropy -> easy / normal / hard (probes/labels.py);
+4. features: the final hidden state of each rendered prompt (probes/features.py);
+5. probe: an MLP on a stratified split, saved with its metadata to OUT (probes/probe.py),
+   and the held-out accuracy printed against the majority-class baseline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from entropy_serve.calibration import model_fingerprint
+from entropy_serve.probes.features import FeatureEngine, pooling_engine_args
+from entropy_serve.probes.labels import LabelRule, label_problems
+from entropy_serve.probes.probe import fit_probe
+from entropy_serve.probes.table import DifficultyTable
+from entropy_serve.server import submission
+from entropy_serve.server.config import ServerConfig
+from entropy_serve.server.engine import EngineHolder
+from entropy_serve.server.generation import Generator
+from entropy_serve.server.protocol import ChatCompletionRequest
+from entropy_serve.tasks import arithmetic
+from entropy_serve.tasks.answers import is_correct
+from entropy_serve.tasks.jsonl import load_jsonl
+
+logger = logging.getLogger(__name__)
+
+SAMPLES_FILE = "samples.jsonl"
+TRAINING_LEVELS = ("add-1digit", "add-2digit", "add-3digit")
+PROBLEMS_IN_FLIGHT = 8
+
+
+@dataclass(frozen=True)
+class TrainingProblem:
+    question: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    task: str  # "arithmetic" or a JSONL path
+    num_problems: int
+    samples: int
+    max_tokens: int
+    seed: int
+    rule: LabelRule
+    feature_suffix: str = ""
+    hidden_units: int = 512
+    held_out_fraction: float = 0.25
+
+
+def load_problems(task: str, num_problems: int, seed: int) -> list[TrainingProblem]:
+    if task == "arithmetic":
+        levels = tuple(level for level in arithmetic.DEFAULT_LEVELS if level.name in TRAINING_LEVELS)
+        return [TrainingProblem(p.question, p.answer) for p in arithmetic.generate(num_problems, seed, levels)]
+    path = Path(task)
+    if not path.is_file():
+        raise ValueError(f"--task: {task!r} is neither 'arithmetic' nor a JSONL file")
+    items = load_jsonl(path)
+    if len(items) < num_problems:
+        raise ValueError(f"--task {task}: {len(items)} problems, fewer than --problems {num_problems}")
+    return [TrainingProblem(item.question, item.answer) for item in items[:num_problems]]
+
+
+def read_finished(path: Path, problems: list[TrainingProblem]) -> dict[int, dict]:
+    """Problems already sampled by an earlier run of the same command."""
+    if not path.exists():
+        return {}
+    finished = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by an interrupt: that problem is sampled again
+            logger.warning("%s:%d: unreadable, sampling that problem again", path, number)
+            continue
+        index = record["index"]
+        if index >= len(problems) or record["question"] != problems[index].question:
+            raise ValueError(f"{path} holds samples of other problems (line {number}); use a new --out")
+        finished[index] = record
+    return finished
+
+
+async def sample_problems(
+    config: ServerConfig, problems: list[TrainingProblem], todo: list[int], settings: TrainSettings, store: Path
+) -> None:
+    normal = DifficultyTable().normal
+    holder = EngineHolder(config, on_dead=lambda: None)
+    await holder.start()
+    if not holder.ready:
+        raise RuntimeError(holder.failure or "the engine did not start")
+    generator = Generator(holder, config)
+    limit = asyncio.Semaphore(PROBLEMS_IN_FLIGHT)
+    tasks: list[asyncio.Task] = []
+
+    async def one(index: int) -> dict:
+        problem = problems[index]
+        request = ChatCompletionRequest(
+            model=config.served_model_name,
+            messages=[{"role": "user", "content": problem.question}],
+            n=settings.samples,
+            max_tokens=normal.max_tokens(settings.max_tokens),
+            temperature=normal.temperature,
+            top_p=normal.top_p,
+            seed=settings.seed * 1_000_003 + index * settings.samples,
+            return_entropy=True,
+        )
+        async with limit:
+            prepared = generator.prepare_chat(request)
+            (result,) = await submission.run(holder, prepared)
+        outputs = result.output.outputs
+        means = [np.mean([t.model_entropy_nats for t in result.entropies.get(o.index, [])] or [0.0]) for o in outputs]
+        return {
+            "index": index,
+            "question": problem.question,
+            "answer": problem.answer,
+            "prompt_token_ids": list(result.output.prompt_token_ids),
+            "accuracy": sum(is_correct(o.text, problem.answer) for o in outputs) / len(outputs),
+            "mean_entropy_nats": float(np.mean(means)),
+            "num_tokens": sum(len(o.token_ids) for o in outputs),
+        }
+
+    try:
+        with store.open("a") as out:
+            tasks = [asyncio.create_task(one(i)) for i in todo]
+            for finished in tqdm(asyncio.as_completed(tasks), total=len(tasks), desc="sampling", unit="problem"):
+                out.write(json.dumps(await finished) + "\n")
+                out.flush()
+    finally:
+        for task in tasks:
+            task.cancel()
+        holder.stop()
+
+
+async def featurize(config: ServerConfig, prompts: list[list[int]], suffix: str) -> np.ndarray:
+    engine = await asyncio.to_thread(
+        FeatureEngine.build,
+        pooling_engine_args(config.model, config.max_model_len, config.dtype, config.enforce_eager),
+        suffix,
+    )
+    try:
+        batches = [prompts[i : i + 64] for i in range(0, len(prompts), 64)]
+        return np.concatenate([await engine.features(batch) for batch in tqdm(batches, desc="features", unit="batch")])
+    finally:
+        engine.shutdown()
+
+
+def train_probe(config: ServerConfig, settings: TrainSettings, out: Path) -> dict:
+    problems = load_problems(settings.task, settings.num_problems, settings.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    store = out / SAMPLES_FILE
+    finished = read_finished(store, problems)
+    todo = [i for i in range(len(problems)) if i not in finished]
+    if todo:
+        print(f"sampling {len(todo)} problems x {settings.samples} ({len(finished)} already in {store})")
+        asyncio.run(sample_problems(config, problems, todo, settings, store))
+        finished = read_finished(store, problems)
+    records = [finished[i] for i in range(len(problems))]
+    labels = label_problems([r["accuracy"] for r in records], [r["mean_entropy_nats"] for r in records], settings.rule)
+    print(f"labels: {labels.balance()} (entropy threshold {labels.entropy_threshold_nats} nats)")
+    features = asyncio.run(featurize(config, [r["prompt_token_ids"] for r in records], settings.feature_suffix))
+    probe, report = fit_probe(features, labels.classes, settings.hidden_units, settings.held_out_fraction, settings.seed)
+    probe.metadata = {
+        "model": config.served_model_name,
+        "fingerprint": model_fingerprint(config.model),
+        "hidden_size": int(features.shape[1]),
+        "feature": "final hidden state at the prompt's last token (vLLM pooling, LAST, no activation)",
+        "feature_suffix": settings.feature_suffix,
+        "task": settings.task,
+        "num_problems": len(records),
+        "samples_per_problem": settings.samples,
+        "max_tokens": settings.max_tokens,
+        "seed": settings.seed,
+        "label_rule": settings.rule.to_dict(),
+        "entropy_threshold_nats": labels.entropy_threshold_nats,
+        "class_balance": labels.balance(),
+        **report,
+    }
+    probe.save(out)
+    return probe.metadata
