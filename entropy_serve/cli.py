@@ -115,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     except (model_store.ModelPreparationError, ValueError) as error:
         print(f"entropy-serve: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.command == "train-probe":
+            print(f"entropy-serve: interrupted; finished samples are kept in {args.out}: run the same command to resume",
+                  file=sys.stderr)
+        return 130
 
 
 def server_config(args: argparse.Namespace, **extra):

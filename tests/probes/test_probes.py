@@ -1,0 +1,96 @@
+"""Labels, the numpy probe against scikit-learn, the strategy table: pure, on hand-made data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from entropy_serve.probes.labels import LabelRule, label_problems
+from entropy_serve.probes.probe import fit_probe, load_probe
+from entropy_serve.probes.table import DifficultyTable, load_table
+
+
+def test_labels_follow_diffadapt_rule_with_a_quantile_threshold():
+    accuracies = [0.0, 0.25, 1.0, 0.75, 1.0, 0.5]
+    entropies = [2.0, 0.1, 0.4, 1.2, 0.9, 3.0]
+    labels = label_problems(accuracies, entropies, LabelRule(hard_below_accuracy=0.5, easy_entropy_quantile=0.5))
+    # Solved: entropies 0.4, 1.2, 0.9, 3.0 -> median 1.05.
+    assert labels.entropy_threshold_nats == pytest.approx(1.05)
+    assert labels.classes == ["hard", "hard", "normal", "easy", "normal", "easy"]
+    assert labels.balance() == {"easy": 2, "normal": 2, "hard": 2}
+
+
+def test_an_absolute_threshold_overrides_the_quantile_and_nothing_solved_is_all_hard():
+    rule = LabelRule(hard_below_accuracy=0.5, easy_entropy_above=0.5)
+    assert label_problems([1.0, 1.0], [0.4, 0.6], rule).classes == ["normal", "easy"]
+    nothing = label_problems([0.0, 0.2], [1.0, 2.0], LabelRule())
+    assert nothing.classes == ["hard", "hard"] and nothing.entropy_threshold_nats is None
+
+
+@pytest.mark.parametrize("fields", [{"hard_below_accuracy": 0}, {"easy_entropy_quantile": 1.5}, {"easy_entropy_above": -1}])
+def test_bad_rules_are_errors(fields):
+    with pytest.raises(ValueError):
+        LabelRule(**fields)
+
+
+def three_blobs(rng: np.random.Generator, per_class: int = 40, dim: int = 16):
+    centers = {"easy": 0.0, "normal": 3.0, "hard": -3.0}
+    features = np.concatenate([rng.normal(c, 1.0, (per_class, dim)) for c in centers.values()])
+    labels = [name for name in centers for _ in range(per_class)]
+    return features, labels
+
+
+def test_probe_learns_separable_classes_and_matches_sklearn(tmp_path):
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(0)
+    features, labels = three_blobs(rng)
+    probe, report = fit_probe(features, labels, hidden_units=8, held_out_fraction=0.25, seed=0)
+    assert report["held_out_accuracy"] > 0.9 > report["majority_baseline_accuracy"]
+    assert report["num_train"] + report["num_held_out"] == 120
+    # The numpy forward equals scikit-learn's predict_proba for the same weights.
+    mlp = MLPClassifier(hidden_layer_sizes=(8,))
+    mlp.coefs_, mlp.intercepts_ = probe.weights, probe.biases
+    mlp.classes_ = np.array(probe.classes)
+    mlp.n_layers_, mlp.out_activation_, mlp.n_outputs_ = 3, "softmax", 3
+    scaler = StandardScaler()
+    scaler.mean_, scaler.scale_ = probe.mean, probe.scale
+    expected = mlp.predict_proba(scaler.transform(features[:10]))
+    np.testing.assert_allclose(probe.probabilities(features[:10]), expected, rtol=1e-6, atol=1e-9)
+    # Saved without pickle, read back the same; the fingerprint guards the model.
+    probe.metadata = {"model": "m", "fingerprint": "name:some-model"}
+    probe.save(tmp_path)
+    loaded = load_probe(tmp_path, model="some-model")
+    np.testing.assert_allclose(loaded.probabilities(features[:10]), expected, rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="trained for 'm'.*train-probe --model other"):
+        load_probe(tmp_path, model="other")
+
+
+def test_training_needs_every_class_twice():
+    features = np.zeros((5, 3))
+    with pytest.raises(ValueError, match="every class at least twice"):
+        fit_probe(features, ["easy", "easy", "normal", "normal", "hard"], 4, 0.25, 0)
+
+
+def test_unreadable_probe_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="cannot read probe"):
+        load_probe(tmp_path)
+
+
+def test_table_defaults_are_diffadapts_and_a_file_overrides_fields(tmp_path):
+    table = DifficultyTable()
+    assert (table.normal.temperature, table.normal.top_p, table.normal.budget_fraction) == (0.8, 0.95, 1.0)
+    assert (table.easy.temperature, table.easy.budget_fraction) == (0.5, 0.4)
+    assert (table.hard.temperature, table.hard.budget_fraction) == (0.4, 0.5)
+    assert table.easy.max_tokens(100) == 40 and table.hard.max_tokens(1) == 1
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps({"hard": {"temperature": 0.2}}))
+    custom = load_table(path)
+    assert custom.hard.temperature == 0.2 and custom.hard.budget_fraction == 0.5 and custom.easy == table.easy
+    for bad in ({"hard": {"temperature": 5}}, {"extreme": {}}, [1], {"easy": {"budget_fraction": 0}}):
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match="cannot read difficulty table"):
+            load_table(path)
