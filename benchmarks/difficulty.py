@@ -20,6 +20,7 @@ import json
 import os
 import statistics
 import sys
+import time
 from collections import Counter
 
 from tqdm import tqdm
@@ -100,9 +101,11 @@ def main() -> None:
     levels = tuple(level for level in arithmetic.DEFAULT_LEVELS if level.name in TRAINING_LEVELS)
     problems = arithmetic.generate(args.problems, args.seed, levels)
     kv_cache_gib = int(os.environ.get("VLLM_CPU_KVCACHE_SPACE", 2))
+    started = time.perf_counter()
     server = ServerProcess("--max-model-len", "2048", "--probe", args.probe, kv_cache_gib=kv_cache_gib)
     try:
         server.wait_until_ready()
+        ready_s = time.perf_counter() - started
         results = asyncio.run(run_all(server.url, problems, args))
     finally:
         server.terminate()
@@ -111,6 +114,7 @@ def main() -> None:
         "problems": args.problems,
         "max_tokens": args.max_tokens,
         "seed": args.seed,
+        "server_ready_s_with_probe": round(ready_s, 1),
         "results": results,
         "token_ratio_difficulty_over_normal": round(routed["tokens_per_problem"] / normal["tokens_per_problem"], 3),
         "accuracy_difference_points": round(100 * (routed["accuracy"] - normal["accuracy"]), 1),

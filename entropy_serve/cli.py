@@ -232,7 +232,7 @@ def run_train_probe(args: argparse.Namespace) -> int:
         hidden_units=args.hidden_units,
     )
     metadata = train_probe(server_config(args), settings, args.out)
-    print(json.dumps({k: metadata[k] for k in ("class_balance", "entropy_threshold_nats", "num_train", "num_held_out")}))
+    print(json.dumps({k: metadata[k] for k in ("class_balance", "entropy_threshold_nats", "probe", "num_train", "num_held_out")}))
     print(
         f"held-out accuracy {metadata['held_out_accuracy']:.3f} vs majority-class baseline "
         f"{metadata['majority_baseline_accuracy']:.3f} ({metadata['majority_class']})"

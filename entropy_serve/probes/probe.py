@@ -1,7 +1,7 @@
-"""The probe: a small MLP (DiffAdapt: d -> 512 -> 3) over the prompt's final hidden state.
+"""The probe: a small classifier over the prompt's final hidden state: DiffAdapt's MLP
+(d -> 512 -> 3) or multinomial logistic regression, whichever cross-validates better.
 
-Trained with scikit-learn (standardized features, `MLPClassifier`), saved without
-pickle: `probe.npz` holds the scaler and the layer weights, `probe.json` the metadata
+Trained with scikit-learn (standardized features), saved without pickle: `probe.npz` holds the scaler and the layer weights, `probe.json` the metadata
 (model fingerprint, hidden size, classes, label rule and threshold, class balance,
 held-out accuracy against the majority-class baseline). Inference is two matrix
 products in numpy (`Probe.probabilities`), checked against scikit-learn in the tests.
@@ -10,6 +10,7 @@ products in numpy (`Probe.probabilities`), checked against scikit-learn in the t
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,7 @@ class Probe:
         return int(self.mean.shape[0])
 
     def probabilities(self, features: np.ndarray) -> np.ndarray:
-        """[batch, d] hidden states -> [batch, classes] probabilities (ReLU MLP, softmax)."""
+        """[batch, d] hidden states -> [batch, classes] probabilities (ReLU between layers, softmax)."""
         x = (np.asarray(features, dtype=np.float64) - self.mean) / self.scale
         for weight, bias in zip(self.weights[:-1], self.biases[:-1]):
             x = np.maximum(x @ weight + bias, 0.0)
@@ -53,12 +54,32 @@ class Probe:
         (out / METADATA_FILE).write_text(json.dumps({**self.metadata, "classes": self.classes}, indent=2) + "\n")
 
 
+def candidates(hidden_units: int, seed: int) -> dict[str, object]:
+    """The probes model selection chooses among: DiffAdapt's MLP (d -> hidden -> 3) at
+    three weight decays, and multinomial logistic regression (no hidden layer) at three
+    regularization strengths. A few hundred labelled problems over a 500-1000-wide
+    hidden state overfit easily: cross-validation picks how much capacity they carry."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+
+    models: dict[str, object] = {
+        f"mlp d->{hidden_units}->3 alpha={alpha}": MLPClassifier(
+            hidden_layer_sizes=(hidden_units,), alpha=alpha, max_iter=1000, random_state=seed
+        )
+        for alpha in (0.1, 1.0, 10.0)
+    }
+    models |= {f"logistic C={c}": LogisticRegression(C=c, max_iter=5000) for c in (0.01, 0.1, 1.0)}
+    return models
+
+
 def fit_probe(
     features: np.ndarray, labels: list[str], hidden_units: int, held_out_fraction: float, seed: int
 ) -> tuple[Probe, dict]:
-    """Train on a stratified split; report held-out accuracy and the majority baseline."""
-    from sklearn.model_selection import train_test_split
-    from sklearn.neural_network import MLPClassifier
+    """Choose a candidate by 5-fold cross-validation on the training split, refit it on
+    the whole split, report held-out accuracy against the majority-class baseline."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import StratifiedKFold, cross_val_score, train_test_split
+    from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     y = np.asarray(labels)
@@ -70,26 +91,38 @@ def fit_probe(
     x_train, x_test, y_train, y_test = train_test_split(
         features, y, test_size=held_out_fraction, random_state=seed, stratify=y
     )
-    scaler = StandardScaler().fit(x_train)
-    mlp = MLPClassifier(hidden_layer_sizes=(hidden_units,), alpha=1e-3, max_iter=500, early_stopping=False, random_state=seed)
-    mlp.fit(scaler.transform(x_train), y_train)
+    num_folds = int(min(5, min(np.unique(y_train, return_counts=True)[1])))
+    folds = StratifiedKFold(n_splits=max(num_folds, 2), shuffle=True, random_state=seed)
+    scores = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for name, model in candidates(hidden_units, seed).items():
+            pipeline = make_pipeline(StandardScaler(), model)
+            scores[name] = float(cross_val_score(pipeline, x_train, y_train, cv=folds).mean())
+        chosen = max(scores, key=scores.get)  # ties: the first, the MLP
+        scaler = StandardScaler().fit(x_train)
+        model = candidates(hidden_units, seed)[chosen].fit(scaler.transform(x_train), y_train)
     majority = max(set(y_train), key=list(y_train).count)
     report = {
+        "probe": chosen,
+        "cross_validation_accuracy": scores,
         "num_train": int(len(y_train)),
         "num_held_out": int(len(y_test)),
-        "held_out_accuracy": float((mlp.predict(scaler.transform(x_test)) == y_test).mean()),
+        "held_out_accuracy": float((model.predict(scaler.transform(x_test)) == y_test).mean()),
         "majority_class": str(majority),
         "majority_baseline_accuracy": float((y_test == majority).mean()),
     }
-    probe = Probe(
-        mean=scaler.mean_,
-        scale=scaler.scale_,
-        weights=[np.asarray(w) for w in mlp.coefs_],
-        biases=[np.asarray(b) for b in mlp.intercepts_],
-        classes=[str(c) for c in mlp.classes_],
-        metadata={},
-    )
-    return probe, report
+    return from_sklearn(scaler, model), report
+
+
+def from_sklearn(scaler, model) -> Probe:
+    """Our numpy probe of a fitted StandardScaler and MLPClassifier or multinomial
+    LogisticRegression (three classes)."""
+    if hasattr(model, "coefs_"):  # MLP: [d, h], [h, c]
+        weights, biases = [np.asarray(w) for w in model.coefs_], [np.asarray(b) for b in model.intercepts_]
+    else:  # logistic regression: one [d, c] layer
+        weights, biases = [np.asarray(model.coef_).T], [np.asarray(model.intercept_)]
+    return Probe(scaler.mean_, scaler.scale_, weights, biases, [str(c) for c in model.classes_], metadata={})
 
 
 def load_probe(folder: str | Path, model: str | None = None) -> Probe:

@@ -172,8 +172,16 @@ def _build_engine(config: ServerConfig) -> AsyncLLM:
     return AsyncLLM.from_engine_args(args)
 
 
+def feature_engine_args(config: ServerConfig) -> AsyncEngineArgs:
+    """The pooling engine of the probe's features, in the dtype the generation engine
+    resolves (for `auto`, vLLM can pick differently for a pooling runner: float16 on CPU,
+    6x slower there than bfloat16)."""
+    dtype = str(engine_args(config).create_model_config().dtype).removeprefix("torch.")
+    return pooling_engine_args(config.model, config.max_model_len, dtype, config.enforce_eager)
+
+
 def _build_feature_engine(config: ServerConfig, probe: Probe) -> FeatureEngine:
-    args = pooling_engine_args(config.model, config.max_model_len, config.dtype, config.enforce_eager)
+    args = feature_engine_args(config)
     features = FeatureEngine.build(args, probe.metadata.get("feature_suffix", ""))
     if features.hidden_size != probe.hidden_size:
         features.shutdown()

@@ -24,13 +24,13 @@ import numpy as np
 from tqdm import tqdm
 
 from entropy_serve.calibration import model_fingerprint
-from entropy_serve.probes.features import FeatureEngine, pooling_engine_args
+from entropy_serve.probes.features import FeatureEngine
 from entropy_serve.probes.labels import LabelRule, label_problems
 from entropy_serve.probes.probe import fit_probe
 from entropy_serve.probes.table import DifficultyTable
 from entropy_serve.server import submission
 from entropy_serve.server.config import ServerConfig
-from entropy_serve.server.engine import EngineHolder
+from entropy_serve.server.engine import EngineHolder, feature_engine_args
 from entropy_serve.server.generation import Generator
 from entropy_serve.server.protocol import ChatCompletionRequest
 from entropy_serve.tasks import arithmetic
@@ -146,11 +146,7 @@ async def sample_problems(
 
 
 async def featurize(config: ServerConfig, prompts: list[list[int]], suffix: str) -> np.ndarray:
-    engine = await asyncio.to_thread(
-        FeatureEngine.build,
-        pooling_engine_args(config.model, config.max_model_len, config.dtype, config.enforce_eager),
-        suffix,
-    )
+    engine = await asyncio.to_thread(FeatureEngine.build, feature_engine_args(config), suffix)
     try:
         batches = [prompts[i : i + 64] for i in range(0, len(prompts), 64)]
         return np.concatenate([await engine.features(batch) for batch in tqdm(batches, desc="features", unit="batch")])

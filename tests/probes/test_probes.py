@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from entropy_serve.probes.labels import LabelRule, label_problems
-from entropy_serve.probes.probe import fit_probe, load_probe
+from entropy_serve.probes.probe import fit_probe, from_sklearn, load_probe
 from entropy_serve.probes.table import DifficultyTable, load_table
 
 
@@ -42,31 +42,39 @@ def three_blobs(rng: np.random.Generator, per_class: int = 40, dim: int = 16):
     return features, labels
 
 
-def test_probe_learns_separable_classes_and_matches_sklearn(tmp_path):
-    from sklearn.neural_network import MLPClassifier
-    from sklearn.preprocessing import StandardScaler
-
+def test_probe_learns_separable_classes_and_saves_without_pickle(tmp_path):
     rng = np.random.default_rng(0)
     features, labels = three_blobs(rng)
     probe, report = fit_probe(features, labels, hidden_units=8, held_out_fraction=0.25, seed=0)
     assert report["held_out_accuracy"] > 0.9 > report["majority_baseline_accuracy"]
     assert report["num_train"] + report["num_held_out"] == 120
-    # The numpy forward equals scikit-learn's predict_proba for the same weights.
-    mlp = MLPClassifier(hidden_layer_sizes=(8,))
-    mlp.coefs_, mlp.intercepts_ = probe.weights, probe.biases
-    mlp.classes_ = np.array(probe.classes)
-    mlp.n_layers_, mlp.out_activation_, mlp.n_outputs_ = 3, "softmax", 3
-    scaler = StandardScaler()
-    scaler.mean_, scaler.scale_ = probe.mean, probe.scale
-    expected = mlp.predict_proba(scaler.transform(features[:10]))
-    np.testing.assert_allclose(probe.probabilities(features[:10]), expected, rtol=1e-6, atol=1e-9)
-    # Saved without pickle, read back the same; the fingerprint guards the model.
+    assert report["probe"] in report["cross_validation_accuracy"]
+    assert report["cross_validation_accuracy"][report["probe"]] == max(report["cross_validation_accuracy"].values())
+    expected = probe.probabilities(features[:10])
     probe.metadata = {"model": "m", "fingerprint": "name:some-model"}
     probe.save(tmp_path)
     loaded = load_probe(tmp_path, model="some-model")
-    np.testing.assert_allclose(loaded.probabilities(features[:10]), expected, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(loaded.probabilities(features[:10]), expected, rtol=1e-12)
     with pytest.raises(ValueError, match="trained for 'm'.*train-probe --model other"):
         load_probe(tmp_path, model="other")
+
+
+@pytest.mark.parametrize("kind", ["mlp", "logistic"])
+def test_numpy_forward_equals_sklearn_predict_proba(kind):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    features, labels = three_blobs(np.random.default_rng(1), per_class=20, dim=6)
+    features += np.random.default_rng(2).normal(0, 2.0, features.shape)  # overlapping: probabilities not all 0/1
+    scaler = StandardScaler().fit(features)
+    model = MLPClassifier((5,), max_iter=300, random_state=0) if kind == "mlp" else LogisticRegression(C=0.1)
+    with np.errstate(all="ignore"):
+        model.fit(scaler.transform(features), labels)
+    probe = from_sklearn(scaler, model)
+    expected = model.predict_proba(scaler.transform(features))
+    np.testing.assert_allclose(probe.probabilities(features), expected, rtol=1e-6, atol=1e-9)
+    assert probe.classes == ["easy", "hard", "normal"]  # sklearn's order, kept with the columns
 
 
 def test_training_needs_every_class_twice():
