@@ -9,6 +9,8 @@ Order of operations for every request:
    with n > 1, one per sample (each needs its own key for its entropies; seeds follow
    vLLM's own n > 1 rule, seed + sample index);
 4. submission.py runs the jobs.
+Strategies also continue a prompt from tokens already generated for it
+(`prepare_continuations`: entropy_fork's branches), with the same checks and jobs.
 """
 
 from __future__ import annotations

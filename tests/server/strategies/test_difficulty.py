@@ -23,10 +23,10 @@ def test_chat_gets_the_instruction_as_its_one_system_message():
     assert steered.messages[0].text() == easy.instruction
     assert (steered.temperature, steered.top_p, steered.requested_max_tokens()) == (0.5, 0.95, 20)
     assert steered.strategy is None and request.strategy is not None  # the client's request is untouched
-    with_system = request.model_copy(
-        update={"messages": [{"role": "system", "content": "Be kind."}, *request.messages]}
+    with_system = ChatCompletionRequest(
+        model="m", messages=[{"role": "system", "content": "Be kind."}, {"role": "user", "content": "2+2?"}],
+        strategy="difficulty",
     )
-    with_system = ChatCompletionRequest.model_validate(with_system.model_dump())
     merged = with_class_strategy(with_system, easy, 20, FakeTokenizer())
     assert [m.role for m in merged.messages] == ["system", "user"]
     assert merged.messages[0].text() == f"{easy.instruction}\n\nBe kind."
