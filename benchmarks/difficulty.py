@@ -19,11 +19,10 @@ import asyncio
 import json
 import os
 import statistics
-import sys
 import time
 from collections import Counter
 
-from tqdm import tqdm
+from answering import answer_all
 
 from entropy_serve.probes.table import DifficultyTable
 from entropy_serve.tasks import arithmetic
@@ -32,25 +31,17 @@ from entropy_serve.trainer.probe import TRAINING_LEVELS
 
 
 async def run_method(client, model: str, problems, fields: dict, args, label: str) -> list[dict]:
-    limit = asyncio.Semaphore(args.concurrency)
-
-    async def one(index: int, problem) -> dict:
-        async with limit:
-            response = await client.chat.completions.create(
-                model=model, messages=[{"role": "user", "content": problem.question}],
-                max_tokens=args.max_tokens, seed=args.seed * 100_000 + index, **fields,
-            )
+    rows = []
+    for problem, response in await answer_all(client, model, problems, fields, args, label):
         difficulty = (response.model_extra or {}).get("difficulty") or {}
-        return {
+        rows.append({
             "level": problem.level,
             "correct": is_correct(response.choices[0].message.content or "", problem.answer),
             "tokens": response.usage.completion_tokens,
             "class": difficulty.get("class"),
             "probe_latency_s": difficulty.get("probe_latency_s"),
-        }
-
-    tasks = [asyncio.create_task(one(i, p)) for i, p in enumerate(problems)]
-    return [await t for t in tqdm(asyncio.as_completed(tasks), total=len(tasks), desc=label, file=sys.stderr)]
+        })
+    return rows
 
 
 def summary(rows: list[dict]) -> dict:

@@ -17,9 +17,8 @@ import argparse
 import asyncio
 import json
 import os
-import sys
 
-from tqdm import tqdm
+from answering import answer_all
 
 from entropy_serve.tasks.answers import is_correct
 from entropy_serve.tasks.arithmetic import DEFAULT_LEVELS, generate
@@ -44,26 +43,16 @@ def methods(args: argparse.Namespace) -> dict[str, dict]:
 
 
 async def run_method(client, model: str, problems, fields: dict, args, label: str) -> dict:
-    limit = asyncio.Semaphore(args.concurrency)
-
-    async def one(index: int, problem):
-        async with limit:
-            response = await client.chat.completions.create(
-                model=model, messages=[{"role": "user", "content": problem.question}],
-                max_tokens=args.max_tokens, seed=args.seed + index, **fields,
-            )
-        text = response.choices[0].message.content or ""
+    rows = []
+    for problem, response in await answer_all(client, model, problems, fields, args, label):
         strategy = (response.model_extra or {}).get("strategy") or {}
-        return {
-            "correct": is_correct(text, problem.answer),
+        rows.append({
+            "correct": is_correct(response.choices[0].message.content or "", problem.answer),
             "new_tokens": response.usage.completion_tokens,
             "shared_prefix_tokens": strategy.get("shared_prefix_tokens", 0),
             "cached_prompt_tokens": strategy.get("cached_prompt_tokens", 0),
             "level": problem.level,
-        }
-
-    tasks = [asyncio.create_task(one(i, p)) for i, p in enumerate(problems)]
-    rows = [await t for t in tqdm(asyncio.as_completed(tasks), total=len(tasks), desc=label, file=sys.stderr)]
+        })
     num = len(rows)
     by_level = {}
     for level in sorted({r["level"] for r in rows}):

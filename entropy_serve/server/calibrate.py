@@ -10,7 +10,7 @@ from pathlib import Path
 from entropy_serve.calibration import DEFAULT_PROMPTS, model_fingerprint, profile_from_entropies
 from entropy_serve.server import submission
 from entropy_serve.server.config import ServerConfig
-from entropy_serve.server.engine import EngineHolder
+from entropy_serve.server.engine import running_engine
 from entropy_serve.server.generation import Generator
 from entropy_serve.server.protocol import ChatCompletionRequest
 
@@ -19,11 +19,7 @@ logger = logging.getLogger(__name__)
 
 async def collect_entropies(config: ServerConfig, samples_per_prompt: int, max_tokens: int, seed: int) -> list[float]:
     """Model entropy of every token sampled at T=1 for the built-in prompts."""
-    holder = EngineHolder(config, on_dead=lambda: None)
-    await holder.start()
-    if not holder.ready:
-        raise RuntimeError(holder.failure or "the engine did not start")
-    try:
+    async with running_engine(config) as holder:
         generator = Generator(holder, config)
         prepared = [
             generator.prepare_chat(
@@ -40,8 +36,6 @@ async def collect_entropies(config: ServerConfig, samples_per_prompt: int, max_t
             for i, prompt in enumerate(DEFAULT_PROMPTS)
         ]
         results = await asyncio.gather(*(submission.run(holder, p) for p in prepared))
-    finally:
-        holder.stop()
     return [
         token.model_entropy_nats
         for prompt_results in results

@@ -32,7 +32,8 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.platforms import current_platform
@@ -159,6 +160,19 @@ class EngineHolder:
         self.failure = reason
         logger.error("%s; stopping the server", reason)
         self.on_dead()
+
+
+@asynccontextmanager
+async def running_engine(config: ServerConfig) -> AsyncIterator[EngineHolder]:
+    """A started holder for offline work (calibrate, train-probe), stopped on the way out."""
+    holder = EngineHolder(config, on_dead=lambda: None)
+    await holder.start()
+    try:
+        if not holder.ready:
+            raise RuntimeError(holder.failure or "the engine did not start")
+        yield holder
+    finally:
+        holder.stop()
 
 
 def _build_engine(config: ServerConfig) -> AsyncLLM:

@@ -30,7 +30,7 @@ from entropy_serve.probes.probe import fit_probe
 from entropy_serve.probes.table import DifficultyTable
 from entropy_serve.server import submission
 from entropy_serve.server.config import ServerConfig
-from entropy_serve.server.engine import EngineHolder, feature_engine_args
+from entropy_serve.server.engine import EngineHolder, feature_engine_args, running_engine
 from entropy_serve.server.generation import Generator
 from entropy_serve.server.protocol import ChatCompletionRequest
 from entropy_serve.tasks import arithmetic
@@ -97,16 +97,11 @@ def read_finished(path: Path, problems: list[TrainingProblem]) -> dict[int, dict
 async def sample_problems(
     config: ServerConfig, problems: list[TrainingProblem], todo: list[int], settings: TrainSettings, store: Path
 ) -> None:
+    """Sample the `todo` problems, appending each one's record to `store` as it finishes."""
     normal = DifficultyTable().normal
-    holder = EngineHolder(config, on_dead=lambda: None)
-    await holder.start()
-    if not holder.ready:
-        raise RuntimeError(holder.failure or "the engine did not start")
-    generator = Generator(holder, config)
     limit = asyncio.Semaphore(PROBLEMS_IN_FLIGHT)
-    tasks: list[asyncio.Task] = []
 
-    async def one(index: int) -> dict:
+    async def one(holder: EngineHolder, generator: Generator, index: int) -> dict:
         problem = problems[index]
         request = ChatCompletionRequest(
             model=config.served_model_name,
@@ -133,16 +128,17 @@ async def sample_problems(
             "num_tokens": sum(len(o.token_ids) for o in outputs),
         }
 
-    try:
-        with store.open("a") as out:
-            tasks = [asyncio.create_task(one(i)) for i in todo]
-            for finished in tqdm(asyncio.as_completed(tasks), total=len(tasks), desc="sampling", unit="problem"):
-                out.write(json.dumps(await finished) + "\n")
-                out.flush()
-    finally:
-        for task in tasks:
-            task.cancel()
-        holder.stop()
+    async with running_engine(config) as holder:
+        generator = Generator(holder, config)
+        tasks = [asyncio.create_task(one(holder, generator, i)) for i in todo]
+        try:
+            with store.open("a") as out:
+                for finished in tqdm(asyncio.as_completed(tasks), total=len(tasks), desc="sampling", unit="problem"):
+                    out.write(json.dumps(await finished) + "\n")
+                    out.flush()
+        finally:
+            for task in tasks:
+                task.cancel()
 
 
 async def featurize(config: ServerConfig, prompts: list[list[int]], suffix: str) -> np.ndarray:

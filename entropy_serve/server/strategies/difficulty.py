@@ -18,6 +18,7 @@ from entropy_serve.server import metrics
 from entropy_serve.server.errors import BadRequest
 from entropy_serve.server.generation import Generator, PreparedRequest
 from entropy_serve.server.protocol import ChatCompletionRequest, ChatMessage, SamplingRequest
+from entropy_serve.server.strategies.leaves import check_single_prompt
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,7 @@ async def prepare_difficulty(holder, generator: Generator, request: SamplingRequ
             param="strategy",
         )
     as_sent = generator.prepare(request)
-    if as_sent.num_prompts != 1:
-        raise BadRequest("strategy: needs a single prompt", param="prompt")
+    check_single_prompt(as_sent)
     job = as_sent.jobs[0]
     started = time.perf_counter()
     features = await holder.features.features([job.token_ids])
