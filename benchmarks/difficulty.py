@@ -70,12 +70,22 @@ async def run_all(url: str, problems, args) -> dict:
     model = (await client.models.list()).data[0].id
     normal = DifficultyTable().normal
     always_normal = {"temperature": normal.temperature, "top_p": normal.top_p}
-    return {
+    results = {
         "always_normal": summary(await run_method(client, model, problems, always_normal, args, "always-normal")),
         "difficulty": summary(
             await run_method(client, model, problems, {"extra_body": {"strategy": "difficulty"}}, args, "difficulty")
         ),
     }
+    # The probe's own cost, without queueing behind other requests: one at a time.
+    alone = []
+    for problem in problems[:20]:
+        response = await client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": problem.question}], max_tokens=1,
+            extra_body={"strategy": "difficulty"},
+        )
+        alone.append(response.model_extra["difficulty"]["probe_latency_s"])
+    results["probe_latency_s_median_one_at_a_time"] = statistics.median(alone)
+    return results
 
 
 def main() -> None:
