@@ -178,3 +178,16 @@ def test_typical_fast_path_on_a_full_vocabulary(scale, mass):
     ours = typical_mask(logits, torch.full((8,), mass))
     theirs = TypicalLogitsWarper(mass=mass)(None, logits.clone()) == NEG_INF
     assert torch.equal(ours, theirs)
+
+
+def test_compiled_cpu_entropy_equals_the_eager_one():
+    from entropy_serve.samplers import entropy as entropy_module
+
+    logits = torch.randn(5, 1000, generator=torch.Generator().manual_seed(0)) * 4
+    logits[1, :990] = NEG_INF  # mostly masked
+    logits[2] = NEG_INF
+    logits[2, 7] = 3.0  # one-hot
+    compiled = entropy_module.entropy(logits)
+    assert entropy_module._cpu_entropy._enabled  # compiled here, not fallen back
+    torch.testing.assert_close(compiled, entropy_module._eager_entropy(logits.clone()), atol=1e-5, rtol=1e-5)
+    assert 0.0 <= compiled[2] < 1e-6
