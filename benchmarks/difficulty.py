@@ -99,8 +99,7 @@ def main() -> None:
 
     from entropy_serve.server.process import ServerProcess
 
-    levels = tuple(level for level in arithmetic.DEFAULT_LEVELS if level.name in TRAINING_LEVELS)
-    problems = arithmetic.generate(args.problems, args.seed, levels)
+    problems = arithmetic.generate(args.problems, args.seed, arithmetic.levels_named(TRAINING_LEVELS))
     kv_cache_gib = int(os.environ.get("VLLM_CPU_KVCACHE_SPACE", 2))
     started = time.perf_counter()
     server = ServerProcess("--max-model-len", "2048", "--probe", args.probe, kv_cache_gib=kv_cache_gib)

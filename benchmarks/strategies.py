@@ -21,7 +21,7 @@ import os
 from answering import answer_all
 
 from entropy_serve.tasks.answers import is_correct
-from entropy_serve.tasks.arithmetic import DEFAULT_LEVELS, generate
+from entropy_serve.tasks.arithmetic import generate, levels_named
 
 
 def methods(args: argparse.Namespace) -> dict[str, dict]:
@@ -92,9 +92,10 @@ def main() -> None:
 
     from entropy_serve.server.process import ServerProcess
 
-    levels = tuple(level for level in DEFAULT_LEVELS if level.name in args.levels.split(","))
-    if not levels:
-        parser.error(f"--levels: none of {args.levels!r} is one of {[level.name for level in DEFAULT_LEVELS]}")
+    try:
+        levels = levels_named(args.levels.split(","))
+    except ValueError as error:
+        parser.error(f"--levels: {error}")
     problems = generate(args.problems, args.seed, levels)
     kv_cache_gib = int(os.environ.get("VLLM_CPU_KVCACHE_SPACE", 4))
     server = ServerProcess("--max-model-len", "2048", "--block-size", str(args.block_size), kv_cache_gib=kv_cache_gib)

@@ -77,6 +77,7 @@ def fit_probe(
 ) -> tuple[Probe, dict]:
     """Choose a candidate by 5-fold cross-validation on the training split, refit it on
     the whole split, report held-out accuracy against the majority-class baseline."""
+    from sklearn.base import clone
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import StratifiedKFold, cross_val_score, train_test_split
     from sklearn.pipeline import make_pipeline
@@ -96,12 +97,13 @@ def fit_probe(
     scores = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        for name, model in candidates(hidden_units, seed).items():
-            pipeline = make_pipeline(StandardScaler(), model)
+        models = candidates(hidden_units, seed)
+        for name, model in models.items():
+            pipeline = make_pipeline(StandardScaler(), clone(model))
             scores[name] = float(cross_val_score(pipeline, x_train, y_train, cv=folds).mean())
         chosen = max(scores, key=scores.get)  # ties: the first, the MLP
         scaler = StandardScaler().fit(x_train)
-        model = candidates(hidden_units, seed)[chosen].fit(scaler.transform(x_train), y_train)
+        model = models[chosen].fit(scaler.transform(x_train), y_train)
     majority = max(set(y_train), key=list(y_train).count)
     report = {
         "probe": chosen,

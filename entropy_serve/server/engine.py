@@ -35,6 +35,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import torch
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.platforms import current_platform
 from vllm.v1.engine.async_llm import AsyncLLM
@@ -124,7 +125,8 @@ class EngineHolder:
             os.environ[CHANNEL_ENV] = address  # inherited by the engine's processes
             self.engine = await asyncio.to_thread(_build_engine, self.config)
             if self.probe is not None:
-                self.features = await asyncio.to_thread(_build_feature_engine, self.config, self.probe)
+                dtype = self.engine.vllm_config.model_config.dtype
+                self.features = await asyncio.to_thread(_build_feature_engine, self.config, self.probe, dtype)
         except Exception as error:  # any failure to load is fatal: report and exit
             logger.exception("the engine failed to start")
             self._die(f"the engine failed to start: {error}")
@@ -186,16 +188,16 @@ def _build_engine(config: ServerConfig) -> AsyncLLM:
     return AsyncLLM.from_engine_args(args)
 
 
-def feature_engine_args(config: ServerConfig) -> AsyncEngineArgs:
+def feature_engine_args(config: ServerConfig, dtype: torch.dtype | None = None) -> AsyncEngineArgs:
     """The pooling engine of the probe's features, in the dtype the generation engine
-    resolves (for `auto`, vLLM can pick differently for a pooling runner: float16 on CPU,
-    6x slower there than bfloat16)."""
-    dtype = str(engine_args(config).create_model_config().dtype).removeprefix("torch.")
-    return pooling_engine_args(config.model, config.max_model_len, dtype, config.enforce_eager)
+    resolves (`dtype`, or resolved here when no generation engine runs): for `auto`, vLLM
+    can pick differently for a pooling runner (float16 on CPU, 6x slower there than bfloat16)."""
+    dtype = dtype or engine_args(config).create_model_config().dtype
+    return pooling_engine_args(config.model, config.max_model_len, str(dtype).removeprefix("torch."), config.enforce_eager)
 
 
-def _build_feature_engine(config: ServerConfig, probe: Probe) -> FeatureEngine:
-    args = feature_engine_args(config)
+def _build_feature_engine(config: ServerConfig, probe: Probe, dtype: torch.dtype) -> FeatureEngine:
+    args = feature_engine_args(config, dtype)
     features = FeatureEngine.build(args, probe.metadata.get("feature_suffix", ""))
     if features.hidden_size != probe.hidden_size:
         features.shutdown()

@@ -60,6 +60,14 @@ def make_problem(rng: random.Random, level: Level) -> Problem:
     return Problem(QUESTION_TEMPLATE.format(expression=expression), str(value), level.name, expression)
 
 
+def levels_named(names: list[str] | tuple[str, ...], levels: tuple[Level, ...] = DEFAULT_LEVELS) -> tuple[Level, ...]:
+    """The levels with these names, in `levels`' order; an unknown name is an error."""
+    unknown = set(names) - {level.name for level in levels}
+    if unknown:
+        raise ValueError(f"unknown levels {sorted(unknown)}; known: {[level.name for level in levels]}")
+    return tuple(level for level in levels if level.name in names)
+
+
 def generate(num_problems: int, seed: int, levels: tuple[Level, ...] = DEFAULT_LEVELS) -> list[Problem]:
     """`num_problems` problems, levels in turn, from `random.Random(seed)`."""
     if num_problems < 0:

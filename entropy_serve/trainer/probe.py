@@ -65,7 +65,7 @@ class TrainSettings:
 
 def load_problems(task: str, num_problems: int, seed: int) -> list[TrainingProblem]:
     if task == "arithmetic":
-        levels = tuple(level for level in arithmetic.DEFAULT_LEVELS if level.name in TRAINING_LEVELS)
+        levels = arithmetic.levels_named(TRAINING_LEVELS)
         return [TrainingProblem(p.question, p.answer) for p in arithmetic.generate(num_problems, seed, levels)]
     path = Path(task)
     if not path.is_file():

@@ -106,3 +106,10 @@ def test_load_jsonl_formats_and_errors(tmp_path):
     broken.write_text("{not json\n")
     with pytest.raises(ValueError, match="broken.jsonl:1"):
         load_jsonl(broken)
+
+
+def test_levels_by_name_keep_their_order_and_refuse_unknown_names():
+    levels = arithmetic.levels_named(["add-3digit", "add-1digit"])
+    assert [level.name for level in levels] == ["add-1digit", "add-3digit"]
+    with pytest.raises(ValueError, match=r"unknown levels \['add-9digit'\]"):
+        arithmetic.levels_named(["add-1digit", "add-9digit"])

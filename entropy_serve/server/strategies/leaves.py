@@ -57,6 +57,10 @@ class StrategyOutcome:
     def num_generated_tokens(self) -> int:
         return sum(leaf.num_new_tokens for leaf in self.leaves)
 
+    @property
+    def num_shared_tokens(self) -> int:
+        return sum(leaf.num_shared_tokens for leaf in self.leaves)
+
     def extension(self) -> dict:
         """The response's `strategy` field."""
         strategy = self.request.strategy
@@ -70,7 +74,7 @@ class StrategyOutcome:
             "winner_leaf": self.winner_leaf,
             "agreement": self.votes.agreement,
             "generated_tokens": self.num_generated_tokens,
-            "shared_prefix_tokens": sum(leaf.num_shared_tokens for leaf in self.leaves),
+            "shared_prefix_tokens": self.num_shared_tokens,
             **self.details,
         }
 
@@ -108,7 +112,5 @@ def decide(
     metrics.STRATEGY_AGREEMENT.labels(strategy=strategy.name).observe(votes.agreement)
     outcome = StrategyOutcome(request, prepared, num_prompt_tokens, leaves, answers, votes, winner_leaf, details)
     metrics.STRATEGY_TOKENS.labels(strategy=strategy.name, kind="generated").inc(outcome.num_generated_tokens)
-    metrics.STRATEGY_TOKENS.labels(strategy=strategy.name, kind="shared_prefix").inc(
-        sum(leaf.num_shared_tokens for leaf in leaves)
-    )
+    metrics.STRATEGY_TOKENS.labels(strategy=strategy.name, kind="shared_prefix").inc(outcome.num_shared_tokens)
     return outcome
