@@ -24,7 +24,7 @@ import torch
 
 from entropy_serve.samplers.entropy import entropy
 from entropy_serve.samplers.temperature import dynatemp_temperature, edt_temperature, hapo_temperature
-from entropy_serve.samplers.typical import typical_mask
+from entropy_serve.samplers.typical import typical_filter_
 
 FIXED, HAPO, EDT, DYNATEMP = 0, 1, 2, 3
 METHODS = {"hapo": HAPO, "edt": EDT, "dynatemp": DYNATEMP}
@@ -135,15 +135,25 @@ def min_p_mask(logits: torch.Tensor, min_p: torch.Tensor, min_tokens_to_keep: in
     return sorted_remove.scatter(-1, sorted_indices, sorted_remove)
 
 
-def _filter_rows(logits: torch.Tensor, enabled: torch.Tensor, mask_fn, value: torch.Tensor) -> None:
-    if bool(enabled.all()):  # common case: every row filters, no gather/scatter
+def _masking(mask_fn):
+    """An in-place filter from a function returning the mask of tokens to remove."""
+
+    def filter_(logits: torch.Tensor, value: torch.Tensor) -> None:
         logits.masked_fill_(mask_fn(logits, value), float("-inf"))
+
+    return filter_
+
+
+def _filter_rows(logits: torch.Tensor, enabled: torch.Tensor, filter_, value: torch.Tensor) -> None:
+    if bool(enabled.all()):  # common case: every row filters, no gather/scatter
+        filter_(logits, value)
         return
     rows = enabled.nonzero().squeeze(-1)
     if rows.numel() == 0:
         return
     sub = logits[rows]
-    logits[rows] = sub.masked_fill(mask_fn(sub, value[rows]), float("-inf"))
+    filter_(sub, value[rows])
+    logits[rows] = sub
 
 
 def apply_chain(
@@ -153,8 +163,8 @@ def apply_chain(
     model_entropy = entropy(logits)
     temperature = adaptive_temperature(model_entropy, params, profile, logits.shape[-1])
     logits.div_(temperature.unsqueeze(-1))
-    _filter_rows(logits, params.top_k > 0, top_k_mask, params.top_k)
-    _filter_rows(logits, params.top_p < 1.0, top_p_mask, params.top_p)
-    _filter_rows(logits, params.min_p > 0.0, min_p_mask, params.min_p)
-    _filter_rows(logits, params.typical_p < 1.0, typical_mask, params.typical_p)
+    _filter_rows(logits, params.top_k > 0, _masking(top_k_mask), params.top_k)
+    _filter_rows(logits, params.top_p < 1.0, _masking(top_p_mask), params.top_p)
+    _filter_rows(logits, params.min_p > 0.0, _masking(min_p_mask), params.min_p)
+    _filter_rows(logits, params.typical_p < 1.0, typical_filter_, params.typical_p)
     return ChainResult(model_entropy, entropy(logits), temperature)

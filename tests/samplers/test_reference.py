@@ -27,7 +27,7 @@ from entropy_serve.samplers.chain import (
 )
 from entropy_serve.samplers.entropy import entropy_and_varentropy
 from entropy_serve.samplers.temperature import MAX_TEMPERATURE, MIN_TEMPERATURE
-from entropy_serve.samplers.typical import typical_mask
+from entropy_serve.samplers.typical import typical_filter_, typical_mask
 
 NEG_INF = float("-inf")
 
@@ -75,11 +75,16 @@ def test_entropy_bounds_and_no_nan(logits):
 @pytest.mark.parametrize("keep", [1, 3])
 @pytest.mark.parametrize("stages", [(), (4,), (12,), (3, 20)])  # full sort; top-k stages with fallbacks
 def test_typical_keeps_exactly_what_transformers_keeps(logits, mass, keep, stages):
-    ours = typical_mask(logits.clone(), torch.full((logits.shape[0],), mass), keep, stages)
+    typical_p = torch.full((logits.shape[0],), mass)
+    ours = typical_mask(logits.clone(), typical_p, keep, stages)
     theirs = TypicalLogitsWarper(mass=mass, min_tokens_to_keep=keep)(None, logits.clone()) == NEG_INF
     already_masked = logits == NEG_INF
     assert torch.equal(ours | already_masked, theirs)
     assert ((~ours) & ~already_masked).sum(-1).min() >= 1  # kept set never empty
+    filtered = logits.clone()
+    typical_filter_(filtered, typical_p, keep, stages)
+    assert torch.equal(filtered == NEG_INF, theirs)
+    assert torch.equal(filtered[~theirs], logits[~theirs])
 
 
 FILTERS = [
@@ -178,16 +183,44 @@ def test_typical_fast_path_on_a_full_vocabulary(scale, mass):
     ours = typical_mask(logits, torch.full((8,), mass))
     theirs = TypicalLogitsWarper(mass=mass)(None, logits.clone()) == NEG_INF
     assert torch.equal(ours, theirs)
+    filtered = logits.clone()
+    typical_filter_(filtered, torch.full((8,), mass))
+    assert torch.equal(filtered == NEG_INF, theirs)
+
+
+def hard_rows() -> torch.Tensor:
+    logits = torch.randn(5, 1000, generator=torch.Generator().manual_seed(0)) * 4
+    logits[1, :990] = NEG_INF  # mostly masked
+    logits[2] = NEG_INF
+    logits[2, 7] = 3.0  # one-hot
+    return logits
 
 
 def test_compiled_cpu_entropy_equals_the_eager_one():
     from entropy_serve.samplers import entropy as entropy_module
 
-    logits = torch.randn(5, 1000, generator=torch.Generator().manual_seed(0)) * 4
-    logits[1, :990] = NEG_INF  # mostly masked
-    logits[2] = NEG_INF
-    logits[2, 7] = 3.0  # one-hot
+    logits = hard_rows()
     compiled = entropy_module.entropy(logits)
-    assert entropy_module._cpu_entropy._enabled  # compiled here, not fallen back
-    torch.testing.assert_close(compiled, entropy_module._eager_entropy(logits.clone()), atol=1e-5, rtol=1e-5)
+    assert entropy_module._cpu_entropy.enabled  # compiled here, not fallen back
+    torch.testing.assert_close(compiled, entropy_module._cpu_entropy.eager(logits.clone()), atol=1e-5, rtol=1e-5)
     assert 0.0 <= compiled[2] < 1e-6
+
+
+def test_compiled_typical_stages_equal_the_eager_ones():
+    from entropy_serve.samplers import typical as typical_module
+
+    logits = hard_rows()
+    shifted, log_normalizer = typical_module._shifted_scores(logits)
+    assert typical_module._shifted_scores.enabled
+    eager_shifted, eager_log_normalizer = typical_module._shifted_scores.eager(logits)
+    torch.testing.assert_close(shifted, eager_shifted, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(log_normalizer, eager_log_normalizer)
+    assert torch.equal(shifted.isinf(), logits.isinf())  # masked tokens are never candidates
+
+    threshold = shifted.nan_to_num(posinf=0.0).median(dim=-1, keepdim=True).values
+    compiled, eager = logits.clone(), logits.clone()
+    typical_module._remove_above(compiled, shifted, threshold)
+    assert typical_module._remove_above.enabled
+    typical_module._remove_above.eager(eager, shifted, threshold)
+    assert torch.equal(compiled, eager)
+    assert torch.equal(compiled == NEG_INF, logits.isinf() | (shifted > threshold))

@@ -1,7 +1,8 @@
 """What both engine adapters do each step, once they know which rows are ours.
 
 1. rows whose spec says `shape` get the whole sampler chain (samplers/chain.py), on a
-   gathered copy written back in place: the other rows' logits are never touched;
+   gathered copy written back in place (the other rows' logits are never touched), or
+   on the logits themselves when every row is ours;
 2. rows that only `report` (greedy ones: vLLM takes their argmax) get their model
    entropy measured; their sampled distribution is one-hot (entropy 0, temperature 0);
 3. every reporting row's (position, entropies, temperature) is published to the server.
@@ -36,9 +37,12 @@ def process_rows(logits: torch.Tensor, plan: RowPlan, positions: dict[int, int],
     """Shape and measure our rows of `logits` [batch, vocab] in place; `positions`: row -> output index."""
     records: list[Record] = []
     if plan.shaped_params is not None:
-        sub = logits[plan.shaped_rows].float()
+        # Every row ours (rows are distinct, so in order 0..batch-1): shaped in place.
+        every_row = len(plan.shaped_specs) == logits.shape[0] and logits.dtype == torch.float32
+        sub = logits if every_row else logits[plan.shaped_rows].float()
         result = apply_chain(sub, plan.shaped_params, plan.shaped_specs[0].profile)
-        logits[plan.shaped_rows] = sub.to(logits.dtype)
+        if not every_row:
+            logits[plan.shaped_rows] = sub.to(logits.dtype)
         values = zip(result.model_entropy.tolist(), result.sampled_entropy.tolist(), result.temperature.tolist())
         for row, spec, (h_model, h_sampled, t) in zip(plan.shaped_rows.tolist(), plan.shaped_specs, values):
             if spec.report:

@@ -88,6 +88,18 @@ def test_v1_mixed_batch_shapes_only_its_rows_and_reports_positions():
     assert {r[0]: r[1] for r in processor.publisher.records}["typical"] == 1
 
 
+def test_v1_batch_of_only_our_rows_is_shaped_in_place():
+    processor = v1_processor()
+    specs = [ADAPTIVE, TYPICAL, SILENT]
+    processor.update_state(update(added=[(i, params(s), [1], []) for i, s in enumerate(specs)], size=3))
+    batch = logits(3, seed=3)
+    given = batch.clone()
+    out = processor.apply(given)
+    shaped, _ = expected_rows(batch, specs)
+    assert out.equal(shaped) and out.data_ptr() == given.data_ptr()
+    assert [r[0] for r in processor.publisher.records] == ["edt", "typical"]
+
+
 def test_v1_remove_then_add_then_move_and_swap():
     processor = v1_processor()
     processor.update_state(update(added=[(0, params(TYPICAL), [1], []), (1, params(SILENT), [1], []), (2, params(GREEDY), [1], [])]))
