@@ -39,6 +39,12 @@ def test_entropy_fields_cover_every_token(client):
     assert summary["max_model_entropy_nats"] == pytest.approx(max(field["model_entropy_nats"]))
 
 
+def test_samplers_are_compiled_while_the_engine_starts(server):
+    log = server.log()
+    assert "entropy-serve: samplers ready in" in log  # compiled at start-up, not in a client's steps
+    assert "torch.compile failed" not in log
+
+
 def test_plain_requests_carry_no_entropy_field(client):
     response = client.completions.create(model=MODEL, prompt=STORY, max_tokens=3)
     assert "entropy" not in (response.choices[0].model_extra or {})

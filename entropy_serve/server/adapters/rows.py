@@ -10,12 +10,18 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
 import torch
 
+from entropy_serve.samplers.chain import HAPO, EntropyProfile, RowParams, apply_chain
 from entropy_serve.samplers.entropy import entropy
-from entropy_serve.samplers.chain import apply_chain
 from entropy_serve.server.adapters.channel import EntropyPublisher, Record
 from entropy_serve.server.adapters.spec import RowSpec, stack_params
+
+# This runs in vLLM's engine process, where only vLLM's logger tree has handlers.
+logger = logging.getLogger(f"vllm.{__name__}")
 
 
 class RowPlan:
@@ -53,3 +59,16 @@ def process_rows(logits: torch.Tensor, plan: RowPlan, positions: dict[int, int],
             records.append((spec.key, positions[row], h, 0.0, 0.0))
     publisher.publish(records)
     return logits
+
+
+def warm_up(vocab_size: int, device: torch.device) -> None:
+    """Run the chain on a batch of one and of two rows (torch.compile compiles once per
+    shape specialisation, each a few seconds when not in its disk cache), so that the
+    compiling happens while the engine starts, not in a client's first steps."""
+    started = time.perf_counter()
+    profile = EntropyProfile(log_entropy_pivot=0.0, log_entropy_spread=1.0)
+    generator = torch.Generator(device=device).manual_seed(0)
+    for num_rows in (1, 2):
+        logits = torch.randn(num_rows, vocab_size, generator=generator, device=device)
+        apply_chain(logits, RowParams.uniform(num_rows, device, method=HAPO, typical_p=0.9), profile)
+    logger.info("entropy-serve: samplers ready in %.1f s", time.perf_counter() - started)

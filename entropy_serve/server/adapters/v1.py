@@ -14,7 +14,7 @@ from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
 from entropy_serve.server.adapters.channel import EntropyPublisher
-from entropy_serve.server.adapters.rows import RowPlan, process_rows
+from entropy_serve.server.adapters.rows import RowPlan, process_rows, warm_up
 from entropy_serve.server.adapters.spec import RowSpec
 
 
@@ -29,6 +29,8 @@ class EntropyLogitsProcessorV1(LogitsProcessor):
         self.rows: dict[int, tuple[RowSpec, list[int]]] = {}
         self.publisher = EntropyPublisher()
         self.plan: RowPlan | None = None
+        if vllm_config is not None:  # None in unit tests
+            warm_up(vllm_config.model_config.get_vocab_size(), device)
 
     def is_argmax_invariant(self) -> bool:
         return False  # typical sampling can remove the most likely token
