@@ -2,12 +2,13 @@
 
 Every side gets the same prompts, the same sampling parameters (ignore_eos, so every
 request generates exactly --max-tokens tokens) and the same engine settings. The server
-is driven with all requests in flight at once through the official `openai` client:
-first plain, then with every one of our samplers on (typical_p, hapo adaptive
-temperature, return_entropy). Also reports the server's cold start: process start to
-the first `/health` 200.
+is driven with all requests in flight at once through the official `openai` client,
+plain and with every one of our samplers on (typical_p, hapo adaptive temperature,
+return_entropy), alternating for --rounds rounds: a shared machine's speed drifts, so
+each round's two sides run back to back and the overhead is the median of the rounds'
+ratios. Also reports the server's cold start: process start to the first `/health` 200.
 
-    python benchmarks/throughput.py [--num-requests 64] [--max-tokens 64]
+    python benchmarks/throughput.py [--num-requests 64] [--max-tokens 64] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import time
 
 TOPICS = ["the sea", "a robot", "autumn", "a city at night", "mathematics", "a cat", "rain", "the moon"]
@@ -25,7 +27,8 @@ def prompts(num_requests: int) -> list[str]:
     return [f"Write a short story about {TOPICS[i % len(TOPICS)]} (#{i})." for i in range(num_requests)]
 
 
-def bare_vllm(model: str, texts: list[str], max_tokens: int, max_model_len: int) -> tuple[float, int]:
+def bare_vllm(model: str, texts: list[str], max_tokens: int, max_model_len: int, rounds: int) -> list[float]:
+    """tokens/s of each round."""
     from vllm import LLM, SamplingParams
 
     from entropy_serve.server.config import ServerConfig
@@ -35,20 +38,23 @@ def bare_vllm(model: str, texts: list[str], max_tokens: int, max_model_len: int)
     args = engine_args(ServerConfig(model=model, served_model_name="bench", max_model_len=max_model_len))
     llm = LLM(**{k: v for k, v in vars(args).items() if k != "enable_log_requests"})
     params = SamplingParams(max_tokens=max_tokens, temperature=0.8, ignore_eos=True)
-    llm.generate(texts[:2], params, use_tqdm=False)  # warm-up
-    start = time.perf_counter()
-    outputs = llm.generate(texts, params, use_tqdm=False)
-    elapsed = time.perf_counter() - start
-    num_tokens = sum(len(c.token_ids) for o in outputs for c in o.outputs)
+    # Warm-up, which also puts every prompt in the prefix cache, as the server's does.
+    llm.generate(texts, SamplingParams(max_tokens=1), use_tqdm=False)
+    tokens_per_s = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        outputs = llm.generate(texts, params, use_tqdm=False)
+        elapsed = time.perf_counter() - start
+        tokens_per_s.append(sum(len(c.token_ids) for o in outputs for c in o.outputs) / elapsed)
     llm.llm_engine.engine_core.shutdown()
-    return elapsed, num_tokens
+    return tokens_per_s
 
 
 SAMPLERS_ON = {"typical_p": 0.9, "adaptive_temperature": {"method": "hapo"}, "return_entropy": True}
 
 
-def server_http(texts: list[str], max_tokens: int, max_model_len: int) -> dict:
-    """tokens/s of the server, plain and with every sampler on, and its cold start."""
+def server_http(texts: list[str], max_tokens: int, max_model_len: int, rounds: int) -> dict:
+    """tokens/s of the server in each round, plain and with every sampler on, and its cold start."""
     import openai
 
     from entropy_serve.server.process import ServerProcess
@@ -61,10 +67,9 @@ def server_http(texts: list[str], max_tokens: int, max_model_len: int) -> dict:
         cold_start_s = time.perf_counter() - started
         model = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x").models.list().data[0].id
 
-        async def run_all(extra: dict) -> float:
+        async def run_all(extra: dict, max_tokens: int = max_tokens) -> float:
             client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="x", timeout=600)
             extra = {"ignore_eos": True, **extra}
-            await client.completions.create(model=model, prompt=texts[0], max_tokens=max_tokens, extra_body=extra)
             start = time.perf_counter()
             results = await asyncio.gather(
                 *(
@@ -76,8 +81,13 @@ def server_http(texts: list[str], max_tokens: int, max_model_len: int) -> dict:
             )
             return sum(r.usage.completion_tokens for r in results) / (time.perf_counter() - start)
 
-        plain = asyncio.run(run_all({}))
-        samplers = asyncio.run(run_all(SAMPLERS_ON))
+        # Warm-up, which also puts every prompt in the prefix cache before either side runs.
+        asyncio.run(run_all({}, max_tokens=1))
+        asyncio.run(run_all(SAMPLERS_ON, max_tokens=1))
+        plain, samplers = [], []
+        for _ in range(rounds):
+            plain.append(asyncio.run(run_all({})))
+            samplers.append(asyncio.run(run_all(SAMPLERS_ON)))
         return {"plain": plain, "samplers": samplers, "cold_start_s": cold_start_s}
     finally:
         server.terminate()
@@ -89,24 +99,28 @@ def main() -> None:
     parser.add_argument("--num-requests", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--max-model-len", type=int, default=2048)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
     from entropy_serve.model_store import prepare_default_model
 
     model = args.model or str(prepare_default_model())
     texts = prompts(args.num_requests)
-    bare_s, bare_tokens = bare_vllm(model, texts, args.max_tokens, args.max_model_len)
-    bare = bare_tokens / bare_s
-    server = server_http(texts, args.max_tokens, args.max_model_len)
+    bare = bare_vllm(model, texts, args.max_tokens, args.max_model_len, args.rounds)
+    server = server_http(texts, args.max_tokens, args.max_model_len, args.rounds)
+    median = statistics.median
     result = {
         "num_requests": args.num_requests,
         "max_tokens": args.max_tokens,
-        "bare_vllm_tokens_per_s": round(bare, 1),
-        "server_tokens_per_s": round(server["plain"], 1),
-        "server_all_samplers_tokens_per_s": round(server["samplers"], 1),
-        "ratio_server_over_bare": round(server["plain"] / bare, 3),
-        "ratio_all_samplers_over_bare": round(server["samplers"] / bare, 3),
-        "ratio_all_samplers_over_server_plain": round(server["samplers"] / server["plain"], 3),
+        "rounds": args.rounds,
+        "bare_vllm_tokens_per_s": [round(x, 1) for x in bare],
+        "server_tokens_per_s": [round(x, 1) for x in server["plain"]],
+        "server_all_samplers_tokens_per_s": [round(x, 1) for x in server["samplers"]],
+        "ratio_server_over_bare": round(median(server["plain"]) / median(bare), 3),
+        "ratio_all_samplers_over_bare": round(median(server["samplers"]) / median(bare), 3),
+        "ratio_all_samplers_over_server_plain": round(
+            median(s / p for s, p in zip(server["samplers"], server["plain"])), 3
+        ),
         "server_cold_start_s": round(server["cold_start_s"], 1),
     }
     print(json.dumps(result, indent=2))
