@@ -36,23 +36,23 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 
 @CompiledOnCpu
 def _cpu_entropy(logits: torch.Tensor) -> torch.Tensor:
-    # The log-probabilities are ours: clamp them in place (one large buffer fewer).
-    logprobs = torch.log_softmax(logits.float(), dim=-1).clamp_min_(FLOAT32_MIN_LOG_NORMAL)
-    return _entropy_of_clamped(logprobs)
+    return log_normalizer_and_entropy(logits.float())[1].squeeze(-1)
 
 
-def entropy_from_logprobs(logprobs: torch.Tensor) -> torch.Tensor:
-    """log_softmax output [batch, vocab] -> entropy [batch] in nats.
+def log_normalizer_and_entropy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [batch, vocab] -> (log Z [batch, 1], entropy [batch, 1]), with one exp per token.
 
-    The log-probabilities are clamped at FLOAT32_MIN_LOG_NORMAL: real LM rows hold many
-    tokens with log p < -87, whose exp is a denormal float, and x86 arithmetic on
-    denormals is many times slower. Each such token (and each masked -inf one) then
-    weighs e^-87 ~ 1e-38: the entropy moves by under 1e-33 nats, and no 0 * -inf NaN
-    can appear.
+    With m the row's max and d_i = max(z_i - m, FLOAT32_MIN_LOG_NORMAL):
+        a = sum_i e^d_i,   b = sum_i e^d_i d_i,   log Z = m + ln a,   H = ln a - b / a.
+    The clamp keeps e^d out of the denormal floats, on which x86 arithmetic is many times
+    slower (real LM rows hold many tokens with log p < -87), and turns masked -inf tokens
+    into weights of e^-87 ~ 1.6e-38 instead of 0 * -inf = NaN: the entropy moves by under
+    1e-33 nats. This is the Triton kernel's accumulation, without its running max.
     """
-    return _entropy_of_clamped(logprobs.clamp_min(FLOAT32_MIN_LOG_NORMAL))
-
-
-def _entropy_of_clamped(clamped: torch.Tensor) -> torch.Tensor:
-    weighted = clamped.exp().mul_(clamped)  # p log p, in the exp's own buffer
-    return (-weighted.sum(dim=-1)).clamp_min(0.0) + 0.0
+    row_max = logits.amax(dim=-1, keepdim=True)
+    shifted = (logits - row_max).clamp_min(FLOAT32_MIN_LOG_NORMAL)
+    weights = shifted.exp()
+    total = weights.sum(dim=-1, keepdim=True)  # a
+    log_total = total.log()
+    entropy = log_total - (weights * shifted).sum(dim=-1, keepdim=True) / total
+    return row_max + log_total, entropy.clamp_min(0.0) + 0.0

@@ -27,7 +27,7 @@ from entropy_serve.samplers.chain import (
 )
 from entropy_serve.samplers.entropy import entropy_and_varentropy
 from entropy_serve.samplers.temperature import MAX_TEMPERATURE, MIN_TEMPERATURE
-from entropy_serve.samplers.typical import typical_filter_, typical_mask
+from entropy_serve.samplers.typical import BLOCK, smallest, typical_filter_, typical_mask
 
 NEG_INF = float("-inf")
 
@@ -37,8 +37,7 @@ def random_logits(rows=6, vocab=50, seed=0, scale=3.0) -> torch.Tensor:
     return torch.randn(rows, vocab, generator=generator) * scale
 
 
-def adversarial_logits() -> torch.Tensor:
-    vocab = 40
+def adversarial_logits(vocab: int = 40) -> torch.Tensor:
     rows = [
         torch.zeros(vocab),  # uniform: every token ties
         torch.full((vocab,), -30.0).index_fill_(0, torch.tensor([3]), 30.0),  # nearly one-hot
@@ -49,7 +48,9 @@ def adversarial_logits() -> torch.Tensor:
     return torch.stack(rows)
 
 
+# Vocabularies of 50 and 40 tokens, and of 256 and 48 (multiples of typical's BLOCK).
 ALL_LOGITS = [random_logits(seed=s) for s in range(4)] + [adversarial_logits()]
+ALL_LOGITS += [random_logits(seed=4, vocab=256), adversarial_logits(vocab=48)]
 
 
 def test_entropy_by_hand():
@@ -188,9 +189,23 @@ def test_typical_fast_path_on_a_full_vocabulary(scale, mass):
     assert torch.equal(filtered == NEG_INF, theirs)
 
 
+@pytest.mark.parametrize("k", [1, 5, 16, 40, 63, 64])
+def test_smallest_by_blocks_equals_topk(k):
+    generator = torch.Generator().manual_seed(k)
+    scores = torch.randint(0, 30, (7, 64 * BLOCK), generator=generator).float()  # many ties
+    scores[1, 100:] = float("inf")  # few finite scores
+    scores[2] = 5.0  # all tied
+    block_minima = scores.view(7, -1, BLOCK).amin(-1)
+    values, indices = smallest(scores, block_minima, k)
+    expected = torch.topk(scores, k, dim=-1, largest=False, sorted=True).values
+    assert torch.equal(values, expected)
+    assert torch.equal(scores.gather(-1, indices), values)
+    assert (indices.sort(-1).values.diff(dim=-1) > 0).all()  # distinct tokens
+
+
 def hard_rows() -> torch.Tensor:
-    logits = torch.randn(5, 1000, generator=torch.Generator().manual_seed(0)) * 4
-    logits[1, :990] = NEG_INF  # mostly masked
+    logits = torch.randn(5, 1024, generator=torch.Generator().manual_seed(0)) * 4
+    logits[1, :1014] = NEG_INF  # mostly masked
     logits[2] = NEG_INF
     logits[2, 7] = 3.0  # one-hot
     return logits
@@ -210,11 +225,13 @@ def test_compiled_typical_stages_equal_the_eager_ones():
     from entropy_serve.samplers import typical as typical_module
 
     logits = hard_rows()
-    shifted, log_normalizer = typical_module._shifted_scores(logits)
+    shifted, log_normalizer, block_minima = typical_module._shifted_scores(logits)
     assert typical_module._shifted_scores.enabled
-    eager_shifted, eager_log_normalizer = typical_module._shifted_scores.eager(logits)
+    eager_shifted, eager_log_normalizer, eager_minima = typical_module._shifted_scores.eager(logits)
     torch.testing.assert_close(shifted, eager_shifted, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(log_normalizer, eager_log_normalizer)
+    torch.testing.assert_close(block_minima, eager_minima, atol=1e-5, rtol=1e-5)
+    assert torch.equal(block_minima, shifted.view(5, -1, typical_module.BLOCK).amin(-1))
     assert torch.equal(shifted.isinf(), logits.isinf())  # masked tokens are never candidates
 
     threshold = shifted.nan_to_num(posinf=0.0).median(dim=-1, keepdim=True).values
