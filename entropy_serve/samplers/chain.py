@@ -144,17 +144,16 @@ def _masking(mask_fn):
     return filter_
 
 
-def _filter_rows(logits: torch.Tensor, enabled: torch.Tensor, filter_, value: torch.Tensor):
-    """filter_(rows of logits, their values) on the enabled rows; returns what it returns."""
+def _filter_rows(logits: torch.Tensor, enabled: torch.Tensor, filter_, value: torch.Tensor) -> None:
     if bool(enabled.all()):  # common case: every row filters, no gather/scatter
-        return filter_(logits, value)
+        filter_(logits, value)
+        return
     rows = enabled.nonzero().squeeze(-1)
     if rows.numel() == 0:
-        return None
+        return
     sub = logits[rows]
-    result = filter_(sub, value[rows])
+    filter_(sub, value[rows])
     logits[rows] = sub
-    return result
 
 
 def apply_chain(
@@ -167,13 +166,5 @@ def apply_chain(
     _filter_rows(logits, params.top_k > 0, _masking(top_k_mask), params.top_k)
     _filter_rows(logits, params.top_p < 1.0, _masking(top_p_mask), params.top_p)
     _filter_rows(logits, params.min_p > 0.0, _masking(min_p_mask), params.min_p)
-    typical = params.typical_p < 1.0
-    # Typical comes last and measures what it keeps; only the other rows need a pass.
-    kept_entropy = _filter_rows(logits, typical, typical_filter_, params.typical_p)
-    if kept_entropy is None:
-        return ChainResult(model_entropy, entropy(logits), temperature)
-    sampled_entropy = torch.empty_like(model_entropy)
-    sampled_entropy[typical] = kept_entropy
-    if not bool(typical.all()):
-        sampled_entropy[~typical] = entropy(logits[~typical])
-    return ChainResult(model_entropy, sampled_entropy, temperature)
+    _filter_rows(logits, params.typical_p < 1.0, typical_filter_, params.typical_p)
+    return ChainResult(model_entropy, entropy(logits), temperature)
