@@ -5,7 +5,11 @@ Same [batch, vocab] logits tensor for both, median of repeated runs (after warm-
 (b) ours: samplers.chain.apply_chain with the same T and typical_p (which also computes
     the model and sampled entropies it reports).
 
-    python benchmarks/sampler_step.py [--batch 32] [--vocab 49152] [--repeats 30]
+    python benchmarks/sampler_step.py [--batch 32] [--vocab 49152] [--repeats 30] [--threads N]
+
+vLLM's CPU worker runs with the torch threads of the cores it binds (one, on a 2-core
+machine, where it leaves the other to the engine process): `--threads 1` times the step
+as it runs there.
 """
 
 from __future__ import annotations
@@ -40,7 +44,10 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--typical-p", type=float, default=0.9)
     parser.add_argument("--logit-scale", type=float, default=3.0, help="std of the random logits (larger: peakier rows)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     logits = torch.randn(args.batch, args.vocab, generator=torch.Generator().manual_seed(0)) * args.logit_scale
     params = RowParams.uniform(args.batch, temperature=args.temperature, typical_p=args.typical_p)
