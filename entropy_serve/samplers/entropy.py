@@ -3,12 +3,11 @@
 For p = softmax(z) and surprisal s_i = -log p_i:
     H = E_p[s] = -sum_i p_i log p_i
     V = Var_p[s] = sum_i p_i (log p_i)^2 - H^2
-Entries at -inf (tokens already masked out) have p_i = 0 and contribute nothing: the
-0 * inf products are replaced by 0 instead of producing NaN. Nearly one-hot rows give
-H ~ 0, never a small negative number (clamped). On CUDA the fused single-pass Triton
-kernel computes both (kernels/entropy.py); on CPU the entropy alone is the torch
-reference compiled by torch.compile (samplers/compiled.py). Pure functions, nothing is
-mutated.
+Entries at -inf (tokens already masked out) have p_i = 0 and contribute nothing (never
+a 0 * inf NaN). Nearly one-hot rows give H ~ 0, never a small negative number
+(clamped). On CUDA the fused single-pass Triton kernel computes both (kernels/entropy.py);
+on CPU the entropy alone comes from `log_normalizer_and_entropy`, compiled by
+torch.compile (samplers/compiled.py). Pure functions, nothing is mutated.
 """
 
 from __future__ import annotations
