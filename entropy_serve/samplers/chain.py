@@ -18,11 +18,12 @@ Filtered tokens become -inf. The caller's logits tensor is modified in place.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
 from entropy_serve.samplers.entropy import entropy
+from entropy_serve.samplers.filters import min_p_mask, top_k_mask, top_p_mask
 from entropy_serve.samplers.temperature import dynatemp_temperature, edt_temperature, hapo_temperature
 from entropy_serve.samplers.typical import typical_filter_
 
@@ -38,47 +39,68 @@ class EntropyProfile:
     log_entropy_spread: float
 
 
+@dataclass(frozen=True)
+class SamplerParams:
+    """One request's sampler parameters: the one definition of their names, types and
+    neutral values (the defaults, which switch each step off). The server builds one per
+    request (server/planning.py), it travels to the engine inside `SamplingParams.extra_args`
+    (server/adapters/spec.py), and the adapter stacks a batch of them into RowParams."""
+
+    temperature: float = 1.0  # base temperature (> 0)
+    method: int = FIXED  # FIXED / HAPO / EDT / DYNATEMP
+    hapo_tau: float = 0.0
+    edt_theta: float = 1.0
+    edt_base: float = 0.8
+    dynatemp_min: float = 1.0
+    dynatemp_max: float = 1.0
+    dynatemp_exponent: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1.0: off
+    min_p: float = 0.0  # 0.0: off
+    typical_p: float = 1.0  # 1.0: off
+
+
+PARAM_DTYPES = {f.name: torch.int64 if f.type == "int" else torch.float32 for f in fields(SamplerParams)}
+
+
 @dataclass
 class RowParams:
-    """Per-row sampling parameters, each a [rows] tensor; neutral values switch a step off."""
+    """SamplerParams of a batch: one [rows] tensor per field, same names (see `stack`)."""
 
-    temperature: torch.Tensor  # base temperature (> 0)
-    method: torch.Tensor  # FIXED / HAPO / EDT / DYNATEMP (int64)
+    temperature: torch.Tensor
+    method: torch.Tensor
     hapo_tau: torch.Tensor
     edt_theta: torch.Tensor
     edt_base: torch.Tensor
     dynatemp_min: torch.Tensor
     dynatemp_max: torch.Tensor
     dynatemp_exponent: torch.Tensor
-    top_k: torch.Tensor  # 0: off (int64)
-    top_p: torch.Tensor  # 1.0: off
-    min_p: torch.Tensor  # 0.0: off
-    typical_p: torch.Tensor  # 1.0: off
+    top_k: torch.Tensor
+    top_p: torch.Tensor
+    min_p: torch.Tensor
+    typical_p: torch.Tensor
+
+    @classmethod
+    def stack(cls, rows: list[SamplerParams], device: torch.device | None = None) -> RowParams:
+        """RowParams [len(rows)] from one SamplerParams per row."""
+        return cls(
+            **{
+                name: torch.tensor([getattr(row, name) for row in rows], dtype=dtype, device=device)
+                for name, dtype in PARAM_DTYPES.items()
+            }
+        )
+
+    @classmethod
+    def uniform(cls, num_rows: int, device: torch.device | None = None, **values) -> RowParams:
+        """Every row alike: SamplerParams(**values) (neutral where not given)."""
+        return cls.stack([SamplerParams(**values)] * num_rows, device)
 
     def select(self, rows: torch.Tensor) -> RowParams:
         return RowParams(**{name: value[rows] for name, value in vars(self).items()})
 
-    @classmethod
-    def uniform(cls, num_rows: int, device: torch.device | None = None, **values) -> RowParams:
-        """Every row alike: NEUTRAL values, overridden by `values`."""
-        return cls(
-            **{
-                name: torch.full((num_rows,), value, device=device, dtype=param_dtype(name))
-                for name, value in {**NEUTRAL, **values}.items()
-            }
-        )
 
-
-# The values that switch each step off (a row with these is left as the model made it).
-NEUTRAL = dict(
-    temperature=1.0, method=FIXED, hapo_tau=0.0, edt_theta=1.0, edt_base=0.8, dynatemp_min=1.0,
-    dynatemp_max=1.0, dynatemp_exponent=1.0, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0,
-)
-INT_FIELDS = frozenset({"method", "top_k"})
-
-
-def param_dtype(name: str) -> torch.dtype:
-    return torch.int64 if name in INT_FIELDS else torch.float32
+# RowParams restates SamplerParams' names only to type them as tensors: keep them equal.
+assert [f.name for f in fields(RowParams)] == list(PARAM_DTYPES), "RowParams must mirror SamplerParams"
 
 
 @dataclass
@@ -107,32 +129,6 @@ def adaptive_temperature(
             t = dynatemp_temperature(h, p.dynatemp_min, p.dynatemp_max, p.dynatemp_exponent, vocab_size)
         temperature[rows] = t
     return temperature
-
-
-def top_k_mask(logits: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
-    """Tokens to remove: below the row's k-th largest logit (ties kept). top_k [rows] >= 1."""
-    k = top_k.clamp(max=logits.shape[-1])
-    sorted_desc = logits.sort(dim=-1, descending=True).values
-    kth = sorted_desc.gather(-1, (k - 1).unsqueeze(-1))
-    return logits < kth
-
-
-def top_p_mask(logits: torch.Tensor, top_p: torch.Tensor, min_tokens_to_keep: int = 1) -> torch.Tensor:
-    sorted_logits, sorted_indices = torch.sort(logits, descending=False)
-    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-    sorted_remove = cumulative <= (1 - top_p).unsqueeze(-1)
-    sorted_remove[..., -min_tokens_to_keep:] = False
-    return sorted_remove.scatter(-1, sorted_indices, sorted_remove)
-
-
-def min_p_mask(logits: torch.Tensor, min_p: torch.Tensor, min_tokens_to_keep: int = 1) -> torch.Tensor:
-    probs = torch.softmax(logits, dim=-1)
-    threshold = min_p.unsqueeze(-1) * probs.amax(dim=-1, keepdim=True)
-    remove = probs < threshold
-    sorted_indices = torch.argsort(logits, descending=True, dim=-1)
-    sorted_remove = remove.gather(-1, sorted_indices)
-    sorted_remove[..., :min_tokens_to_keep] = False
-    return sorted_remove.scatter(-1, sorted_indices, sorted_remove)
 
 
 def _masking(mask_fn):

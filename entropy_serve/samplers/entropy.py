@@ -35,18 +35,22 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 
 @CompiledOnCpu
 def _cpu_entropy(logits: torch.Tensor) -> torch.Tensor:
-    return log_normalizer_and_entropy(logits.float())[1].squeeze(-1)
+    return shifted_log_normalizer_and_entropy(logits.float())[2].squeeze(-1)
 
 
-def log_normalizer_and_entropy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits [batch, vocab] -> (log Z [batch, 1], entropy [batch, 1]), with one exp per token.
+def shifted_log_normalizer_and_entropy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """logits [batch, vocab] -> (row max m, ln a, entropy), each [batch, 1], one exp per token.
 
-    With m the row's max and d_i = max(z_i - m, FLOAT32_MIN_LOG_NORMAL):
+    With d_i = max(z_i - m, FLOAT32_MIN_LOG_NORMAL):
         a = sum_i e^d_i,   b = sum_i e^d_i d_i,   log Z = m + ln a,   H = ln a - b / a.
     The clamp keeps e^d out of the denormal floats, on which x86 arithmetic is many times
     slower (real LM rows hold many tokens with log p < -87), and turns masked -inf tokens
     into weights of e^-87 ~ 1.6e-38 instead of 0 * -inf = NaN: the entropy moves by under
     1e-33 nats. This is the Triton kernel's accumulation, without its running max.
+
+    log Z is returned as its two terms, m and ln a, and never added up: at logits around
+    1e4 one float32 step is ~1e-3, so m + ln a is rounded, and log p_i = (z_i - m) - ln a
+    (exact: z_i - m is) would become z_i - log Z (off by up to that step).
     """
     row_max = logits.amax(dim=-1, keepdim=True)
     shifted = (logits - row_max).clamp_min(FLOAT32_MIN_LOG_NORMAL)
@@ -54,4 +58,4 @@ def log_normalizer_and_entropy(logits: torch.Tensor) -> tuple[torch.Tensor, torc
     total = weights.sum(dim=-1, keepdim=True)  # a
     log_total = total.log()
     entropy = log_total - (weights * shifted).sum(dim=-1, keepdim=True) / total
-    return row_max + log_total, entropy.clamp_min(0.0) + 0.0
+    return row_max, log_total, entropy.clamp_min(0.0) + 0.0

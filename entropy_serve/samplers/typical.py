@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from entropy_serve.samplers.compiled import CompiledOnCpu
-from entropy_serve.samplers.entropy import log_normalizer_and_entropy
+from entropy_serve.samplers.entropy import shifted_log_normalizer_and_entropy
 
 # Top-k sizes tried in turn before a full sort. On 64 SmolLM2 rows at typical_p = 0.9,
 # the mass reached 0.9 within 64 tokens on 60 rows at T = 0.8, 45 at T = 1.0; within
@@ -82,8 +82,8 @@ def _cut(
 
     A row's kept set is `shifted <= threshold`; rows left to the full sort have +inf.
     """
-    shifted, log_normalizer, block_minima = _shifted_scores(logits)
-    threshold = torch.full_like(log_normalizer, float("inf"))
+    shifted, row_max, log_total, block_minima = _shifted_scores(logits)
+    threshold = torch.full_like(log_total, float("inf"))
     pending = torch.arange(logits.shape[0], device=logits.device)
     for candidates in stages:
         if pending.numel() == 0 or candidates >= logits.shape[-1]:
@@ -93,7 +93,8 @@ def _cut(
             logits if every_row else logits[pending],
             shifted if every_row else shifted[pending],
             block_minima if every_row or block_minima is None else block_minima[pending],
-            log_normalizer[pending],
+            row_max[pending],
+            log_total[pending],
             typical_p[pending],
             min_tokens_to_keep,
             candidates,
@@ -104,29 +105,37 @@ def _cut(
 
 
 @CompiledOnCpu
-def _shifted_scores(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """logits [batch, vocab] -> (|(-log p) - H| [batch, vocab], log Z [batch, 1], the
-    minimum score of each BLOCK consecutive tokens [batch, vocab / BLOCK], or None when
-    BLOCK does not divide the vocabulary)."""
-    log_normalizer, entropy = log_normalizer_and_entropy(logits)
-    shifted = torch.abs(log_normalizer - logits - entropy)
+def _shifted_scores(
+    logits: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """logits [batch, vocab] -> (|(-log p) - H| [batch, vocab], row max m [batch, 1], ln a
+    [batch, 1] (log Z = m + ln a, kept apart: see `shifted_log_normalizer_and_entropy`),
+    the minimum score of each BLOCK consecutive tokens [batch, vocab / BLOCK], or None when
+    BLOCK does not divide the vocabulary).
+
+    -log p = ln a - (z - m): every term is exact or rounded at the scale of ln a, never at
+    the scale of the logits."""
+    row_max, log_total, entropy = shifted_log_normalizer_and_entropy(logits)
+    shifted = torch.abs(log_total - (logits - row_max) - entropy)
     if logits.shape[-1] % BLOCK:
-        return shifted, log_normalizer, None
-    return shifted, log_normalizer, shifted.view(logits.shape[0], -1, BLOCK).amin(dim=-1)
+        return shifted, row_max, log_total, None
+    return shifted, row_max, log_total, shifted.view(logits.shape[0], -1, BLOCK).amin(dim=-1)
 
 
 def _candidate_threshold(
     logits: torch.Tensor,
     shifted: torch.Tensor,
     block_minima: torch.Tensor | None,
-    log_normalizer: torch.Tensor,
+    row_max: torch.Tensor,
+    log_total: torch.Tensor,
     typical_p: torch.Tensor,
     min_tokens_to_keep: int,
     candidates: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(rows decided [batch], their thresholds [batch, 1]) from the top candidates."""
     top_shifted, top_indices = smallest(shifted, block_minima, candidates)
-    cumulative = (logits.gather(-1, top_indices) - log_normalizer).exp().cumsum(dim=-1)  # [batch, candidates]
+    masses = ((logits.gather(-1, top_indices) - row_max) - log_total).exp()  # [batch, candidates]
+    cumulative = masses.cumsum(dim=-1)
     p = typical_p.unsqueeze(-1)
     last_kept = (cumulative < p).sum(dim=-1)  # [batch]
     decided = (

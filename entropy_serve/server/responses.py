@@ -1,7 +1,11 @@
-"""vLLM outputs -> the `openai` package's own response types.
+"""Our records -> the `openai` package's own response types.
 
 Building responses from `openai.types` makes their shape right by construction: a
-field the SDK does not know cannot slip in, and one it requires cannot be missing.
+field the SDK does not know cannot slip in, and one it requires cannot be missing. Our
+extensions (`entropy` per choice; `strategy`, `difficulty` per reply) ride as extra
+fields of those types, which the SDK exposes as `model_extra`. Every builder takes
+keyword arguments; choices come as submission.Generated, whose `index` is already the
+reply's choice index.
 """
 
 from __future__ import annotations
@@ -14,18 +18,18 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletio
 from openai.types.chat import chat_completion, chat_completion_chunk
 from openai.types.chat.chat_completion_token_logprob import ChatCompletionTokenLogprob, TopLogprob
 from openai.types.completion_choice import Logprobs as CompletionLogprobs
-from vllm.outputs import CompletionOutput
 
 from entropy_serve.server.adapters.channel import TokenEntropy
+from entropy_serve.server.submission import Generated
 
 OPENAI_FINISH_REASONS = {"stop", "length"}
 
 
-def finish_reason(output: CompletionOutput) -> str | None:
+def finish_reason(choice: Generated) -> str | None:
     """vLLM's reason in OpenAI's vocabulary (an abort is reported as a stop)."""
-    if output.finish_reason is None:
+    if choice.finish_reason is None:
         return None
-    return output.finish_reason if output.finish_reason in OPENAI_FINISH_REASONS else "stop"
+    return choice.finish_reason if choice.finish_reason in OPENAI_FINISH_REASONS else "stop"
 
 
 def usage(num_prompt_tokens: int, num_completion_tokens: int) -> CompletionUsage:
@@ -40,9 +44,9 @@ def _token_text(token_id: int, logprob) -> str:
     return logprob.decoded_token if logprob.decoded_token is not None else f"<{token_id}>"
 
 
-def _positions(output: CompletionOutput, num_top: int):
+def _positions(choice: Generated, num_top: int):
     """(sampled token id, its Logprob, top-k (id, Logprob) by rank) per generated token."""
-    for token_id, position in zip(output.token_ids, output.logprobs or (), strict=False):
+    for token_id, position in zip(choice.token_ids, choice.logprobs or (), strict=False):
         top = sorted(
             ((tid, lp) for tid, lp in position.items() if lp.rank is not None and lp.rank <= num_top),
             key=lambda item: item[1].rank,
@@ -50,12 +54,10 @@ def _positions(output: CompletionOutput, num_top: int):
         yield token_id, position[token_id], top[:num_top]
 
 
-def completion_logprobs(
-    output: CompletionOutput, num_top: int, text_offset_start: int = 0
-) -> CompletionLogprobs:
+def completion_logprobs(choice: Generated, num_top: int, text_offset_start: int = 0) -> CompletionLogprobs:
     tokens, token_logprobs, top_logprobs, text_offsets = [], [], [], []
     offset = text_offset_start
-    for token_id, sampled, top in _positions(output, num_top):
+    for token_id, sampled, top in _positions(choice, num_top):
         text = _token_text(token_id, sampled)
         tokens.append(text)
         token_logprobs.append(sampled.logprob)
@@ -67,9 +69,9 @@ def completion_logprobs(
     )
 
 
-def chat_logprobs(output: CompletionOutput, num_top: int) -> list[ChatCompletionTokenLogprob]:
+def chat_logprobs(choice: Generated, num_top: int) -> list[ChatCompletionTokenLogprob]:
     content = []
-    for token_id, sampled, top in _positions(output, num_top):
+    for token_id, sampled, top in _positions(choice, num_top):
         text = _token_text(token_id, sampled)
         content.append(
             ChatCompletionTokenLogprob(
@@ -90,19 +92,22 @@ def chat_logprobs(output: CompletionOutput, num_top: int) -> list[ChatCompletion
 
 
 def completion(
+    *,
     request_id: str,
     model: str,
     created: int,
-    choices: Iterable[tuple[int, CompletionOutput]],
+    choices: Iterable[Generated],
     num_top_logprobs: int | None,
-    usage_: CompletionUsage | None,
+    usage: CompletionUsage | None = None,
     text_offsets: dict[int, int] | None = None,
     entropy: dict[int, dict] | None = None,
+    extensions: dict | None = None,
 ) -> Completion:
-    """A Completion (also the shape of each streamed chunk) from (index, output) pairs.
+    """A Completion (also the shape of each streamed chunk).
 
     `text_offsets` gives, per choice index, the characters already streamed, so that
-    logprobs' text_offset counts from the start of the whole completion.
+    logprobs' text_offset counts from the start of the whole completion; `entropy`, per
+    choice index, its `entropy` field; `extensions`, fields of the whole reply.
     """
     text_offsets, entropy = text_offsets or {}, entropy or {}
     return Completion(
@@ -114,28 +119,31 @@ def completion(
             # model_construct: a streamed choice has finish_reason null until its last
             # chunk, as on OpenAI's wire, though the SDK type declares it required.
             CompletionChoice.model_construct(
-                index=index,
-                text=output.text,
-                finish_reason=finish_reason(output),
+                index=choice.index,
+                text=choice.text,
+                finish_reason=finish_reason(choice),
                 logprobs=None
                 if num_top_logprobs is None
-                else completion_logprobs(output, num_top_logprobs, text_offsets.get(index, 0)),
-                **({"entropy": entropy[index]} if index in entropy else {}),
+                else completion_logprobs(choice, num_top_logprobs, text_offsets.get(choice.index, 0)),
+                **({"entropy": entropy[choice.index]} if choice.index in entropy else {}),
             )
-            for index, output in choices
+            for choice in choices
         ],
-        usage=usage_,
+        usage=usage,
+        **(extensions or {}),
     )
 
 
 def chat_completion_response(
+    *,
     request_id: str,
     model: str,
     created: int,
-    outputs: Iterable[CompletionOutput],
+    choices: Iterable[Generated],
     num_top_logprobs: int | None,
-    usage_: CompletionUsage,
+    usage: CompletionUsage,
     entropy: dict[int, dict] | None = None,
+    extensions: dict | None = None,
 ) -> ChatCompletion:
     entropy = entropy or {}
     return ChatCompletion(
@@ -145,26 +153,28 @@ def chat_completion_response(
         model=model,
         choices=[
             chat_completion.Choice(
-                index=output.index,
-                message=ChatCompletionMessage(role="assistant", content=output.text),
-                finish_reason=finish_reason(output),
+                index=choice.index,
+                message=ChatCompletionMessage(role="assistant", content=choice.text),
+                finish_reason=finish_reason(choice),
                 logprobs=None
                 if num_top_logprobs is None
-                else chat_completion.ChoiceLogprobs(content=chat_logprobs(output, num_top_logprobs)),
-                **({"entropy": entropy[output.index]} if output.index in entropy else {}),
+                else chat_completion.ChoiceLogprobs(content=chat_logprobs(choice, num_top_logprobs)),
+                **({"entropy": entropy[choice.index]} if choice.index in entropy else {}),
             )
-            for output in outputs
+            for choice in choices
         ],
-        usage=usage_,
+        usage=usage,
+        **(extensions or {}),
     )
 
 
 def chat_chunk(
+    *,
     request_id: str,
     model: str,
     created: int,
     choices: list[chat_completion_chunk.Choice],
-    usage_: CompletionUsage | None = None,
+    usage: CompletionUsage | None = None,
 ) -> ChatCompletionChunk:
     return ChatCompletionChunk(
         id=request_id,
@@ -172,21 +182,21 @@ def chat_chunk(
         created=created,
         model=model,
         choices=choices,
-        usage=usage_,
+        usage=usage,
     )
 
 
 def chat_delta_choice(
-    output: CompletionOutput, num_top_logprobs: int | None, first: bool, entropy: dict | None = None
+    *, choice: Generated, num_top_logprobs: int | None, first: bool, entropy: dict | None = None
 ) -> chat_completion_chunk.Choice:
     """One streamed choice: the new text since the last chunk (the role on the first)."""
     logprobs = None
     if num_top_logprobs is not None:
-        logprobs = chat_completion_chunk.ChoiceLogprobs(content=chat_logprobs(output, num_top_logprobs))
+        logprobs = chat_completion_chunk.ChoiceLogprobs(content=chat_logprobs(choice, num_top_logprobs))
     return chat_completion_chunk.Choice(
-        index=output.index,
-        delta=chat_completion_chunk.ChoiceDelta(role="assistant" if first else None, content=output.text),
-        finish_reason=finish_reason(output),
+        index=choice.index,
+        delta=chat_completion_chunk.ChoiceDelta(role="assistant" if first else None, content=choice.text),
+        finish_reason=finish_reason(choice),
         logprobs=logprobs,
         **({"entropy": entropy} if entropy is not None else {}),
     )
@@ -215,13 +225,10 @@ def entropy_field(tokens: list[TokenEntropy], summary: bool) -> dict:
     return field
 
 
+def whole_entropy_fields(choices: Iterable[Generated]) -> dict[int, dict]:
+    """Per choice index, the `entropy` field of a whole choice (with its summary)."""
+    return {c.index: entropy_field(c.entropies, summary=True) for c in choices}
+
+
 def _mean(values: list[float]) -> float:
     return math.fsum(values) / len(values) if values else 0.0
-
-
-def sse(payload) -> str:
-    """One server-sent event holding a response model (only the fields we set)."""
-    return f"data: {payload.model_dump_json(exclude_unset=True)}\n\n"
-
-
-SSE_DONE = "data: [DONE]\n\n"

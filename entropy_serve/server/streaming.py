@@ -1,126 +1,72 @@
-"""Server-sent event streams, and the client's connection while we generate.
+"""A plan's engine steps as streamed chunks: `Completion`s or `ChatCompletionChunk`s.
 
-A stream starts only once its first event exists, so errors before it keep their HTTP
-status; an error after it becomes one final `data: {"error": ...}` event. A client
-that goes away cancels the generation, which aborts it in the engine.
+Each step of the engine becomes one chunk holding the choices that advanced in it; with
+`return_entropy`, each choice carries the entropies of its new tokens, and the chunk
+that finishes a choice also carries the choice's summary. With
+`stream_options.include_usage`, a last chunk holds only the usage. The HTTP layer
+(app.py) writes them as server-sent events; in-process callers iterate them.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 
-from fastapi import Request
-from fastapi.responses import StreamingResponse
+from openai.types import Completion
+from openai.types.chat import ChatCompletionChunk
 
 from entropy_serve.server import responses, submission
-from entropy_serve.server.adapters.channel import TokenEntropy
+from entropy_serve.server.adapters.channel import EntropyStore, TokenEntropy
 from entropy_serve.server.engine import EngineHolder
-from entropy_serve.server.errors import APIError, ClientDisconnected, error_body
-from entropy_serve.server.generation import PreparedRequest
-
-logger = logging.getLogger(__name__)
+from entropy_serve.server.planning import RequestPlan
+from entropy_serve.server.submission import Generated
 
 
-async def until_disconnected(request: Request, work: Awaitable):
-    """Await `work`, cancelling it (and so aborting it in the engine) if the client leaves."""
-    work_task = asyncio.ensure_future(work)
-    watch_task = asyncio.create_task(_wait_for_disconnect(request))
-    done, _ = await asyncio.wait({work_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
-    if work_task in done:
-        watch_task.cancel()
-        return work_task.result()
-    work_task.cancel()  # submission.stream counts the abort, once, if jobs were running
-    raise ClientDisconnected("client disconnected")
-
-
-async def _wait_for_disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-async def sse_response(request: Request, events: AsyncIterator[str], headers: dict | None = None) -> StreamingResponse:
-    """Stream server-sent events, once the first one exists.
-
-    Waiting for the first event means an error before it (bad parameters, engine not
-    ready) is still an ordinary HTTP error with its status; after it, the status line is
-    gone, so an error becomes one final `data: {"error": ...}` event.
-    """
-    first = await until_disconnected(request, anext(events))
-
-    async def all_events() -> AsyncIterator[str]:
-        yield first
-        try:
-            async for event in events:
-                yield event
-        except APIError as error:
-            logger.warning("stream ended with an error: %s", error.message)
-            yield sse_error(error_body(error.status_code, error.message, error.error_type, error.param, error.code))
-        except Exception as error:
-            logger.exception("stream ended with an unexpected error")
-            yield sse_error(error_body(500, f"internal error: {type(error).__name__}", "server_error"))
-
-    return StreamingResponse(all_events(), media_type="text/event-stream", headers=headers)
-
-
-def sse_error(body: dict) -> str:
-    return f"data: {json.dumps(body)}\n\n"
-
-
-async def stream_completion(holder: EngineHolder, prepared: PreparedRequest) -> AsyncIterator[str]:
-    n = prepared.n
+async def completion_chunks(engine: EngineHolder, store: EntropyStore, plan: RequestPlan) -> AsyncIterator[Completion]:
+    reply = dict(request_id=plan.request_id, model=plan.model, created=plan.created)
     num_completion = 0
     num_prompt_by_index: dict[int, int] = {}
     text_offsets: dict[int, int] = {}  # choice index -> characters streamed so far
-    entropy = EntropyAccumulator(prepared.return_entropy)
-    async for delta in submission.stream(holder, prepared):
-        output = delta.output
-        num_prompt_by_index.setdefault(delta.prompt_index, len(output.prompt_token_ids or ()))
-        num_completion += sum(len(c.token_ids) for c in output.outputs)
-        choices = [(delta.prompt_index * n + c.index, c) for c in output.outputs]
-        entropies = {delta.prompt_index * n + i: tokens for i, tokens in delta.entropies.items()}
-        yield responses.sse(
-            responses.completion(
-                prepared.request_id, prepared.model, prepared.created, choices,
-                prepared.num_top_logprobs, None, text_offsets, entropy.fields(choices, entropies),
-            )
+    entropy = EntropyAccumulator(plan.return_entropy)
+    async for step in submission.stream(engine, store, plan):
+        num_prompt_by_index.setdefault(step.prompt_index, step.num_prompt_tokens)
+        num_completion += sum(len(c.token_ids) for c in step.choices)
+        yield responses.completion(
+            **reply,
+            choices=step.choices,
+            num_top_logprobs=plan.num_top_logprobs,
+            text_offsets=text_offsets,
+            entropy=entropy.fields(step.choices),
         )
-        for index, c in choices:
-            text_offsets[index] = text_offsets.get(index, 0) + len(c.text)
-    if prepared.include_usage:
-        yield responses.sse(
-            responses.completion(
-                prepared.request_id, prepared.model, prepared.created, [], None,
-                responses.usage(sum(num_prompt_by_index.values()), num_completion),
-            )
-        )
-    yield responses.SSE_DONE
+        for choice in step.choices:
+            text_offsets[choice.index] = text_offsets.get(choice.index, 0) + len(choice.text)
+    if plan.include_usage:
+        usage = responses.usage(sum(num_prompt_by_index.values()), num_completion)
+        yield responses.completion(**reply, choices=[], num_top_logprobs=None, usage=usage)
 
 
-async def stream_chat(holder: EngineHolder, prepared: PreparedRequest) -> AsyncIterator[str]:
+async def chat_chunks(engine: EngineHolder, store: EntropyStore, plan: RequestPlan) -> AsyncIterator[ChatCompletionChunk]:
+    reply = dict(request_id=plan.request_id, model=plan.model, created=plan.created)
     started: set[int] = set()
     num_completion, num_prompt = 0, 0
-    entropy = EntropyAccumulator(prepared.return_entropy)
-    async for delta in submission.stream(holder, prepared):
-        output = delta.output
-        num_prompt = num_prompt or len(output.prompt_token_ids or ())
-        fields = entropy.fields([(c.index, c) for c in output.outputs], delta.entropies)
+    entropy = EntropyAccumulator(plan.return_entropy)
+    async for step in submission.stream(engine, store, plan):
+        num_prompt = num_prompt or step.num_prompt_tokens
+        fields = entropy.fields(step.choices)
         choices = []
-        for c in output.outputs:
-            num_completion += len(c.token_ids)
-            first = c.index not in started
-            choices.append(responses.chat_delta_choice(c, prepared.num_top_logprobs, first, fields.get(c.index)))
-            started.add(c.index)
-        yield responses.sse(responses.chat_chunk(prepared.request_id, prepared.model, prepared.created, choices))
-    if prepared.include_usage:
-        yield responses.sse(
-            responses.chat_chunk(
-                prepared.request_id, prepared.model, prepared.created, [],
-                responses.usage(num_prompt, num_completion),
+        for choice in step.choices:
+            num_completion += len(choice.token_ids)
+            choices.append(
+                responses.chat_delta_choice(
+                    choice=choice,
+                    num_top_logprobs=plan.num_top_logprobs,
+                    first=choice.index not in started,
+                    entropy=fields.get(choice.index),
+                )
             )
-        )
-    yield responses.SSE_DONE
+            started.add(choice.index)
+        yield responses.chat_chunk(**reply, choices=choices)
+    if plan.include_usage:
+        yield responses.chat_chunk(**reply, choices=[], usage=responses.usage(num_prompt, num_completion))
 
 
 class EntropyAccumulator:
@@ -130,14 +76,13 @@ class EntropyAccumulator:
         self.enabled = enabled
         self.so_far: dict[int, list[TokenEntropy]] = {}
 
-    def fields(self, choices, entropies: dict[int, list[TokenEntropy]]) -> dict[int, dict]:
+    def fields(self, choices: list[Generated]) -> dict[int, dict]:
         if not self.enabled:
             return {}
         result = {}
-        for index, output in choices:
-            tokens = entropies.get(index, [])
-            self.so_far.setdefault(index, []).extend(tokens)
-            result[index] = responses.entropy_field(tokens, summary=False)
-            if output.finish_reason is not None:
-                result[index]["summary"] = responses.entropy_field(self.so_far[index], summary=True)["summary"]
+        for choice in choices:
+            self.so_far.setdefault(choice.index, []).extend(choice.entropies)
+            result[choice.index] = responses.entropy_field(choice.entropies, summary=False)
+            if choice.finish_reason is not None:
+                result[choice.index]["summary"] = responses.entropy_field(self.so_far[choice.index], summary=True)["summary"]
         return result

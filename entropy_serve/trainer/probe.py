@@ -27,12 +27,10 @@ from entropy_serve.calibration import model_fingerprint
 from entropy_serve.probes.features import FeatureEngine
 from entropy_serve.probes.labels import LabelRule, label_problems
 from entropy_serve.probes.probe import fit_probe
+from entropy_serve.probes.router import feature_engine_args
 from entropy_serve.probes.table import DifficultyTable
-from entropy_serve.server import submission
 from entropy_serve.server.config import ServerConfig
-from entropy_serve.server.engine import EngineHolder, feature_engine_args, running_engine
-from entropy_serve.server.generation import Generator
-from entropy_serve.server.protocol import ChatCompletionRequest
+from entropy_serve.server.service import Endpoint, Service, running_service
 from entropy_serve.tasks import arithmetic
 from entropy_serve.tasks.answers import is_correct
 from entropy_serve.tasks.jsonl import load_jsonl
@@ -101,36 +99,35 @@ async def sample_problems(
     normal = DifficultyTable().normal
     limit = asyncio.Semaphore(PROBLEMS_IN_FLIGHT)
 
-    async def one(holder: EngineHolder, generator: Generator, index: int) -> dict:
+    async def one(service: Service, index: int) -> dict:
         problem = problems[index]
-        request = ChatCompletionRequest(
-            model=config.served_model_name,
-            messages=[{"role": "user", "content": problem.question}],
-            n=settings.samples,
-            max_tokens=normal.max_tokens(settings.max_tokens),
-            temperature=normal.temperature,
-            top_p=normal.top_p,
-            seed=settings.seed * 1_000_003 + index * settings.samples,
-            return_entropy=True,
-        )
+        body = {
+            "model": config.served_model_name,
+            "messages": [{"role": "user", "content": problem.question}],
+            "n": settings.samples,
+            "max_tokens": normal.max_tokens(settings.max_tokens),
+            "temperature": normal.temperature,
+            "top_p": normal.top_p,
+            "seed": settings.seed * 1_000_003 + index * settings.samples,
+            "return_entropy": True,
+        }
         async with limit:
-            prepared = generator.prepare_chat(request)
-            (result,) = await submission.run(holder, prepared)
-        outputs = result.output.outputs
-        means = [np.mean([t.model_entropy_nats for t in result.entropies.get(o.index, [])] or [0.0]) for o in outputs]
+            reply = await service.answer(body, Endpoint.CHAT_COMPLETIONS)
+        (prompt_token_ids,) = service.prompt_token_ids(body, Endpoint.CHAT_COMPLETIONS)
+        choices = reply.choices
+        entropies = [c.model_extra["entropy"]["model_entropy_nats"] for c in choices]
         return {
             "index": index,
             "question": problem.question,
             "answer": problem.answer,
-            "prompt_token_ids": list(result.output.prompt_token_ids),
-            "accuracy": sum(is_correct(o.text, problem.answer) for o in outputs) / len(outputs),
-            "mean_entropy_nats": float(np.mean(means)),
-            "num_tokens": sum(len(o.token_ids) for o in outputs),
+            "prompt_token_ids": prompt_token_ids,
+            "accuracy": sum(is_correct(c.message.content, problem.answer) for c in choices) / len(choices),
+            "mean_entropy_nats": float(np.mean([np.mean(h or [0.0]) for h in entropies])),
+            "num_tokens": reply.usage.completion_tokens,
         }
 
-    async with running_engine(config) as holder:
-        generator = Generator(holder, config)
-        tasks = [asyncio.create_task(one(holder, generator, i)) for i in todo]
+    async with running_service(config) as service:
+        tasks = [asyncio.create_task(one(service, i)) for i in todo]
         try:
             with store.open("a") as out:
                 for finished in tqdm(asyncio.as_completed(tasks), total=len(tasks), desc="sampling", unit="problem"):

@@ -20,6 +20,8 @@ from entropy_serve.probes.labels import CLASSES
 from entropy_serve.probes.table import DifficultyTable
 from entropy_serve.server.process import ServerProcess
 
+pytestmark = pytest.mark.e2e  # drives a real server process
+
 NUM_PROBLEMS = 36
 TRAIN = [
     sys.executable, "-m", "entropy_serve", "train-probe", "--problems", str(NUM_PROBLEMS), "--samples", "4",

@@ -225,11 +225,11 @@ def test_compiled_typical_stages_equal_the_eager_ones():
     from entropy_serve.samplers import typical as typical_module
 
     logits = hard_rows()
-    shifted, log_normalizer, block_minima = typical_module._shifted_scores(logits)
+    shifted, row_max, log_total, block_minima = typical_module._shifted_scores(logits)
     assert typical_module._shifted_scores.enabled
-    eager_shifted, eager_log_normalizer, eager_minima = typical_module._shifted_scores.eager(logits)
+    eager_shifted, eager_row_max, eager_log_total, eager_minima = typical_module._shifted_scores.eager(logits)
     torch.testing.assert_close(shifted, eager_shifted, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(log_normalizer, eager_log_normalizer)
+    torch.testing.assert_close(row_max + log_total, eager_row_max + eager_log_total)
     torch.testing.assert_close(block_minima, eager_minima, atol=1e-5, rtol=1e-5)
     assert torch.equal(block_minima, shifted.view(5, -1, typical_module.BLOCK).amin(-1))
     assert torch.equal(shifted.isinf(), logits.isinf())  # masked tokens are never candidates

@@ -7,6 +7,8 @@ import openai
 import pytest
 from conftest import API_KEY, MODEL
 
+pytestmark = pytest.mark.e2e  # drives a real server process
+
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import signal
 import threading
 import time
@@ -10,6 +12,8 @@ import httpx
 import psutil
 from conftest import MODEL
 from entropy_serve.server.process import ServerProcess
+
+pytestmark = pytest.mark.e2e  # drives a real server process
 
 SMALL = ("--max-model-len", "2048")
 CHAT = {"messages": [{"role": "user", "content": "Hi"}]}

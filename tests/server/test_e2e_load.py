@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 import asyncio
 
 import httpx
 from conftest import API_KEY, MODEL
 from helpers import metric, wait_for
+
+pytestmark = pytest.mark.e2e  # drives a real server process
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 

@@ -7,6 +7,8 @@ import math
 import pytest
 from conftest import MODEL
 
+pytestmark = pytest.mark.e2e  # drives a real server process
+
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]
 
 

@@ -14,6 +14,8 @@ from helpers import metric
 
 from entropy_serve.model_store import prepare_default_model
 
+pytestmark = pytest.mark.e2e  # drives a real server process
+
 VOCAB_LOG = math.log(49152)
 STORY = "Write a story about a dragon."
 COUNTING = "1, 2, 3, 4, 5,"

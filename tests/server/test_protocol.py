@@ -7,15 +7,20 @@ from pydantic import ValidationError
 from vllm.sampling_params import RequestOutputKind
 
 from entropy_serve.server.errors import BadRequest
-from entropy_serve.server.protocol import ChatCompletionRequest, CompletionRequest
+from entropy_serve.server.planning import engine_sampling_params, plan_sampler
+from entropy_serve.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
 
 
 def completion(**fields) -> CompletionRequest:
     return CompletionRequest(model="m", prompt="p", **fields)
 
 
+def sampling_params(request: SamplingRequest, max_tokens: int):
+    return engine_sampling_params(request, plan_sampler(request, None), max_tokens)
+
+
 def test_defaults_map_to_vllm_defaults():
-    params = completion().to_sampling_params(max_tokens=7)
+    params = sampling_params(completion(), 7)
     assert params.max_tokens == 7
     assert params.n == 1
     assert params.temperature == 1.0 and params.top_p == 1.0
@@ -30,7 +35,7 @@ def test_every_sampling_field_reaches_vllm():
         top_k=40, min_p=0.1, repetition_penalty=1.2, logprobs=2, min_tokens=1, ignore_eos=True,
         vllm_xargs={"a": 1},
     )
-    params = request.to_sampling_params(max_tokens=10)
+    params = sampling_params(request, 10)
     assert (params.n, params.temperature, params.top_p, params.seed) == (3, 0.7, 0.9, 5)
     assert params.stop == ["\n"]
     assert (params.presence_penalty, params.frequency_penalty) == (0.5, -0.5)
@@ -52,7 +57,7 @@ def test_invalid_values_raise(fields):
 
 def test_vllm_cross_field_errors_become_bad_request():
     with pytest.raises(BadRequest, match="min_tokens"):
-        completion(min_tokens=9).to_sampling_params(max_tokens=4)
+        sampling_params(completion(min_tokens=9), 4)
 
 
 def test_unknown_fields_are_kept_aside_not_rejected():

@@ -1,22 +1,25 @@
-"""Response building from hand-made vLLM outputs."""
+"""Response building from hand-made generated choices."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 from vllm.logprobs import Logprob
-from vllm.outputs import CompletionOutput
 
 from entropy_serve.server import responses
+from entropy_serve.server.app import SSE_DONE, sse_events
+from entropy_serve.server.strategies.context import ChunkStream
+from entropy_serve.server.submission import Generated
 
 
-def output(index=0, finish_reason="length") -> CompletionOutput:
+def output(index=0, finish_reason="length") -> Generated:
     # Two generated tokens; position 1 sampled the second-ranked token.
     logprobs = [
         {5: Logprob(-0.1, 1, "He"), 6: Logprob(-2.5, 2, "We"), 7: Logprob(-3.0, 3, "I")},
         {9: Logprob(-1.2, 2, "llo"), 8: Logprob(-0.5, 1, "y")},
     ]
-    return CompletionOutput(index, "Hello", [5, 9], None, logprobs, finish_reason=finish_reason)
+    return Generated(index=index, prompt_index=0, text="Hello", token_ids=[5, 9], logprobs=logprobs, finish_reason=finish_reason)
 
 
 def test_completion_logprobs_top_k_by_rank_and_offsets():
@@ -50,7 +53,8 @@ def test_usage_totals():
 
 def test_chat_completion_response_shape():
     response = responses.chat_completion_response(
-        "id-1", "m", 123, [output(0), output(1, "stop")], None, responses.usage(3, 4)
+        request_id="id-1", model="m", created=123, choices=[output(0), output(1, "stop")], num_top_logprobs=None,
+        usage=responses.usage(3, 4),
     )
     body = response.model_dump(exclude_unset=True)
     assert body["object"] == "chat.completion"
@@ -61,8 +65,19 @@ def test_chat_completion_response_shape():
 
 
 def test_sse_event_format():
-    chunk = responses.chat_chunk("id", "m", 1, [responses.chat_delta_choice(output(), None, first=True)])
-    event = responses.sse(chunk)
+    chunk = responses.chat_chunk(
+        request_id="id", model="m", created=1,
+        choices=[responses.chat_delta_choice(choice=output(), num_top_logprobs=None, first=True)],
+    )
+
+    async def events() -> list[str]:
+        async def nothing_more():
+            return
+            yield
+
+        return [event async for event in sse_events(ChunkStream(chunk, nothing_more()))]
+
+    event, done = asyncio.run(events())
     assert event.startswith("data: {") and event.endswith("}\n\n")
     assert '"role":"assistant"' in event
-    assert responses.SSE_DONE == "data: [DONE]\n\n"
+    assert done == SSE_DONE == "data: [DONE]\n\n"

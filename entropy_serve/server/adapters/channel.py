@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -105,3 +107,27 @@ class EntropySubscriber:
     def close(self) -> None:
         self._socket.close(linger=0)
         self._context.term()
+
+
+class EntropyChannel:
+    """The server's end of the channel: a private folder (0700) holding the socket, the
+    subscriber bound to it, and the store it fills. `start` binds it and returns the
+    environment the engine's processes need to publish to it."""
+
+    def __init__(self) -> None:
+        self.store = EntropyStore()
+        self._folder = tempfile.mkdtemp(prefix="entropy-serve-")
+        self._subscriber: EntropySubscriber | None = None
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> dict[str, str]:
+        address = f"ipc://{self._folder}/entropy.sock"
+        self._subscriber = EntropySubscriber(address, self.store)
+        self._task = asyncio.create_task(self._subscriber.run())
+        return {CHANNEL_ENV: address}
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._subscriber.close()
+        shutil.rmtree(self._folder, ignore_errors=True)

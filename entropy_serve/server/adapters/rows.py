@@ -3,9 +3,9 @@
 1. rows whose spec says `shape` get the whole sampler chain (samplers/chain.py), on a
    gathered copy written back in place (the other rows' logits are never touched), or
    on the logits themselves when every row is ours;
-2. rows that only `report` (greedy ones: vLLM takes their argmax) get their model
+2. the other rows of ours (greedy ones: vLLM takes their argmax) get their model
    entropy measured; their sampled distribution is one-hot (entropy 0, temperature 0);
-3. every reporting row's (position, entropies, temperature) is published to the server.
+3. every row's of ours (position, entropies, temperature) is published to the server.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from entropy_serve.samplers.chain import HAPO, EntropyProfile, RowParams, apply_chain
 from entropy_serve.samplers.entropy import entropy
 from entropy_serve.server.adapters.channel import EntropyPublisher, Record
-from entropy_serve.server.adapters.spec import RowSpec, stack_params
+from entropy_serve.server.adapters.spec import RowSpec
 
 # This runs in vLLM's engine process, where only vLLM's logger tree has handlers.
 logger = logging.getLogger(f"vllm.{__name__}")
@@ -29,30 +29,35 @@ class RowPlan:
 
     def __init__(self, rows: list[int], specs: list[RowSpec], device: torch.device):
         shaped = [i for i, s in enumerate(specs) if s.shape]
-        reported = [i for i, s in enumerate(specs) if s.report and not s.shape]
+        measured = [i for i, s in enumerate(specs) if not s.shape]
         self.rows = rows
         self.specs = specs
         self.shaped_rows = torch.tensor([rows[i] for i in shaped], dtype=torch.int64, device=device)
         self.shaped_specs = [specs[i] for i in shaped]
-        self.shaped_params = stack_params(self.shaped_specs, device) if shaped else None
-        self.greedy_rows = torch.tensor([rows[i] for i in reported], dtype=torch.int64, device=device)
-        self.greedy_specs = [specs[i] for i in reported]
+        self.shaped_params = RowParams.stack([s.params for s in self.shaped_specs], device) if shaped else None
+        self.greedy_rows = torch.tensor([rows[i] for i in measured], dtype=torch.int64, device=device)
+        self.greedy_specs = [specs[i] for i in measured]
 
 
-def process_rows(logits: torch.Tensor, plan: RowPlan, positions: dict[int, int], publisher: EntropyPublisher) -> torch.Tensor:
+def process_rows(
+    logits: torch.Tensor,
+    plan: RowPlan,
+    positions: dict[int, int],
+    publisher: EntropyPublisher,
+    profile: EntropyProfile | None,
+) -> torch.Tensor:
     """Shape and measure our rows of `logits` [batch, vocab] in place; `positions`: row -> output index."""
     records: list[Record] = []
     if plan.shaped_params is not None:
         # Every row ours (rows are distinct, so in order 0..batch-1): shaped in place.
         every_row = len(plan.shaped_specs) == logits.shape[0] and logits.dtype == torch.float32
         sub = logits if every_row else logits[plan.shaped_rows].float()
-        result = apply_chain(sub, plan.shaped_params, plan.shaped_specs[0].profile)
+        result = apply_chain(sub, plan.shaped_params, profile)
         if not every_row:
             logits[plan.shaped_rows] = sub.to(logits.dtype)
         values = zip(result.model_entropy.tolist(), result.sampled_entropy.tolist(), result.temperature.tolist())
         for row, spec, (h_model, h_sampled, t) in zip(plan.shaped_rows.tolist(), plan.shaped_specs, values):
-            if spec.report:
-                records.append((spec.key, positions[row], h_model, h_sampled, t))
+            records.append((spec.key, positions[row], h_model, h_sampled, t))
     if plan.greedy_specs:
         h_model = entropy(logits[plan.greedy_rows]).tolist()
         for row, spec, h in zip(plan.greedy_rows.tolist(), plan.greedy_specs, h_model):

@@ -1,40 +1,28 @@
-"""Per-request sampler parameters, as they travel inside `SamplingParams.extra_args`.
+"""What travels from the server to the engine adapters, and how.
 
-The server resolves a request once (base temperature, filters, adaptive method, the
-model's entropy profile) into a RowSpec and stores it under EXTRA_ARGS_KEY; the engine
-adapters read it back for each row. Requests without it are left to vLLM untouched.
+Per request: a RowSpec (its entropy key, whether the chain shapes it, and its
+SamplerParams), stored under EXTRA_ARGS_KEY in `SamplingParams.extra_args`; requests
+without one are left to vLLM untouched. Per engine: the model's entropy profile (for
+`hapo`), set once in PROFILE_ENV before the engine starts; its processes inherit it.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import json
+import os
+from dataclasses import asdict, dataclass
 
-import torch
-
-from entropy_serve.samplers.chain import FIXED, EntropyProfile, RowParams, param_dtype
+from entropy_serve.samplers.chain import EntropyProfile, SamplerParams
 
 EXTRA_ARGS_KEY = "entropy_serve"
+PROFILE_ENV = "ENTROPY_SERVE_PROFILE"
 
 
 @dataclass(frozen=True)
 class RowSpec:
-    key: str  # unique per engine request: entropies are published under it
-    report: bool = False  # publish per-token entropies for this request
-    shape: bool = False  # run the sampler chain (False for greedy rows: vLLM takes argmax)
-    temperature: float = 1.0
-    method: int = FIXED
-    hapo_tau: float = 0.0
-    edt_theta: float = 1.0
-    edt_base: float = 0.8
-    dynatemp_min: float = 1.0
-    dynatemp_max: float = 1.0
-    dynatemp_exponent: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    min_p: float = 0.0
-    typical_p: float = 1.0
-    log_entropy_pivot: float = 0.0
-    log_entropy_spread: float = 1.0
+    key: str  # unique per engine request: its entropies are published under it
+    shape: bool  # run the sampler chain (False for greedy rows: vLLM takes the argmax, we measure)
+    params: SamplerParams = SamplerParams()
 
     def to_extra_args(self) -> dict:
         return {EXTRA_ARGS_KEY: asdict(self)}
@@ -44,21 +32,17 @@ class RowSpec:
         if not extra_args or EXTRA_ARGS_KEY not in extra_args:
             return None
         try:
-            return cls(**extra_args[EXTRA_ARGS_KEY])
-        except TypeError as error:  # vLLM turns ValueError into an HTTP 400
+            fields = dict(extra_args[EXTRA_ARGS_KEY])
+            return cls(**{**fields, "params": SamplerParams(**fields.get("params", {}))})
+        except (TypeError, ValueError) as error:  # vLLM turns ValueError into an HTTP 400
             raise ValueError(f"malformed {EXTRA_ARGS_KEY} sampler spec: {error}") from error
 
-    @property
-    def profile(self) -> EntropyProfile:
-        return EntropyProfile(self.log_entropy_pivot, self.log_entropy_spread)
+
+def profile_to_env(profile: EntropyProfile | None) -> dict[str, str]:
+    """The environment that hands `profile` to the engine's adapters."""
+    return {PROFILE_ENV: json.dumps(asdict(profile)) if profile is not None else ""}
 
 
-PARAM_FIELDS = [f.name for f in fields(RowParams)]
-
-
-def stack_params(specs: list[RowSpec], device: torch.device) -> RowParams:
-    """RowParams [rows] from one RowSpec per row."""
-    columns = {}
-    for name in PARAM_FIELDS:
-        columns[name] = torch.tensor([getattr(s, name) for s in specs], dtype=param_dtype(name), device=device)
-    return RowParams(**columns)
+def profile_from_env() -> EntropyProfile | None:
+    value = os.environ.get(PROFILE_ENV)
+    return EntropyProfile(**json.loads(value)) if value else None

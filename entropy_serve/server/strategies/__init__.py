@@ -1,14 +1,21 @@
-"""Request strategies that answer from several generations: each samples leaves, votes
-over their answers (leaves.py, voting.py) and replies with a winning leaf."""
+"""Strategies: how a request is answered when it names one (extensions.STRATEGIES).
+
+Each strategy module has `answer(ctx, request) -> reply`; ANSWERS maps each strategy's
+field model (whose `name` is in the registry) to it, so a strategy added to the registry
+without an answer fails at import.
+Voting strategies sample leaves, vote over their answers (leaves.py, voting.py) and
+reply with a winning leaf; `difficulty` routes the request and generates once.
+"""
 
 from __future__ import annotations
 
-from entropy_serve.server.strategies.entropy_fork import run_entropy_fork
-from entropy_serve.server.strategies.leaves import StrategyOutcome
-from entropy_serve.server.strategies.self_consistency import run_self_consistency
+from entropy_serve.server.extensions import STRATEGIES, Difficulty, EntropyFork, SelfConsistency
+from entropy_serve.server.strategies import difficulty, entropy_fork, self_consistency
 
-RUNNERS = {"self_consistency": run_self_consistency, "entropy_fork": run_entropy_fork}
-
-
-async def run_strategy(holder, generator, request) -> StrategyOutcome:
-    return await RUNNERS[request.strategy.name](holder, generator, request)
+ANSWERS = {
+    SelfConsistency: self_consistency.answer,
+    EntropyFork: entropy_fork.answer,
+    Difficulty: difficulty.answer,
+}
+if set(ANSWERS) != set(STRATEGIES.values()):
+    raise ImportError("every strategy in extensions.STRATEGIES needs exactly one answer here")

@@ -1,68 +1,51 @@
 """DiffAdapt routing: classify the prompt with the difficulty probe, then generate once
 with its class's strategy.
 
-Order: render the request as sent (prompt tokens, and its resolved max_tokens) ->
-features of those tokens from the pooling engine (probes/features.py) -> the probe's
-class probabilities -> the class with the highest probability -> the request rewritten
-with the class's instruction, temperature, top_p and budget_fraction x max_tokens
-(probes/table.py) -> an ordinary generation, streamed or not.
+Order: plan the request as sent (prompt tokens, and its resolved max_tokens) ->
+the router's class for those tokens (probes/router.py) -> the request rewritten with
+the class's instruction, temperature, top_p and budget_fraction x max_tokens
+(probes/table.py) -> an ordinary generation, streamed or not, with the `difficulty`
+field (streams: the `x-entropy-serve-difficulty*` headers, app.py).
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-
+from entropy_serve.probes.router import Classification
 from entropy_serve.probes.table import ClassStrategy
 from entropy_serve.server import metrics
 from entropy_serve.server.errors import BadRequest
-from entropy_serve.server.generation import Generator, PreparedRequest
 from entropy_serve.server.protocol import ChatCompletionRequest, ChatMessage, SamplingRequest
+from entropy_serve.server.strategies.context import Reply, StrategyContext
 from entropy_serve.server.strategies.leaves import check_single_prompt
 
 
-@dataclass(frozen=True)
-class Classification:
-    name: str
-    probabilities: dict[str, float]
-    strategy: ClassStrategy
-    max_tokens: int
-    latency_s: float
-
-    def extension(self) -> dict:
-        """The response's `difficulty` field."""
-        return {
-            "class": self.name,
-            "probabilities": self.probabilities,
-            "strategy": {**self.strategy.model_dump(), "max_tokens": self.max_tokens},
-            "probe_latency_s": round(self.latency_s, 4),
-        }
+def difficulty_extension(classification: Classification, max_tokens: int) -> dict:
+    """The response's `difficulty` field."""
+    return {
+        "class": classification.name,
+        "probabilities": classification.probabilities,
+        "strategy": {**classification.strategy.model_dump(), "max_tokens": max_tokens},
+        "probe_latency_s": round(classification.latency_s, 4),
+    }
 
 
-async def prepare_difficulty(holder, generator: Generator, request: SamplingRequest) -> tuple[PreparedRequest, Classification]:
-    if holder.probe is None:
+async def answer(ctx: StrategyContext, request: SamplingRequest) -> Reply:
+    if ctx.router is None:
         raise BadRequest(
             "strategy: 'difficulty' needs a difficulty probe, and this server has none; train one with "
             "`entropy-serve train-probe --out DIR` and serve with `--probe DIR`",
             param="strategy",
         )
-    as_sent = generator.prepare(request)
+    as_sent = ctx.planner.plan(request)
     check_single_prompt(as_sent)
     job = as_sent.jobs[0]
-    started = time.perf_counter()
-    features = await holder.features.features([job.token_ids])
-    probabilities = holder.probe.probabilities(features)[0]
-    latency_s = time.perf_counter() - started
-    name = holder.probe.classes[int(probabilities.argmax())]
-    strategy = holder.difficulty_table.for_class(name)
-    max_tokens = strategy.max_tokens(job.params.max_tokens)
-    metrics.DIFFICULTY_REQUESTS.labels(difficulty=name).inc()
-    metrics.PROBE_LATENCY_S.observe(latency_s)
-    classification = Classification(
-        name, {c: float(p) for c, p in zip(holder.probe.classes, probabilities)}, strategy, max_tokens, latency_s
-    )
-    steered = with_class_strategy(request, strategy, max_tokens, holder.tokenizer)
-    return generator.prepare(steered), classification
+    classification = await ctx.router.classify(job.token_ids)
+    max_tokens = classification.strategy.max_tokens(job.params.max_tokens)
+    metrics.DIFFICULTY_REQUESTS.labels(difficulty=classification.name).inc()
+    metrics.PROBE_LATENCY_S.observe(classification.latency_s)
+    steered = with_class_strategy(request, classification.strategy, max_tokens, ctx.engine.tokenizer)
+    chat = isinstance(request, ChatCompletionRequest)
+    return await ctx.reply(ctx.planner.plan(steered), chat, {"difficulty": difficulty_extension(classification, max_tokens)})
 
 
 def with_class_strategy(request: SamplingRequest, strategy: ClassStrategy, max_tokens: int, tokenizer) -> SamplingRequest:

@@ -24,12 +24,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from vllm.outputs import CompletionOutput
-
-from entropy_serve.server import metrics, submission
-from entropy_serve.server.generation import Generator
+from entropy_serve.server import metrics
 from entropy_serve.server.protocol import SamplingRequest
-from entropy_serve.server.strategies.leaves import Leaf, StrategyOutcome, check_strategy_request, check_single_prompt, decide
+from entropy_serve.server.strategies.context import Reply, StrategyContext
+from entropy_serve.server.strategies.leaves import Leaf, StrategyOutcome, check_single_prompt, check_strategy_request, decide
+from entropy_serve.server.submission import Generated
 
 
 def fork_positions(entropies_nats: Sequence[float], num_forks: int) -> list[int]:
@@ -46,22 +45,21 @@ class ForkPoint:
     entropy_nats: float
 
 
-async def run_entropy_fork(holder, generator: Generator, request: SamplingRequest) -> StrategyOutcome:
+async def run_entropy_fork(ctx: StrategyContext, request: SamplingRequest) -> StrategyOutcome:
     strategy = request.strategy
-    check_strategy_request(request, generator.config)
+    check_strategy_request(request, ctx.config)
     # 1. trees, always with entropies: they choose the fork points.
-    trees_request = request.model_copy(update={"n": strategy.trees, "return_entropy": True})
-    prepared = generator.prepare(trees_request)
-    check_single_prompt(prepared)
-    (trees,) = await submission.run(holder, prepared)
-    tree_leaves = [Leaf(output, trees.entropies.get(output.index, [])) for output in trees.output.outputs]
+    plan = ctx.planner.plan(request.model_copy(update={"n": strategy.trees, "return_entropy": True}))
+    check_single_prompt(plan)
+    trees = await ctx.run(plan)
+    tree_leaves = [Leaf(choice) for choice in trees.choices]
     # 2. fork points.
     forks = [
-        ForkPoint(tree, position, leaf.entropies[position].model_entropy_nats)
+        ForkPoint(tree, position, leaf.choice.entropies[position].model_entropy_nats)
         for tree, leaf in enumerate(tree_leaves)
-        for position in fork_positions([t.model_entropy_nats for t in leaf.entropies], strategy.forks)
+        for position in fork_positions([t.model_entropy_nats for t in leaf.choice.entropies], strategy.forks)
     ]
-    prompt_ids = list(trees.output.prompt_token_ids)
+    (prompt_ids,) = trees.prompt_token_ids
     # 3. branches.
     branch_leaves, num_cached_tokens = [], 0
     if forks:
@@ -69,21 +67,22 @@ async def run_entropy_fork(holder, generator: Generator, request: SamplingReques
             update={"n": strategy.branches, "return_entropy": request.return_entropy or strategy.vote == "entropy_weighted"}
         )
         first_seed = None if request.seed is None else request.seed + strategy.trees
-        continuations = generator.prepare_continuations(
+        continuations = ctx.planner.plan_continuations(
             branches_request,
             prompt_ids,
-            [list(tree_leaves[f.tree].output.token_ids[: f.position]) for f in forks],
-            max_tokens=prepared.jobs[0].params.max_tokens,
+            [tree_leaves[f.tree].choice.token_ids[: f.position] for f in forks],
+            max_tokens=plan.jobs[0].params.max_tokens,
             seeds=[None if first_seed is None else first_seed + i * strategy.branches for i in range(len(forks))],
         )
-        results = await submission.run(holder, continuations)
-        tokenizer = holder.tokenizer
-        for fork, result in zip(forks, results, strict=True):
-            tree = tree_leaves[fork.tree]
-            prefix_text = tokenizer.decode(tree.output.token_ids[: fork.position], skip_special_tokens=True)
-            for branch in result.output.outputs:
-                branch_leaves.append(_grafted(tree, fork.position, prefix_text, branch, result.entropies.get(branch.index, [])))
-            num_cached_tokens += result.num_cached_tokens
+        branches = await ctx.run(continuations)
+        tokenizer = ctx.engine.tokenizer
+        prefix_texts = [
+            tokenizer.decode(tree_leaves[f.tree].choice.token_ids[: f.position], skip_special_tokens=True) for f in forks
+        ]
+        for branch in branches.choices:  # in choice-index order: fork by fork, B each
+            fork = forks[branch.prompt_index]
+            branch_leaves.append(_grafted(tree_leaves[fork.tree], fork.position, prefix_texts[branch.prompt_index], branch))
+        num_cached_tokens = branches.num_cached_tokens
     metrics.STRATEGY_FORKS.inc(len(forks))
     # 4. leaves: trees first, then branches in fork order.
     leaves = tree_leaves + branch_leaves
@@ -96,22 +95,26 @@ async def run_entropy_fork(holder, generator: Generator, request: SamplingReques
         ],
         "cached_prompt_tokens": num_cached_tokens,
     }
-    return decide(request, prepared, len(prompt_ids), leaves, details)
+    return decide(request, plan, len(prompt_ids), leaves, details)
 
 
-def _grafted(tree: Leaf, position: int, prefix_text: str, branch: CompletionOutput, entropies: list) -> Leaf:
+async def answer(ctx: StrategyContext, request: SamplingRequest) -> Reply:
+    return (await run_entropy_fork(ctx, request)).reply()
+
+
+def _grafted(tree: Leaf, position: int, prefix_text: str, branch: Generated) -> Leaf:
     """A branch as a whole completion: the tree's first `position` tokens, then its own."""
     logprobs = None
-    if tree.output.logprobs is not None and branch.logprobs is not None:
-        logprobs = list(tree.output.logprobs[:position]) + list(branch.logprobs)
-    output = CompletionOutput(
+    if tree.choice.logprobs is not None and branch.logprobs is not None:
+        logprobs = tree.choice.logprobs[:position] + branch.logprobs
+    choice = Generated(
         index=branch.index,
+        prompt_index=0,
         text=prefix_text + branch.text,
-        token_ids=list(tree.output.token_ids[:position]) + list(branch.token_ids),
-        cumulative_logprob=None,
+        token_ids=tree.choice.token_ids[:position] + branch.token_ids,
         logprobs=logprobs,
         finish_reason=branch.finish_reason,
         stop_reason=branch.stop_reason,
+        entropies=tree.choice.entropies[:position] + branch.entropies if branch.entropies else [],
     )
-    prefix_entropies = tree.entropies[:position] if entropies else []
-    return Leaf(output, prefix_entropies + entropies, num_shared_tokens=position)
+    return Leaf(choice, num_shared_tokens=position)

@@ -1,5 +1,5 @@
 """What the voting strategies share: leaves (whole completions of one prompt), the
-vote over their answers, and the reply's `strategy` field.
+vote over their answers, and the reply with its `strategy` field.
 
 Order: extract each leaf's answer (tasks/answers.py) -> vote (voting.py; weights from
 the leaves' mean token entropy when the vote is entropy_weighted) -> the reply is the
@@ -8,40 +8,38 @@ first leaf, in leaf order, whose answer won (leaf 0 when no leaf had an answer).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
-from vllm.outputs import CompletionOutput
-
-from entropy_serve.server import metrics
-from entropy_serve.server.adapters.channel import TokenEntropy
+from entropy_serve.server import metrics, responses
 from entropy_serve.server.config import ServerConfig
 from entropy_serve.server.errors import BadRequest
-from entropy_serve.server.generation import PreparedRequest
-from entropy_serve.server.protocol import SamplingRequest
-from entropy_serve.server.sampling import GREEDY_EPS
+from entropy_serve.server.planning import RequestPlan, is_greedy
+from entropy_serve.server.protocol import ChatCompletionRequest, SamplingRequest
+from entropy_serve.server.strategies.context import Reply
 from entropy_serve.server.strategies.voting import VoteResult, vote
+from entropy_serve.server.submission import Generated
 from entropy_serve.tasks.answers import extract_answer
 
 
 @dataclass
 class Leaf:
-    output: CompletionOutput  # the whole completion, from the prompt on
-    entropies: list[TokenEntropy]  # per token of output.token_ids ([] when not collected)
+    choice: Generated  # the whole completion, from the prompt on (entropies per token, [] when not measured)
     num_shared_tokens: int = 0  # leading tokens shared with the tree it forked from, not generated again
 
     @property
     def num_new_tokens(self) -> int:
-        return len(self.output.token_ids) - self.num_shared_tokens
+        return len(self.choice.token_ids) - self.num_shared_tokens
 
     def mean_entropy_nats(self) -> float:
-        values = [t.model_entropy_nats for t in self.entropies]
+        values = [t.model_entropy_nats for t in self.choice.entropies]
         return sum(values) / len(values) if values else 0.0
 
 
 @dataclass
 class StrategyOutcome:
     request: SamplingRequest  # as the client sent it
-    prepared: PreparedRequest  # the first round's: request id, model, logprobs
+    plan: RequestPlan  # the first round's: request id, model, logprobs
     num_prompt_tokens: int
     leaves: list[Leaf]
     answers: list[str | None]
@@ -78,13 +76,33 @@ class StrategyOutcome:
             **self.details,
         }
 
+    def reply(self) -> Reply:
+        """The reply: the winning leaf as choice 0, `usage` over every generated token."""
+        winner = dataclasses.replace(self.winner.choice, index=0)
+        build = responses.chat_completion_response if isinstance(self.request, ChatCompletionRequest) else responses.completion
+        return build(
+            request_id=self.plan.request_id,
+            model=self.plan.model,
+            created=self.plan.created,
+            choices=[winner],
+            num_top_logprobs=self.plan.num_top_logprobs,
+            usage=responses.usage(self.num_prompt_tokens, self.num_generated_tokens),
+            entropy=responses.whole_entropy_fields([winner]) if self.request.return_entropy else None,
+            extensions={"strategy": self.extension()},
+        )
+
 
 def check_strategy_request(request: SamplingRequest, config: ServerConfig) -> None:
     strategy = request.strategy
-    if request.temperature is not None and request.temperature < GREEDY_EPS:
+    if is_greedy(request):
         raise BadRequest(
             "temperature: 0 (greedy) makes every leaf the same answer; a voting strategy needs temperature > 0",
             param="temperature",
+        )
+    penalties = request.penalties()
+    if penalties:
+        raise BadRequest(
+            f"{penalties[0]}: penalties cannot be combined with a voting strategy", param=penalties[0]
         )
     if strategy.num_leaves > config.max_leaves:
         raise BadRequest(
@@ -94,23 +112,23 @@ def check_strategy_request(request: SamplingRequest, config: ServerConfig) -> No
         )
 
 
-def check_single_prompt(prepared: PreparedRequest) -> None:
-    if prepared.num_prompts != 1:
+def check_single_prompt(plan: RequestPlan) -> None:
+    if plan.num_prompts != 1:
         raise BadRequest("strategy: needs a single prompt", param="prompt")
 
 
 def decide(
-    request: SamplingRequest, prepared: PreparedRequest, num_prompt_tokens: int, leaves: list[Leaf], details: dict
+    request: SamplingRequest, plan: RequestPlan, num_prompt_tokens: int, leaves: list[Leaf], details: dict
 ) -> StrategyOutcome:
     """Extract, vote, pick the reply; feed Prometheus."""
     strategy = request.strategy
-    answers = [extract_answer(leaf.output.text) for leaf in leaves]
+    answers = [extract_answer(leaf.choice.text) for leaf in leaves]
     mean_entropies = [leaf.mean_entropy_nats() for leaf in leaves] if strategy.vote == "entropy_weighted" else None
     votes = vote(answers, mean_entropies, strategy.vote)
     winner_leaf = votes.winner_leaves[0] if votes.winner_leaves else 0
     metrics.STRATEGY_LEAVES.labels(strategy=strategy.name).observe(len(leaves))
     metrics.STRATEGY_AGREEMENT.labels(strategy=strategy.name).observe(votes.agreement)
-    outcome = StrategyOutcome(request, prepared, num_prompt_tokens, leaves, answers, votes, winner_leaf, details)
+    outcome = StrategyOutcome(request, plan, num_prompt_tokens, leaves, answers, votes, winner_leaf, details)
     metrics.STRATEGY_TOKENS.labels(strategy=strategy.name, kind="generated").inc(outcome.num_generated_tokens)
     metrics.STRATEGY_TOKENS.labels(strategy=strategy.name, kind="shared_prefix").inc(outcome.num_shared_tokens)
     return outcome

@@ -8,23 +8,23 @@ were really generated.
 
 from __future__ import annotations
 
-from entropy_serve.server import submission
-from entropy_serve.server.generation import Generator
 from entropy_serve.server.protocol import SamplingRequest
-from entropy_serve.server.strategies.leaves import Leaf, StrategyOutcome, check_strategy_request, check_single_prompt, decide
+from entropy_serve.server.strategies.context import Reply, StrategyContext
+from entropy_serve.server.strategies.leaves import Leaf, StrategyOutcome, check_single_prompt, check_strategy_request, decide
 
 
-async def run_self_consistency(holder, generator: Generator, request: SamplingRequest) -> StrategyOutcome:
+async def run_self_consistency(ctx: StrategyContext, request: SamplingRequest) -> StrategyOutcome:
     strategy = request.strategy
-    check_strategy_request(request, generator.config)
+    check_strategy_request(request, ctx.config)
     sampled = request.model_copy(
-        update={
-            "n": strategy.n,
-            "return_entropy": request.return_entropy or strategy.vote == "entropy_weighted",
-        }
+        update={"n": strategy.n, "return_entropy": request.return_entropy or strategy.vote == "entropy_weighted"}
     )
-    prepared = generator.prepare(sampled)
-    check_single_prompt(prepared)
-    (result,) = await submission.run(holder, prepared)
-    leaves = [Leaf(output, result.entropies.get(output.index, [])) for output in result.output.outputs]
-    return decide(request, prepared, len(result.output.prompt_token_ids or ()), leaves, {})
+    plan = ctx.planner.plan(sampled)
+    check_single_prompt(plan)
+    result = await ctx.run(plan)
+    leaves = [Leaf(choice) for choice in result.choices]
+    return decide(request, plan, result.num_prompt_tokens, leaves, {})
+
+
+async def answer(ctx: StrategyContext, request: SamplingRequest) -> Reply:
+    return (await run_self_consistency(ctx, request)).reply()

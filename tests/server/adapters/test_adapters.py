@@ -11,16 +11,16 @@ from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext
 
-from entropy_serve.samplers.chain import EDT, apply_chain
-from entropy_serve.server.adapters.spec import RowSpec, stack_params
+from entropy_serve.samplers.chain import EDT, EntropyProfile, RowParams, SamplerParams, apply_chain
+from entropy_serve.server.adapters.spec import RowSpec
 from entropy_serve.server.adapters.v1 import EntropyLogitsProcessorV1
 from entropy_serve.server.adapters.v2 import EntropyLogitsProcessorV2
 
 VOCAB = 64
-TYPICAL = RowSpec(key="typical", report=True, shape=True, temperature=0.9, typical_p=0.3)
-ADAPTIVE = RowSpec(key="edt", report=True, shape=True, temperature=1.0, method=EDT, edt_theta=0.5, top_k=10)
-GREEDY = RowSpec(key="greedy", report=True, shape=False)
-SILENT = RowSpec(key="silent", report=False, shape=True, min_p=0.2)
+TYPICAL = RowSpec(key="typical", shape=True, params=SamplerParams(temperature=0.9, typical_p=0.3))
+ADAPTIVE = RowSpec(key="edt", shape=True, params=SamplerParams(temperature=1.0, method=EDT, edt_theta=0.5, top_k=10))
+GREEDY = RowSpec(key="greedy", shape=False)
+MIN_P = RowSpec(key="min_p", shape=True, params=SamplerParams(min_p=0.2))
 
 
 class Collector:
@@ -41,7 +41,7 @@ def logits(rows: int, seed: int = 0) -> torch.Tensor:
 
 def expected_rows(batch: torch.Tensor, specs: list[RowSpec]) -> torch.Tensor:
     shaped = batch.clone()
-    result = apply_chain(shaped, stack_params(specs, torch.device("cpu")), specs[0].profile)
+    result = apply_chain(shaped, RowParams.stack([s.params for s in specs]), EntropyProfile(0.0, 1.0))
     return shaped, result
 
 
@@ -90,19 +90,19 @@ def test_v1_mixed_batch_shapes_only_its_rows_and_reports_positions():
 
 def test_v1_batch_of_only_our_rows_is_shaped_in_place():
     processor = v1_processor()
-    specs = [ADAPTIVE, TYPICAL, SILENT]
+    specs = [ADAPTIVE, TYPICAL, MIN_P]
     processor.update_state(update(added=[(i, params(s), [1], []) for i, s in enumerate(specs)], size=3))
     batch = logits(3, seed=3)
     given = batch.clone()
     out = processor.apply(given)
     shaped, _ = expected_rows(batch, specs)
     assert out.equal(shaped) and out.data_ptr() == given.data_ptr()
-    assert [r[0] for r in processor.publisher.records] == ["edt", "typical"]
+    assert [r[0] for r in processor.publisher.records] == ["edt", "typical", "min_p"]
 
 
 def test_v1_remove_then_add_then_move_and_swap():
     processor = v1_processor()
-    processor.update_state(update(added=[(0, params(TYPICAL), [1], []), (1, params(SILENT), [1], []), (2, params(GREEDY), [1], [])]))
+    processor.update_state(update(added=[(0, params(TYPICAL), [1], []), (1, params(MIN_P), [1], []), (2, params(GREEDY), [1], [])]))
     # Row 0 finishes; a plain request takes its place; greedy moves 2 -> 0 (compaction)
     # after the plain one was added at 3; then rows 0 and 1 swap.
     processor.update_state(
@@ -112,13 +112,13 @@ def test_v1_remove_then_add_then_move_and_swap():
             moved=[(2, 0, MoveDirectionality.UNIDIRECTIONAL), (0, 1, MoveDirectionality.SWAP)],
         )
     )
-    assert {row: spec.key for row, (spec, _) in processor.rows.items()} == {1: "greedy", 0: "silent"}
+    assert {row: spec.key for row, (spec, _) in processor.rows.items()} == {1: "greedy", 0: "min_p"}
     batch = logits(4, seed=1)
     out = processor.apply(batch.clone())
-    shaped, _ = expected_rows(batch[[0]], [SILENT])
+    shaped, _ = expected_rows(batch[[0]], [MIN_P])
     assert out[0].equal(shaped[0])
     assert out[1].equal(batch[1]) and out[3].equal(batch[3])
-    assert [r[0] for r in processor.publisher.records] == ["greedy"]  # silent rows don't report
+    assert sorted(r[0] for r in processor.publisher.records) == ["greedy", "min_p"]
 
 
 def test_v1_added_request_replacing_ours_clears_the_row():

@@ -11,6 +11,8 @@ from helpers import metric, wait_for
 
 from entropy_serve.tasks.answers import equivalent, extract_answer
 
+pytestmark = pytest.mark.e2e  # drives a real server process
+
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 QUESTION = [{"role": "user", "content": "What is 12 + 9? Answer with the number."}]
 # Long enough (> one 128-token KV block) for the prefix cache to serve branches whole blocks.

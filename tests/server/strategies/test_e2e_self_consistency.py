@@ -8,6 +8,8 @@ from conftest import API_KEY, MODEL
 
 from entropy_serve.tasks.answers import equivalent, extract_answer
 
+pytestmark = pytest.mark.e2e  # drives a real server process
+
 QUESTION = [{"role": "user", "content": "What is 3 + 4? Answer with the number."}]
 
 

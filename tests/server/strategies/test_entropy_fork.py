@@ -18,32 +18,35 @@ def test_short_samples_fork_where_they_can():
 
 
 def test_a_branch_is_grafted_onto_its_tree_prefix():
-    from vllm.outputs import CompletionOutput
+    import dataclasses
 
     from entropy_serve.server.adapters.channel import TokenEntropy
     from entropy_serve.server.strategies.entropy_fork import _grafted
     from entropy_serve.server.strategies.leaves import Leaf
+    from entropy_serve.server.submission import Generated
 
     def entropy(h: float) -> TokenEntropy:
         return TokenEntropy(h, h / 2, 0.8)
 
     tree = Leaf(
-        CompletionOutput(
-            index=0, text="2 + 2 = 4", token_ids=[10, 11, 12, 13], cumulative_logprob=None,
+        Generated(
+            index=0, prompt_index=0, text="2 + 2 = 4", token_ids=[10, 11, 12, 13],
             logprobs=[{10: 1}, {11: 2}, {12: 3}, {13: 4}], finish_reason="stop",
-        ),
-        [entropy(0.1), entropy(0.2), entropy(1.5), entropy(0.3)],
+            entropies=[entropy(0.1), entropy(0.2), entropy(1.5), entropy(0.3)],
+        )
     )
-    branch = CompletionOutput(
-        index=1, text=" 5.", token_ids=[20, 21], cumulative_logprob=None, logprobs=[{20: 5}, {21: 6}],
-        finish_reason="length",
+    branch = Generated(
+        index=1, prompt_index=0, text=" 5.", token_ids=[20, 21], logprobs=[{20: 5}, {21: 6}],
+        finish_reason="length", entropies=[entropy(0.7), entropy(0.9)],
     )
-    leaf = _grafted(tree, 2, "2 +", branch, [entropy(0.7), entropy(0.9)])
-    assert leaf.output.token_ids == [10, 11, 20, 21]
-    assert leaf.output.text == "2 + 5."
-    assert leaf.output.logprobs == [{10: 1}, {11: 2}, {20: 5}, {21: 6}]
-    assert leaf.output.finish_reason == "length" and leaf.output.index == 1
-    assert [t.model_entropy_nats for t in leaf.entropies] == [0.1, 0.2, 0.7, 0.9]
+    leaf = _grafted(tree, 2, "2 +", branch)
+    assert leaf.choice.token_ids == [10, 11, 20, 21]
+    assert leaf.choice.text == "2 + 5."
+    assert leaf.choice.logprobs == [{10: 1}, {11: 2}, {20: 5}, {21: 6}]
+    assert leaf.choice.finish_reason == "length" and leaf.choice.index == 1
+    assert [t.model_entropy_nats for t in leaf.choice.entropies] == [0.1, 0.2, 0.7, 0.9]
     assert (leaf.num_shared_tokens, leaf.num_new_tokens) == (2, 2)
+    # The tree and the branch are read, not changed.
+    assert tree.choice.token_ids == [10, 11, 12, 13] and branch.token_ids == [20, 21]
     # A branch sampled without entropies gets none (not the prefix's alone).
-    assert _grafted(tree, 2, "2 +", branch, []).entropies == []
+    assert _grafted(tree, 2, "2 +", dataclasses.replace(branch, entropies=[])).choice.entropies == []

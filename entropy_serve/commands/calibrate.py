@@ -1,0 +1,71 @@
+"""`entropy-serve calibrate`: sample the built-in prompts, write the model's entropy profile.
+
+The prompts are answered through the in-process service (server/service.py), as chat
+requests with `return_entropy`, so calibration sees the entropies a client would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+
+from entropy_serve.calibration import DEFAULT_PROMPTS, model_fingerprint, profile_from_entropies
+from entropy_serve.commands.flags import add_engine_flags, positive_int, server_config
+
+HELP = "sample built-in prompts, write the model's entropy profile"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_engine_flags(parser)
+    parser.add_argument("--out", type=Path, required=True, help="profile JSON to write")
+    parser.add_argument("--samples", type=positive_int, default=4, help="samples per built-in prompt")
+    parser.add_argument("--max-tokens", type=positive_int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = server_config(args, max_n=args.samples)  # every prompt's samples in one request
+    entropies = asyncio.run(collect_entropies(config, args.samples, args.max_tokens, args.seed))
+    profile = {
+        "model": config.served_model_name,
+        "fingerprint": model_fingerprint(config.model),
+        "prompts": "built-in",
+        "num_prompts": len(DEFAULT_PROMPTS),
+        "samples_per_prompt": args.samples,
+        "max_tokens": args.max_tokens,
+        "temperature": 1.0,
+        "seed": args.seed,
+        **profile_from_entropies(entropies),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(profile, indent=2) + "\n")
+    print(json.dumps({k: profile[k] for k in ("model", "log_entropy_pivot", "log_entropy_spread", "summary")}, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+async def collect_entropies(config, samples_per_prompt: int, max_tokens: int, seed: int) -> list[float]:
+    """Model entropy of every token sampled at T=1 for the built-in prompts."""
+    from entropy_serve.server.service import running_service
+
+    async with running_service(config) as service:
+        replies = await asyncio.gather(
+            *(
+                service.answer(
+                    {
+                        "model": config.served_model_name,
+                        "messages": [{"role": "user", "content": prompt}],
+                        "n": samples_per_prompt,
+                        "max_tokens": max_tokens,
+                        "temperature": 1.0,
+                        "seed": seed + i,
+                        "return_entropy": True,
+                    },
+                    "chat_completions",
+                )
+                for i, prompt in enumerate(DEFAULT_PROMPTS)
+            )
+        )
+    return [h for reply in replies for choice in reply.choices for h in choice.model_extra["entropy"]["model_entropy_nats"]]

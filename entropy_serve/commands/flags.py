@@ -1,0 +1,95 @@
+"""Flag types and flag groups shared by several commands, written once.
+
+Settings resolve once, in this order: defaults, then environment (e.g.
+ENTROPY_SERVE_API_KEY), then flags; `server_config` turns them into the frozen
+ServerConfig that everything after reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from entropy_serve import model_store
+
+CPU_KV_CACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"
+DEFAULT_CPU_KV_CACHE_GIB = "4"
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a clear usage error otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
+def existing_path(text: str) -> Path:
+    """argparse type: a file or folder that exists."""
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text} does not exist")
+    return path
+
+
+def add_engine_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags that choose and size the engine (vLLM's names where they mean the same)."""
+    parser.add_argument("--model", help="local HF model folder or hub id (default: the embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--served-model-name", help="model name clients use (default: the folder name)")
+    parser.add_argument("--max-model-len", type=positive_int, help="context length (default: the model's)")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument(
+        "--enforce-eager",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="skip torch.compile and CUDA graphs (default: on for CPU, off for GPU)",
+    )
+    parser.add_argument("--gpu-memory-utilization", type=fraction, default=0.9)
+    parser.add_argument("--max-num-seqs", type=positive_int, default=64, help="sequences the engine batches at once")
+    parser.add_argument("--num-gpu-blocks-override", type=positive_int, help="KV cache blocks, overriding the sizing (as in vLLM)")
+    parser.add_argument(
+        "--block-size", type=positive_int, help="KV cache block size in tokens (default: vLLM's); prefix caching reuses whole blocks"
+    )
+
+
+def server_config(args: argparse.Namespace, **extra):
+    """The frozen ServerConfig of these flags (the embedded model prepared if needed)."""
+    # CPU engines size their KV cache from this variable; set a sane default before vLLM loads.
+    os.environ.setdefault(CPU_KV_CACHE_ENV, DEFAULT_CPU_KV_CACHE_GIB)
+    from vllm.platforms import current_platform
+
+    from entropy_serve.server.config import ServerConfig
+
+    model = args.model or str(model_store.prepare_default_model())
+    if args.model is None:
+        default_name = model_store.DEFAULT_MODEL_NAME
+    else:
+        default_name = Path(model).name if Path(model).exists() else model
+    enforce_eager = current_platform.is_cpu() if args.enforce_eager is None else args.enforce_eager
+    return ServerConfig(
+        model=model,
+        served_model_name=args.served_model_name or default_name,
+        max_model_len=args.max_model_len,
+        dtype=args.dtype,
+        enforce_eager=enforce_eager,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        max_num_seqs=args.max_num_seqs,
+        num_gpu_blocks_override=args.num_gpu_blocks_override,
+        block_size=args.block_size,
+        **extra,
+    )

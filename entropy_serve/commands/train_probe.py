@@ -1,0 +1,60 @@
+"""`entropy-serve train-probe`: sample a task, label difficulty, train the DiffAdapt probe
+(trainer/probe.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from entropy_serve.commands.flags import add_engine_flags, positive_int, server_config
+
+HELP = "sample a task, label difficulty, train the DiffAdapt probe"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_engine_flags(parser)
+    parser.add_argument("--task", default="arithmetic", help="'arithmetic' (built-in, seeded) or a question/answer JSONL file")
+    parser.add_argument("--problems", type=positive_int, default=300, help="training problems (first N of a file)")
+    parser.add_argument("--samples", type=positive_int, default=8, help="answers sampled per problem (k)")
+    parser.add_argument("--max-tokens", type=positive_int, default=128, help="token budget of each sampled answer")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True, help="folder for samples.jsonl and the probe (resumable)")
+    parser.add_argument("--hard-below-accuracy", type=float, default=0.5, help="label rule: accuracy below this is hard")
+    parser.add_argument(
+        "--easy-entropy-quantile", type=float, default=0.5,
+        help="label rule: solved problems above this quantile of mean entropy are easy",
+    )
+    parser.add_argument("--easy-entropy-above", type=float, help="label rule: an absolute entropy threshold (nats) instead")
+    parser.add_argument("--feature-suffix", default="", help="text appended to each prompt before reading its hidden state")
+    parser.add_argument("--hidden-units", type=positive_int, default=512)
+
+
+def run(args: argparse.Namespace) -> int:
+    from entropy_serve.probes.labels import LabelRule
+    from entropy_serve.trainer.probe import TrainSettings, train_probe
+
+    settings = TrainSettings(
+        task=args.task,
+        num_problems=args.problems,
+        samples=args.samples,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+        rule=LabelRule(args.hard_below_accuracy, args.easy_entropy_quantile, args.easy_entropy_above),
+        feature_suffix=args.feature_suffix,
+        hidden_units=args.hidden_units,
+    )
+    try:
+        metadata = train_probe(server_config(args, max_n=args.samples), settings, args.out)
+    except KeyboardInterrupt:
+        print(f"entropy-serve: interrupted; finished samples are kept in {args.out}: run the same command to resume",
+              file=sys.stderr)
+        return 130
+    print(json.dumps({k: metadata[k] for k in ("class_balance", "entropy_threshold_nats", "probe", "num_train", "num_held_out")}))
+    print(
+        f"held-out accuracy {metadata['held_out_accuracy']:.3f} vs majority-class baseline "
+        f"{metadata['majority_baseline_accuracy']:.3f} ({metadata['majority_class']})"
+    )
+    print(f"wrote {args.out}")
+    return 0

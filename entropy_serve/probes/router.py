@@ -1,0 +1,86 @@
+"""The difficulty router: the probe, the pooling engine that reads its features, and the
+class table, as one object the server starts, asks and stops.
+
+`classify(token_ids)` -> the class with the highest probability, its probabilities,
+the class's strategy (probes/table.py) and the probe's latency. The probe is checked
+against the served model when the router is made; its pooling engine starts after the
+generation engine, in the generation engine's dtype.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import torch
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.v1.engine.async_llm import AsyncLLM
+
+from entropy_serve.probes.features import FeatureEngine, pooling_engine_args
+from entropy_serve.probes.probe import Probe, load_probe
+from entropy_serve.probes.table import ClassStrategy, DifficultyTable, load_table
+from entropy_serve.server.config import ServerConfig
+from entropy_serve.server.engine import engine_args
+
+
+@dataclass(frozen=True)
+class Classification:
+    name: str
+    probabilities: dict[str, float]
+    strategy: ClassStrategy
+    latency_s: float
+
+
+def feature_engine_args(config: ServerConfig, dtype: torch.dtype | None = None) -> AsyncEngineArgs:
+    """The pooling engine of the probe's features, in the dtype the generation engine
+    resolves (`dtype`, or resolved here when no generation engine runs): for `auto`, vLLM
+    can pick differently for a pooling runner (float16 on CPU, 6x slower there than bfloat16)."""
+    dtype = dtype or engine_args(config).create_model_config().dtype
+    return pooling_engine_args(config.model, config.max_model_len, str(dtype).removeprefix("torch."), config.enforce_eager)
+
+
+class DifficultyRouter:
+    def __init__(self, config: ServerConfig, probe: Probe, table: DifficultyTable):
+        self.config = config
+        self.probe = probe
+        self.table = table
+        self.features: FeatureEngine | None = None
+
+    @classmethod
+    def load(cls, config: ServerConfig) -> DifficultyRouter | None:
+        """The router of `--probe` (checked against the model now), or None without one."""
+        if not config.probe:
+            return None
+        return cls(config, load_probe(config.probe, config.model), load_table(config.difficulty_table))
+
+    @property
+    def engine(self) -> AsyncLLM | None:
+        return self.features.engine if self.features is not None else None
+
+    async def start(self, dtype: torch.dtype) -> None:
+        self.features = await asyncio.to_thread(self._build, dtype)
+
+    def _build(self, dtype: torch.dtype) -> FeatureEngine:
+        features = FeatureEngine.build(feature_engine_args(self.config, dtype), self.probe.metadata.get("feature_suffix", ""))
+        if features.hidden_size != self.probe.hidden_size:
+            features.shutdown()
+            raise ValueError(f"the probe reads {self.probe.hidden_size}-wide hidden states, the model has {features.hidden_size}")
+        return features
+
+    async def classify(self, token_ids: list[int]) -> Classification:
+        started = time.perf_counter()
+        features = await self.features.features([token_ids])
+        probabilities = self.probe.probabilities(features)[0]
+        latency_s = time.perf_counter() - started
+        name = self.probe.classes[int(probabilities.argmax())]
+        return Classification(
+            name=name,
+            probabilities={c: float(p) for c, p in zip(self.probe.classes, probabilities)},
+            strategy=self.table.for_class(name),
+            latency_s=latency_s,
+        )
+
+    def stop(self) -> None:
+        if self.features is not None:
+            self.features.shutdown()

@@ -1,0 +1,151 @@
+"""entropy-serve's own request fields: samplers and strategies (protocol.py has OpenAI's).
+
+Clients send them at the top level of the body (the SDK's `extra_body`), or, for those
+that can only pass vLLM's `vllm_xargs`, inside it (same names); a strategy may also be
+named by prefixing the model name (`"model": "entropy_fork:NAME"`). STRATEGIES is the
+one registry of strategy names: validation, the model-name prefix and dispatch
+(server/strategies/) all derive from it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, ClassVar, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+STRICT = ConfigDict(extra="forbid", strict=True)
+
+
+class AdaptiveTemperature(BaseModel):
+    """Per-token temperature from the model's entropy (samplers/temperature.py)."""
+
+    model_config = STRICT
+
+    method: Literal["hapo", "edt", "dynatemp"]
+    tau: float = Field(0.5, ge=0.0, le=10.0, description="hapo: T = T_base * (1 + tau * h)")
+    theta: float = Field(1.0, gt=0.0, le=100.0, description="edt: T = T0 * base^(theta / H)")
+    base: float = Field(0.8, gt=0.0, lt=1.0, description="edt: N")
+    range: float = Field(0.5, ge=0.0, le=5.0, description="dynatemp: T in [T - range, T + range]")
+    exponent: float = Field(1.0, gt=0.0, le=10.0, description="dynatemp: (H / ln V)^exponent")
+
+
+VoteMode = Literal["majority", "entropy_weighted"]
+
+
+class SelfConsistency(BaseModel):
+    """n independent samples, one vote (server/strategies/self_consistency.py)."""
+
+    model_config = STRICT
+    votes: ClassVar[bool] = True
+
+    name: Literal["self_consistency"]
+    n: int = Field(8, ge=2, le=1024, description="independent samples to vote over")
+    vote: VoteMode = "majority"
+
+    @property
+    def num_leaves(self) -> int:
+        return self.n
+
+
+class EntropyFork(BaseModel):
+    """ETTRL's tree rollouts: fork each tree at its highest-entropy tokens (strategies/entropy_fork.py).
+
+    Defaults are ETTRL's (M=12 trees, N=2 forks, B=2 branches: 60 leaves)."""
+
+    model_config = STRICT
+    votes: ClassVar[bool] = True
+
+    name: Literal["entropy_fork"]
+    trees: int = Field(12, ge=1, le=1024, description="M: initial samples")
+    forks: int = Field(2, ge=1, le=64, description="N: fork points per tree, at its highest-entropy tokens")
+    branches: int = Field(2, ge=1, le=64, description="B: continuations sampled from each fork point")
+    vote: VoteMode = "majority"
+
+    @property
+    def num_leaves(self) -> int:
+        return self.trees * (1 + self.forks * self.branches)
+
+
+class Difficulty(BaseModel):
+    """DiffAdapt: the difficulty probe picks the sampling (strategies/difficulty.py)."""
+
+    model_config = STRICT
+    votes: ClassVar[bool] = False
+    num_leaves: ClassVar[int] = 1
+
+    name: Literal["difficulty"]
+
+
+def _name_of(model: type[BaseModel]) -> str:
+    (name,) = get_args(model.model_fields["name"].annotation)
+    return name
+
+
+STRATEGIES: dict[str, type[BaseModel]] = {_name_of(m): m for m in (SelfConsistency, EntropyFork, Difficulty)}
+Strategy = Annotated[SelfConsistency | EntropyFork | Difficulty, Field(discriminator="name")]
+
+# Our sampler fields may also come inside vllm_xargs (for clients that only pass those).
+SAMPLER_XARGS = ("typical_p", "adaptive_temperature", "return_entropy")
+
+
+def _adaptive_from_string(value: str) -> dict:
+    """vllm_xargs' spelling: a method name ("edt") or the JSON object as a string."""
+    if not value.lstrip().startswith("{"):
+        return {"method": value}
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"vllm_xargs.adaptive_temperature: not valid JSON ({error})") from error
+
+
+class ExtensionFields(BaseModel):
+    """Our fields, shared by both endpoints' requests (mixed into protocol.SamplingRequest)."""
+
+    typical_p: float | None = Field(None, gt=0.0, le=1.0)
+    adaptive_temperature: AdaptiveTemperature | None = None
+    return_entropy: bool = False
+    strategy: Strategy | None = None
+
+    @field_validator("strategy", mode="before")
+    @classmethod
+    def _strategy_by_name(cls, value: Any) -> Any:
+        """`"strategy": "entropy_fork"` is that strategy with its defaults."""
+        return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strategy_from_model_name(cls, data: Any) -> Any:
+        """`"model": "entropy_fork:NAME"` is model NAME with that strategy's defaults, for
+        clients that cannot send extra fields. A strategy in the body must agree."""
+        if not isinstance(data, dict) or not isinstance(data.get("model"), str):
+            return data
+        prefix, colon, model = data["model"].partition(":")
+        if not colon or prefix not in STRATEGIES:
+            return data
+        data = dict(data, model=model)
+        given = data.get("strategy")
+        if given is None:
+            data["strategy"] = prefix
+        elif (given if isinstance(given, str) else dict(given).get("name")) != prefix:
+            raise ValueError(f"strategy: the model name asks for {prefix!r}, the strategy field for another")
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lift_sampler_xargs(cls, data: Any) -> Any:
+        """Move our fields out of vllm_xargs, so both spellings validate the same way."""
+        if not isinstance(data, dict) or not isinstance(data.get("vllm_xargs"), dict):
+            return data
+        data, xargs = dict(data), dict(data["vllm_xargs"])
+        for name in SAMPLER_XARGS:
+            if name not in xargs:
+                continue
+            value = xargs.pop(name)
+            if name == "adaptive_temperature" and isinstance(value, str):
+                value = _adaptive_from_string(value)
+            if name in data and data[name] != value:
+                raise ValueError(f"{name}: given both in the body and in vllm_xargs, differently")
+            data[name] = value
+        data["vllm_xargs"] = xargs or None
+        return data

@@ -1,0 +1,319 @@
+"""From a validated request to its plan: which chain samples it, and its engine jobs.
+
+Order of operations for every request:
+1. the sampler plan (`plan_sampler`): which chain samples it, decided once; our
+   chain's parameters as one SamplerParams; the labels metrics count it under; the
+   400s for combinations our samplers cannot honour;
+2. render the prompt(s) to token ids (chat template for chat), so lengths are known;
+3. check each prompt against the configured bound and the context length, and resolve
+   `max_tokens` (default: what is left of the context), all as HTTP 400s;
+4. build vLLM's SamplingParams once from 1 and 3, then one EngineJob per engine
+   request: one per prompt, or, for requests our chain samples with n > 1, one per
+   sample (each needs its own key for its entropies; seeds follow vLLM's own n > 1
+   rule, seed + sample index);
+5. submission.py runs the jobs.
+Strategies also continue a prompt from tokens already generated for it
+(`plan_continuations`: entropy_fork's branches), with the same checks and jobs.
+
+The chains. OURS: typical_p, adaptive_temperature or return_entropy at temperature > 0.
+Our engine adapter applies temperature, top-k, top-p, min-p and typical in
+transformers' order (samplers/chain.py) and vLLM's own copies are set to neutral, so
+the entropy of the distribution a token is drawn from is exact. GREEDY: the same fields
+at temperature 0; vLLM takes the argmax, the adapter only measures. VLLM: none of our
+fields; vLLM samples as usual and our adapter never sees the request.
+vLLM's V1 runner applies penalties after custom logits processors, which would make
+the reported sampled entropy wrong, so penalties cannot be combined with our chain.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import time
+import uuid
+from dataclasses import dataclass
+
+from vllm import SamplingParams
+from vllm.exceptions import VLLMValidationError
+from vllm.sampling_params import RequestOutputKind
+
+from entropy_serve.samplers.chain import METHODS, EntropyProfile, SamplerParams
+from entropy_serve.server.adapters.spec import RowSpec
+from entropy_serve.server.config import ServerConfig
+from entropy_serve.server.engine import EngineHolder
+from entropy_serve.server.errors import BadRequest
+from entropy_serve.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
+
+GREEDY_EPS = 1e-5
+
+
+class Chain(enum.Enum):
+    VLLM = "vllm"  # vLLM samples; our adapter never sees the request
+    OURS = "ours"  # our adapter shapes the distribution and measures it
+    GREEDY = "greedy"  # vLLM takes the argmax; our adapter measures the entropy
+
+
+@dataclass(frozen=True)
+class SamplerPlan:
+    chain: Chain
+    params: SamplerParams  # what our chain applies (neutral unless chain is OURS)
+    labels: tuple[str, ...]  # the tokens-by-sampler counter's labels
+
+
+def is_greedy(request: SamplingRequest) -> bool:
+    return request.temperature is not None and request.temperature < GREEDY_EPS
+
+
+def plan_sampler(request: SamplingRequest, profile: EntropyProfile | None) -> SamplerPlan:
+    """Which chain samples `request`, with what; 400s for what our chain cannot honour."""
+    typical = request.typical_p is not None and request.typical_p < 1.0
+    adaptive = request.adaptive_temperature
+    labels = (("typical",) if typical else ()) + ((adaptive.method,) if adaptive is not None else ())
+    labels = labels or ("vllm",)
+    if not (typical or adaptive is not None or request.return_entropy):
+        return SamplerPlan(Chain.VLLM, SamplerParams(), labels)
+    penalties = request.penalties()
+    if is_greedy(request):
+        if adaptive is not None:
+            raise BadRequest("adaptive_temperature: needs temperature > 0", param="adaptive_temperature")
+        return SamplerPlan(Chain.GREEDY, SamplerParams(), labels)
+    if penalties:
+        raise BadRequest(
+            f"{penalties[0]}: penalties cannot be combined with typical_p, adaptive_temperature or "
+            "return_entropy (vLLM would apply them after our sampler)",
+            param=penalties[0],
+        )
+    if adaptive is not None and adaptive.method == "hapo" and profile is None:
+        raise BadRequest(
+            "adaptive_temperature: hapo needs the model's entropy profile; create one with "
+            "`entropy-serve calibrate --model ... --out PROFILE.json` and serve with --entropy-profile",
+            param="adaptive_temperature",
+        )
+    # vLLM's defaults where the request leaves a field out (temperature 1, filters off).
+    temperature = 1.0 if request.temperature is None else request.temperature
+    fields = dict(
+        temperature=temperature,
+        top_k=max(request.top_k or 0, 0),
+        top_p=1.0 if request.top_p is None else request.top_p,
+        min_p=request.min_p or 0.0,
+        typical_p=1.0 if request.typical_p is None else request.typical_p,
+    )
+    if adaptive is not None:
+        fields.update(
+            method=METHODS[adaptive.method],
+            hapo_tau=adaptive.tau,
+            edt_theta=adaptive.theta,
+            edt_base=adaptive.base,
+            dynatemp_min=max(0.0, temperature - adaptive.range),
+            dynatemp_max=temperature + adaptive.range,
+            dynatemp_exponent=adaptive.exponent,
+        )
+    return SamplerPlan(Chain.OURS, SamplerParams(**fields), labels)
+
+
+def engine_sampling_params(request: SamplingRequest, sampler: SamplerPlan, max_tokens: int) -> SamplingParams:
+    """vLLM's parameters for `request`, built once: temperature and filters are vLLM's
+    own only where our chain does not apply them."""
+    vllm_samples = sampler.chain is not Chain.OURS
+    optional = {
+        "temperature": request.temperature if vllm_samples else 1.0,
+        "top_p": request.top_p if vllm_samples else 1.0,
+        "top_k": request.top_k if vllm_samples else 0,
+        "min_p": request.min_p if vllm_samples else 0.0,
+        "presence_penalty": request.presence_penalty,
+        "frequency_penalty": request.frequency_penalty,
+        "repetition_penalty": request.repetition_penalty,
+    }
+    try:
+        return SamplingParams(
+            n=request.n,
+            max_tokens=max_tokens,
+            stop=request.stop_sequences(),
+            seed=request.seed,
+            min_tokens=request.min_tokens,
+            ignore_eos=request.ignore_eos,
+            logprobs=request.num_top_logprobs(),
+            extra_args=request.vllm_xargs,
+            output_kind=RequestOutputKind.DELTA,  # submission.py accumulates or streams deltas
+            **{k: v for k, v in optional.items() if v is not None},
+        )
+    except (ValueError, VLLMValidationError) as error:  # vLLM's own cross-field checks
+        raise BadRequest(str(error)) from error
+
+
+@dataclass(frozen=True)
+class EngineJob:
+    prompt_index: int
+    first_sample: int  # index of the job's first sample among its prompt's n
+    token_ids: list[int]
+    params: SamplingParams
+    key: str  # engine request id, and the key its entropies are published under
+
+
+@dataclass(frozen=True)
+class RequestPlan:
+    request_id: str
+    created: int
+    model: str
+    jobs: list[EngineJob]
+    num_prompts: int
+    n: int
+    num_top_logprobs: int | None
+    stream: bool
+    include_usage: bool
+    return_entropy: bool
+    sampler: SamplerPlan
+
+    @property
+    def measures_entropy(self) -> bool:
+        return self.sampler.chain is not Chain.VLLM
+
+    def choice_index(self, prompt_index: int, sample: int) -> int:
+        """The reply's choice index of prompt `prompt_index`'s sample `sample` (OpenAI's order)."""
+        return prompt_index * self.n + sample
+
+
+class Planner:
+    """Plans requests against the running engine (tokenizer, context length) and the config."""
+
+    def __init__(self, config: ServerConfig, engine: EngineHolder, profile: EntropyProfile | None):
+        self.config = config
+        self.engine = engine
+        self.profile = profile
+
+    def plan(self, request: SamplingRequest) -> RequestPlan:
+        """Either endpoint's request."""
+        if request.strategy is None and request.n > self.config.max_n:  # a strategy's samples: --max-leaves
+            raise BadRequest(f"n: at most {self.config.max_n} is allowed, got {request.n}", param="n")
+        sampler = plan_sampler(request, self.profile)
+        prompts = self.render(request)
+        longest = max(len(p) for p in prompts)
+        params = engine_sampling_params(request, sampler, self.resolve_max_tokens(request.requested_max_tokens(), longest))
+        kind = "chatcmpl" if isinstance(request, ChatCompletionRequest) else "cmpl"
+        request_id = f"{kind}-{uuid.uuid4().hex}"
+        jobs = [job for p, ids in enumerate(prompts) for job in self._jobs(sampler, request_id, p, ids, params)]
+        return self._plan(request, request_id, jobs, len(prompts), sampler)
+
+    def plan_continuations(
+        self,
+        request: SamplingRequest,
+        prompt_ids: list[int],
+        prefixes: list[list[int]],
+        max_tokens: int,
+        seeds: list[int | None],
+    ) -> RequestPlan:
+        """Continue a prompt from each prefix of tokens already generated for it,
+        `request.n` samples each, with the request's sampler. `max_tokens` and
+        `min_tokens` count from the prompt, as for the samples the prefixes came from:
+        each continuation gets what its prefix left of them. Prefix p's samples are
+        seeded seeds[p] + i."""
+        self.engine.require_engine()
+        sampler = plan_sampler(request, self.profile)
+        request_id = f"cont-{uuid.uuid4().hex}"
+        jobs = []
+        for p, (prefix, seed) in enumerate(zip(prefixes, seeds, strict=True)):
+            if len(prefix) >= max_tokens:
+                raise ValueError(f"prefix {p}: {len(prefix)} tokens leave nothing of max_tokens={max_tokens}")
+            token_ids = prompt_ids + prefix
+            budget = self.resolve_max_tokens(max_tokens - len(prefix), len(token_ids))
+            owed = request.model_copy(update={"seed": seed, "min_tokens": max(0, request.min_tokens - len(prefix))})
+            jobs += self._jobs(sampler, request_id, p, token_ids, engine_sampling_params(owed, sampler, budget))
+        return self._plan(request, request_id, jobs, len(prefixes), sampler)
+
+    # -- rendering -----------------------------------------------------------------
+
+    def render(self, request: SamplingRequest) -> list[list[int]]:
+        """The request's prompt(s) as token ids, as the engine will see them."""
+        self.engine.require_engine()  # 503 before touching the tokenizer of an engine not yet loaded
+        if isinstance(request, ChatCompletionRequest):
+            return [self._render_chat(request)]
+        return self._completion_prompts(request)
+
+    def _render_chat(self, request: ChatCompletionRequest) -> list[int]:
+        tokenizer = self.engine.tokenizer
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise BadRequest("this model has no chat template; use /v1/completions")
+        try:
+            text = tokenizer.apply_chat_template(request.chat_messages(), add_generation_prompt=True, tokenize=False)
+        except Exception as error:  # templates raise their own errors (e.g. role order)
+            raise BadRequest(f"messages: the chat template rejected them: {error}", param="messages") from error
+        # The template already holds the special tokens (BOS etc.): add none twice.
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    def _completion_prompts(self, request: CompletionRequest) -> list[list[int]]:
+        prompt = request.prompt
+        tokenizer = self.engine.tokenizer
+        if isinstance(prompt, str):
+            return [tokenizer.encode(prompt)]
+        if all(isinstance(p, int) for p in prompt):
+            return [self._checked_token_ids(prompt)]
+        if all(isinstance(p, str) for p in prompt):
+            return [tokenizer.encode(p) for p in prompt]
+        return [self._checked_token_ids(p) for p in prompt]
+
+    def _checked_token_ids(self, token_ids: list[int]) -> list[int]:
+        vocab_size = len(self.engine.tokenizer)
+        if not token_ids:
+            raise BadRequest("prompt: token id lists must not be empty", param="prompt")
+        bad = [t for t in token_ids if not 0 <= t < vocab_size]
+        if bad:
+            raise BadRequest(f"prompt: token ids must be in [0, {vocab_size}), got {bad[:5]}", param="prompt")
+        return list(token_ids)
+
+    # -- bounds and jobs -------------------------------------------------------------
+
+    def resolve_max_tokens(self, requested: int | None, num_prompt_tokens: int) -> int:
+        context = self.engine.max_model_len
+        prompt_limit = min(self.config.max_prompt_tokens or context, context - 1)
+        if num_prompt_tokens > prompt_limit:
+            raise BadRequest(
+                f"prompt: {num_prompt_tokens} tokens is longer than the {prompt_limit} allowed "
+                f"(context length {context})",
+                param="prompt",
+                code="context_length_exceeded",
+            )
+        room = context - num_prompt_tokens
+        tokens_limit = min(self.config.max_tokens_limit or context, room)
+        if requested is None:
+            return tokens_limit
+        if requested > tokens_limit:
+            raise BadRequest(
+                f"max_tokens: {requested} is more than the {tokens_limit} allowed for a "
+                f"{num_prompt_tokens}-token prompt (context length {context})",
+                param="max_tokens",
+            )
+        return requested
+
+    def _jobs(
+        self, sampler: SamplerPlan, request_id: str, p: int, token_ids: list[int], params: SamplingParams
+    ) -> list[EngineJob]:
+        """Prompt p's engine jobs: one, or one per sample when our adapter measures n > 1."""
+        if sampler.chain is Chain.VLLM:
+            return [EngineJob(p, 0, token_ids, params, f"{request_id}-{p}-0")]
+        jobs = []
+        for i in range(params.n):
+            key = f"{request_id}-{p}-{i}"
+            spec = RowSpec(key=key, shape=sampler.chain is Chain.OURS, params=sampler.params)
+            job_params = copy.copy(params)  # SamplingParams is a msgspec Struct: copy, then set
+            job_params.n = 1
+            job_params.seed = None if params.seed is None else params.seed + i
+            job_params.extra_args = {**(params.extra_args or {}), **spec.to_extra_args()}
+            jobs.append(EngineJob(p, i, token_ids, job_params, key))
+        return jobs
+
+    def _plan(
+        self, request: SamplingRequest, request_id: str, jobs: list[EngineJob], num_prompts: int, sampler: SamplerPlan
+    ) -> RequestPlan:
+        return RequestPlan(
+            request_id=request_id,
+            created=int(time.time()),
+            model=self.config.served_model_name,
+            jobs=jobs,
+            num_prompts=num_prompts,
+            n=request.n,
+            num_top_logprobs=request.num_top_logprobs(),
+            stream=request.stream,
+            include_usage=request.include_usage,
+            return_entropy=request.return_entropy,
+            sampler=sampler,
+        )

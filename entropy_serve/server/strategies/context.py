@@ -1,0 +1,81 @@
+"""What a strategy gets to answer a request with: one typed context.
+
+A strategy plans engine work (`planner`), runs it whole (`run`) or replies with an
+ordinary generation (`reply`: whole, or streamed as a ChunkStream), and reads the
+server's limits (`config`), the tokenizer (`engine`) and the difficulty router.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from openai.types import Completion
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+from entropy_serve.server import responses, streaming, submission
+from entropy_serve.server.adapters.channel import EntropyStore
+from entropy_serve.server.config import ServerConfig
+from entropy_serve.server.engine import EngineHolder
+from entropy_serve.server.planning import Planner, RequestPlan
+
+if TYPE_CHECKING:
+    from entropy_serve.probes.router import DifficultyRouter
+
+
+class ChunkStream:
+    """A streamed reply: an async iterator of chunks (Completion or ChatCompletionChunk)
+    whose first chunk already exists (so errors before it were raised by `answer`), and
+    the reply's extension fields that a stream carries in HTTP headers instead."""
+
+    def __init__(self, first, rest: AsyncIterator, extensions: dict | None = None):
+        self._first = first
+        self._rest = rest
+        self.extensions = extensions or {}
+
+    async def __aiter__(self):
+        yield self._first
+        async for chunk in self._rest:
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._rest.aclose()
+
+    @classmethod
+    async def start(cls, chunks: AsyncIterator, extensions: dict | None = None) -> ChunkStream:
+        return cls(await anext(chunks), chunks, extensions)
+
+
+Reply = Completion | ChatCompletion | ChunkStream
+Chunk = Completion | ChatCompletionChunk
+
+
+@dataclass(frozen=True)
+class StrategyContext:
+    config: ServerConfig
+    engine: EngineHolder
+    store: EntropyStore
+    planner: Planner
+    router: DifficultyRouter | None  # when serving with --probe
+
+    async def run(self, plan: RequestPlan) -> submission.Result:
+        return await submission.run(self.engine, self.store, plan)
+
+    async def reply(self, plan: RequestPlan, chat: bool, extensions: dict | None = None) -> Reply:
+        """An ordinary generation of `plan`, streamed or whole; `extensions` join the reply."""
+        if plan.stream:
+            chunks = streaming.chat_chunks if chat else streaming.completion_chunks
+            return await ChunkStream.start(chunks(self.engine, self.store, plan), extensions)
+        result = await self.run(plan)
+        build = responses.chat_completion_response if chat else responses.completion
+        return build(
+            request_id=plan.request_id,
+            model=plan.model,
+            created=plan.created,
+            choices=result.choices,
+            num_top_logprobs=plan.num_top_logprobs,
+            usage=responses.usage(result.num_prompt_tokens, result.num_completion_tokens),
+            entropy=responses.whole_entropy_fields(result.choices) if plan.return_entropy else None,
+            extensions=extensions,
+        )
