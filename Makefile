@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make serve   - install into .venv, prepare the embedded model, run the server
-#   make test    - install into .venv (with test tools), run the whole test suite
+#   make test    - install into .venv (with test tools), lint, run the whole test suite
+# Also: make test-fast (everything that starts no engine, under a minute), make lint.
 # On a machine with an NVIDIA GPU (nvidia-smi present) the `gpu` extra is installed
 # instead of `cpu`.
 
@@ -11,7 +12,7 @@ EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 STAMP := $(VENV)/.installed-$(EXTRA)
 SERVE_ARGS ?=
 
-.PHONY: install serve test bench clean
+.PHONY: install serve test test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -29,9 +30,17 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(BIN)/entropy-serve serve $(SERVE_ARGS)
 
-test: $(STAMP)
+test: lint
 	$(BIN)/entropy-serve prepare-model
 	$(BIN)/python -m pytest -v --durations=15
+
+# Tests marked e2e start a real engine; the rest run in well under a minute.
+test-fast: $(STAMP)
+	$(BIN)/entropy-serve prepare-model
+	$(BIN)/python -m pytest -q -m "not e2e"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py

@@ -102,13 +102,9 @@ def main() -> None:
     problems = arithmetic.generate(args.problems, args.seed, arithmetic.levels_named(TRAINING_LEVELS))
     kv_cache_gib = int(os.environ.get("VLLM_CPU_KVCACHE_SPACE", 2))
     started = time.perf_counter()
-    server = ServerProcess("--max-model-len", "2048", "--probe", args.probe, kv_cache_gib=kv_cache_gib)
-    try:
-        server.wait_until_ready()
+    with ServerProcess("--max-model-len", "2048", "--probe", args.probe, kv_cache_gib=kv_cache_gib) as server:
         ready_s = time.perf_counter() - started
         results = asyncio.run(run_all(server.url, problems, args))
-    finally:
-        server.terminate()
     normal, routed = results["always_normal"], results["difficulty"]
     report = {
         "problems": args.problems,

@@ -98,12 +98,8 @@ def main() -> None:
         parser.error(f"--levels: {error}")
     problems = generate(args.problems, args.seed, levels)
     kv_cache_gib = int(os.environ.get("VLLM_CPU_KVCACHE_SPACE", 4))
-    server = ServerProcess("--max-model-len", "2048", "--block-size", str(args.block_size), kv_cache_gib=kv_cache_gib)
-    try:
-        server.wait_until_ready()
+    with ServerProcess("--max-model-len", "2048", "--block-size", str(args.block_size), kv_cache_gib=kv_cache_gib) as server:
         results = asyncio.run(run_all(server.url, problems, args))
-    finally:
-        server.terminate()
     sc, fork = list(results.values())[2:]
     report = {
         "problems": args.problems,

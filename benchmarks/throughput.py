@@ -61,9 +61,7 @@ def server_http(texts: list[str], max_tokens: int, max_model_len: int, rounds: i
 
     started = time.perf_counter()
     kv_cache_gib = int(os.environ.get("VLLM_CPU_KVCACHE_SPACE", 4))
-    server = ServerProcess("--max-model-len", str(max_model_len), kv_cache_gib=kv_cache_gib)
-    try:
-        server.wait_until_ready()
+    with ServerProcess("--max-model-len", str(max_model_len), kv_cache_gib=kv_cache_gib) as server:
         cold_start_s = time.perf_counter() - started
         model = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x").models.list().data[0].id
 
@@ -89,8 +87,6 @@ def server_http(texts: list[str], max_tokens: int, max_model_len: int, rounds: i
             plain.append(asyncio.run(run_all({})))
             samplers.append(asyncio.run(run_all(SAMPLERS_ON)))
         return {"plain": plain, "samplers": samplers, "cold_start_s": cold_start_s}
-    finally:
-        server.terminate()
 
 
 def main() -> None:

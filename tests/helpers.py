@@ -8,9 +8,13 @@ import time
 import httpx
 
 
-def metric(server, name: str) -> float:
+def metric(server, name: str, default: float | None = None) -> float:
+    """The value of one sample line (`name` may carry its labels); `default` when the
+    line is absent (a labelled counter appears only once counted), else an error."""
     text = httpx.get(f"{server.url}/metrics").text
     match = re.search(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE)
+    if match is None and default is not None:
+        return default
     assert match, f"{name} not in /metrics"
     return float(match.group(1))
 

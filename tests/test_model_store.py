@@ -36,9 +36,25 @@ def test_prepared_folder_is_a_plain_hf_model():
     assert "quantization_config" not in config
     assert config["model_type"] == "llama" and config["hidden_size"] == 576
     assert (folder / "model.safetensors").is_file()
+    assert config["dtype"] == "bfloat16"  # prepared in the dtype vLLM serves it in
+    from safetensors import safe_open
+
+    with safe_open(folder / "model.safetensors", "pt") as weights:
+        assert {weights.get_slice(k).get_dtype() for k in weights.keys()} == {"BF16"}
     assert "{% for message in messages %}" in (folder / "chat_template.jinja").read_text()
     # A second call finds it and returns at once.
     assert model_store.prepare_default_model() == folder
+
+
+def test_folder_of_an_older_format_is_prepared_again(monkeypatch, tmp_path):
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / model_store.COMPLETE_MARKER).write_text("dequantized from x.gguf\n")  # v1: fp32
+    assert not model_store.is_prepared(target)
+    written = []
+    monkeypatch.setattr(model_store, "_write_hf_folder", lambda gguf, out: written.append(out))
+    assert model_store.prepare_default_model(target) == target
+    assert len(written) == 1 and model_store.is_prepared(target)
 
 
 def test_interrupted_preparation_leaves_no_half_model(monkeypatch, tmp_path):

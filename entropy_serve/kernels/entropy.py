@@ -14,7 +14,6 @@ Under TRITON_INTERPRET=1 the kernel also runs on CPU tensors, which is how CI te
 
 from __future__ import annotations
 
-
 import torch
 
 try:

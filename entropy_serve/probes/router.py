@@ -82,5 +82,6 @@ class DifficultyRouter:
         )
 
     def stop(self) -> None:
-        if self.features is not None:
-            self.features.shutdown()
+        features, self.features = self.features, None  # dropped too: see EngineHolder.stop
+        if features is not None:
+            features.shutdown()

@@ -6,7 +6,7 @@ Order of operations, per row, equal to the order transformers applies the same w
 1. model entropy H of softmax(logits)  (the model's own uncertainty, reported back)
 2. temperature: fixed T, or adaptive T(H) (hapo / edt / dynatemp, see temperature.py);
    logits /= T
-3. top-k   (transformers' TopKLogitsWarper: ties with the k-th value are kept)
+3. top-k   (filters.py; transformers' TopKLogitsWarper: ties with the k-th value are kept)
 4. top-p   (TopPLogitsWarper)
 5. min-p   (MinPLogitsWarper: relative to the most likely token, after temperature)
 6. typical (TypicalLogitsWarper, see typical.py)

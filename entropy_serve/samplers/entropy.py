@@ -6,7 +6,7 @@ For p = softmax(z) and surprisal s_i = -log p_i:
 Entries at -inf (tokens already masked out) have p_i = 0 and contribute nothing (never
 a 0 * inf NaN). Nearly one-hot rows give H ~ 0, never a small negative number
 (clamped). On CUDA the fused single-pass Triton kernel computes both (kernels/entropy.py);
-on CPU the entropy alone comes from `log_normalizer_and_entropy`, compiled by
+on CPU the entropy alone comes from `shifted_log_normalizer_and_entropy`, compiled by
 torch.compile (samplers/compiled.py). Pure functions, nothing is mutated.
 """
 

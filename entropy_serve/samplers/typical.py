@@ -2,11 +2,18 @@
 
 Keep the tokens whose surprisal -log p_i is closest to the entropy H, in order of
 |(-log p_i) - H|, until their probability mass reaches `typical_p`; always keep at least
-`min_tokens_to_keep`. The kept set is exactly the one transformers'
-`TypicalLogitsWarper` keeps (same ordering, same threshold rule, ties included: every
-token whose shifted score equals the last kept one's is kept too).
+`min_tokens_to_keep`. `typical_mask_reference` is the readable version (transformers'
+`TypicalLogitsWarper`, operation for operation); `typical_mask` and `typical_filter_`
+are the fast path, which keeps the same set.
 
-Order of operations, per row:
+What is guaranteed: the kept set equals `TypicalLogitsWarper`'s on every row whose
+cumulative mass, in shifted order, is not within BOUNDARY_MARGIN of `typical_p` at the
+cut (those rows take the full sort, which is transformers' computation); masses are
+computed in z - max space, so this holds at any logit scale (rows of logits around 1e4
+included). Where transformers itself rounds a tie at the cut differently from exact
+arithmetic, both agree with each other, not necessarily with float64.
+
+Fast path, per row:
 1. shifted scores |(-log p_i) - H|, log Z and per-block minima, fused (compiled on CPU);
 2. the cut: the kept set is every token whose shifted score is at most a threshold, the
    score at which the mass, in shifted order, reaches `typical_p`. That threshold only
@@ -25,6 +32,32 @@ import torch
 
 from entropy_serve.samplers.compiled import CompiledOnCpu
 from entropy_serve.samplers.entropy import shifted_log_normalizer_and_entropy
+
+
+def typical_mask_reference(logits: torch.Tensor, typical_p: torch.Tensor, min_tokens_to_keep: int = 1) -> torch.Tensor:
+    """The readable version: boolean mask [batch, vocab] of tokens to REMOVE.
+
+    transformers' `TypicalLogitsWarper`, operation for operation: sort every token by
+    its shifted score |(-log p_i) - H|, accumulate probability mass in that order, keep
+    tokens up to and including the one where the mass reaches `typical_p`, plus every
+    token tied with that one's score, and at least `min_tokens_to_keep`. A full sort per
+    row; the fast path below decides the same set from a few candidates.
+    logits: [batch, vocab] fp32; typical_p: [batch] in (0, 1). Nothing is mutated.
+    """
+    logprobs = torch.log_softmax(logits, dim=-1)
+    probs = logprobs.exp()
+    entropy = -(logprobs * probs).nansum(-1, keepdim=True)  # [batch, 1]
+    shifted = torch.abs(-logprobs - entropy)  # [batch, vocab]
+    sorted_shifted, sorted_indices = torch.sort(shifted, descending=False)
+    cumulative = logits.gather(-1, sorted_indices).softmax(dim=-1).cumsum(dim=-1)
+    last_kept = (cumulative < typical_p.unsqueeze(-1)).sum(dim=-1)  # [batch]
+    last_kept.clamp_(max=sorted_shifted.shape[-1] - 1)
+    sorted_remove = sorted_shifted > sorted_shifted.gather(-1, last_kept.unsqueeze(-1))
+    sorted_remove[..., :min_tokens_to_keep] = False
+    return sorted_remove.scatter(-1, sorted_indices, sorted_remove)
+
+
+# -- the fast path -----------------------------------------------------------------------
 
 # Top-k sizes tried in turn before a full sort. On 64 SmolLM2 rows at typical_p = 0.9,
 # the mass reached 0.9 within 64 tokens on 60 rows at T = 0.8, 45 at T = 1.0; within
@@ -54,7 +87,7 @@ def typical_mask(
         shifted, threshold, exact_rows = _cut(sub, typical_p[rows], min_tokens_to_keep, stages)
         sub_remove = shifted > threshold
         if exact_rows.numel():
-            sub_remove[exact_rows] = _sorted_mask(sub[exact_rows], typical_p[rows][exact_rows], min_tokens_to_keep)
+            sub_remove[exact_rows] = typical_mask_reference(sub[exact_rows], typical_p[rows][exact_rows], min_tokens_to_keep)
         remove[rows] = sub_remove
     return remove
 
@@ -69,7 +102,7 @@ def typical_filter_(
     shifted, threshold, exact_rows = _cut(logits, typical_p, min_tokens_to_keep, stages)
     if exact_rows.numel():  # decided on the logits as they are, before any removal
         exact = logits[exact_rows]
-        exact.masked_fill_(_sorted_mask(exact, typical_p[exact_rows], min_tokens_to_keep), float("-inf"))
+        exact.masked_fill_(typical_mask_reference(exact, typical_p[exact_rows], min_tokens_to_keep), float("-inf"))
     _remove_above(logits, shifted, threshold)  # exact rows have threshold +inf here
     if exact_rows.numel():
         logits[exact_rows] = exact
@@ -170,18 +203,3 @@ def _remove_above(logits: torch.Tensor, shifted: torch.Tensor, threshold: torch.
     # Measuring the kept entropy in this pass too was slower: inductor then writes the
     # result to a new buffer and copies it back.
     logits.masked_fill_(shifted > threshold, float("-inf"))
-
-
-def _sorted_mask(logits: torch.Tensor, typical_p: torch.Tensor, min_tokens_to_keep: int) -> torch.Tensor:
-    """transformers' TypicalLogitsWarper, operation for operation (full sort)."""
-    logprobs = torch.log_softmax(logits, dim=-1)
-    probs = logprobs.exp()
-    entropy = -(logprobs * probs).nansum(-1, keepdim=True)  # [batch, 1]
-    shifted = torch.abs(-logprobs - entropy)  # [batch, vocab]
-    sorted_shifted, sorted_indices = torch.sort(shifted, descending=False)
-    cumulative = logits.gather(-1, sorted_indices).softmax(dim=-1).cumsum(dim=-1)
-    last_kept = (cumulative < typical_p.unsqueeze(-1)).sum(dim=-1)  # [batch]
-    last_kept.clamp_(max=sorted_shifted.shape[-1] - 1)
-    sorted_remove = sorted_shifted > sorted_shifted.gather(-1, last_kept.unsqueeze(-1))
-    sorted_remove[..., :min_tokens_to_keep] = False
-    return sorted_remove.scatter(-1, sorted_indices, sorted_remove)

@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from entropy_serve.server.errors import APIError, BadRequest, ClientDisconnected, Unauthorized, error_body, install_error_handlers
 from entropy_serve.server.middleware import BodySizeLimit, ErrorCounter
-from entropy_serve.server.service import Endpoint, Service
+from entropy_serve.server.service import Endpoint, Service, model_card
 from entropy_serve.server.strategies.context import ChunkStream
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def create_app(service: Service) -> FastAPI:
 
     @router.get("/models")
     async def list_models() -> dict:
-        return {"object": "list", "data": [service.model_card(started_at)]}
+        return {"object": "list", "data": [model_card(config, engine.max_model_len, started_at)]}
 
     @router.post("/completions")
     async def completions(raw: Request) -> Response:

@@ -31,7 +31,6 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 
-import torch
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.platforms import current_platform
 from vllm.v1.engine.async_llm import AsyncLLM
@@ -93,10 +92,6 @@ class EngineHolder:
     def ready(self) -> bool:
         return self.state is EngineState.READY
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.engine.vllm_config.model_config.dtype
-
     def require_engine(self) -> AsyncLLM:
         """The engine, or a 503 while it is not ready (loading, dead or stopped)."""
         if not self.ready or self.engine is None:
@@ -133,8 +128,11 @@ class EngineHolder:
     def stop(self) -> None:
         if self.state is not EngineState.DEAD:
             self.state = EngineState.STOPPED
-        if self.engine is not None:
-            self.engine.shutdown()
+        # Dropped as well as shut down: an AsyncLLM left for the interpreter's exit runs
+        # its shutdown again from __del__ when vLLM's modules are already torn down.
+        engine, self.engine, self._watched = self.engine, None, []
+        if engine is not None:
+            engine.shutdown()
 
     def _die(self, reason: str) -> None:
         self.state = EngineState.DEAD

@@ -4,7 +4,7 @@ Order of operations for every request:
 1. the sampler plan (`plan_sampler`): which chain samples it, decided once; our
    chain's parameters as one SamplerParams; the labels metrics count it under; the
    400s for combinations our samplers cannot honour;
-2. render the prompt(s) to token ids (chat template for chat), so lengths are known;
+2. render the prompt(s) to token ids (rendering.py), so lengths are known;
 3. check each prompt against the configured bound and the context length, and resolve
    `max_tokens` (default: what is left of the context), all as HTTP 400s;
 4. build vLLM's SamplingParams once from 1 and 3, then one EngineJob per engine
@@ -42,7 +42,8 @@ from entropy_serve.server.adapters.spec import RowSpec
 from entropy_serve.server.config import ServerConfig
 from entropy_serve.server.engine import EngineHolder
 from entropy_serve.server.errors import BadRequest
-from entropy_serve.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
+from entropy_serve.server.protocol import ChatCompletionRequest, SamplingRequest
+from entropy_serve.server.rendering import Renderer
 
 GREEDY_EPS = 1e-5
 
@@ -180,6 +181,7 @@ class Planner:
         self.config = config
         self.engine = engine
         self.profile = profile
+        self.render = Renderer(engine).render
 
     def plan(self, request: SamplingRequest) -> RequestPlan:
         """Either endpoint's request."""
@@ -219,46 +221,6 @@ class Planner:
             owed = request.model_copy(update={"seed": seed, "min_tokens": max(0, request.min_tokens - len(prefix))})
             jobs += self._jobs(sampler, request_id, p, token_ids, engine_sampling_params(owed, sampler, budget))
         return self._plan(request, request_id, jobs, len(prefixes), sampler)
-
-    # -- rendering -----------------------------------------------------------------
-
-    def render(self, request: SamplingRequest) -> list[list[int]]:
-        """The request's prompt(s) as token ids, as the engine will see them."""
-        self.engine.require_engine()  # 503 before touching the tokenizer of an engine not yet loaded
-        if isinstance(request, ChatCompletionRequest):
-            return [self._render_chat(request)]
-        return self._completion_prompts(request)
-
-    def _render_chat(self, request: ChatCompletionRequest) -> list[int]:
-        tokenizer = self.engine.tokenizer
-        if getattr(tokenizer, "chat_template", None) is None:
-            raise BadRequest("this model has no chat template; use /v1/completions")
-        try:
-            text = tokenizer.apply_chat_template(request.chat_messages(), add_generation_prompt=True, tokenize=False)
-        except Exception as error:  # templates raise their own errors (e.g. role order)
-            raise BadRequest(f"messages: the chat template rejected them: {error}", param="messages") from error
-        # The template already holds the special tokens (BOS etc.): add none twice.
-        return tokenizer.encode(text, add_special_tokens=False)
-
-    def _completion_prompts(self, request: CompletionRequest) -> list[list[int]]:
-        prompt = request.prompt
-        tokenizer = self.engine.tokenizer
-        if isinstance(prompt, str):
-            return [tokenizer.encode(prompt)]
-        if all(isinstance(p, int) for p in prompt):
-            return [self._checked_token_ids(prompt)]
-        if all(isinstance(p, str) for p in prompt):
-            return [tokenizer.encode(p) for p in prompt]
-        return [self._checked_token_ids(p) for p in prompt]
-
-    def _checked_token_ids(self, token_ids: list[int]) -> list[int]:
-        vocab_size = len(self.engine.tokenizer)
-        if not token_ids:
-            raise BadRequest("prompt: token id lists must not be empty", param="prompt")
-        bad = [t for t in token_ids if not 0 <= t < vocab_size]
-        if bad:
-            raise BadRequest(f"prompt: token ids must be in [0, {vocab_size}), got {bad[:5]}", param="prompt")
-        return list(token_ids)
 
     # -- bounds and jobs -------------------------------------------------------------
 

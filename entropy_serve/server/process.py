@@ -23,7 +23,11 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """One server on a free port; its combined output goes to a temporary log file."""
+    """One server on a free port; its combined output goes to a temporary log file.
+
+    As a context manager (the one way tests and benchmarks run servers): `with
+    ServerProcess(*flags) as server:` waits until it is ready and terminates it on the
+    way out, whatever happened inside."""
 
     def __init__(self, *args: str, kv_cache_gib: int = 2):
         self.port = free_port()
@@ -33,6 +37,17 @@ class ServerProcess:
         command = [sys.executable, "-m", "entropy_serve", "serve", "--port", str(self.port), *args]
         self._log = self.log_path.open("w")
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+    def __enter__(self) -> ServerProcess:
+        try:
+            self.wait_until_ready()
+        except BaseException:
+            self.terminate()
+            raise
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.terminate()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -14,8 +14,7 @@ import math
 from collections.abc import Iterable
 
 from openai.types import Completion, CompletionChoice, CompletionUsage
-from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
-from openai.types.chat import chat_completion, chat_completion_chunk
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage, chat_completion, chat_completion_chunk
 from openai.types.chat.chat_completion_token_logprob import ChatCompletionTokenLogprob, TopLogprob
 from openai.types.completion_choice import Logprobs as CompletionLogprobs
 

@@ -26,6 +26,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from pydantic import ValidationError
+from vllm.v1.engine.async_llm import AsyncLLM
 
 from entropy_serve.calibration import load_profile
 from entropy_serve.probes.router import DifficultyRouter
@@ -38,7 +39,7 @@ from entropy_serve.server.errors import BadRequest, ModelNotFound, validation_me
 from entropy_serve.server.planning import Planner
 from entropy_serve.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
 from entropy_serve.server.strategies import ANSWERS
-from entropy_serve.server.strategies.context import ChunkStream, Reply, StrategyContext
+from entropy_serve.server.strategies.context import Reply, StrategyContext
 
 logger = logging.getLogger(__name__)
 
@@ -47,16 +48,7 @@ class Endpoint(enum.Enum):
     COMPLETIONS = "completions"
     CHAT_COMPLETIONS = "chat_completions"
 
-    @classmethod
-    def from_url(cls, url: str) -> Endpoint:
-        """`/v1/completions` or `/v1/chat/completions` (as OpenAI's batch files name them)."""
-        for endpoint, path in ENDPOINT_URLS.items():
-            if url == path:
-                return endpoint
-        raise BadRequest(f"url: {url!r} is not one of {sorted(ENDPOINT_URLS.values())}", param="url")
 
-
-ENDPOINT_URLS = {Endpoint.COMPLETIONS: "/v1/completions", Endpoint.CHAT_COMPLETIONS: "/v1/chat/completions"}
 REQUEST_TYPES: dict[Endpoint, type[SamplingRequest]] = {
     Endpoint.COMPLETIONS: CompletionRequest,
     Endpoint.CHAT_COMPLETIONS: ChatCompletionRequest,
@@ -114,7 +106,8 @@ class Service:
         env = {**self.channel.start(), **profile_to_env(self.profile)}
         await self.engine.start(env, companion=self._start_router if self.router else None)
 
-    async def _start_router(self, engine) -> object:
+    async def _start_router(self, engine: AsyncLLM) -> AsyncLLM | None:
+        """The router's pooling engine, in the dtype the generation engine resolved."""
         await self.router.start(engine.vllm_config.model_config.dtype)
         return self.router.engine
 
@@ -145,18 +138,19 @@ class Service:
         """The token ids the engine would see for the body's prompt(s) (chat template applied)."""
         return self.planner.render(parse_request(body, Endpoint(endpoint)))
 
-    def model_card(self, created: int) -> dict:
-        """The served model, as `/v1/models` lists it: files are named, paths are not shown."""
-        return {
-            "id": self.config.served_model_name,
-            "object": "model",
-            "created": created,
-            "owned_by": "entropy-serve",
-            "root": self.config.served_model_name,
-            "max_model_len": self.engine.max_model_len or None,
-            "entropy_profile": _file_name(self.config.entropy_profile),
-            "difficulty_probe": _file_name(self.config.probe),
-        }
+
+def model_card(config: ServerConfig, max_model_len: int, created: int) -> dict:
+    """The served model, as `/v1/models` lists it: files are named, paths are not shown."""
+    return {
+        "id": config.served_model_name,
+        "object": "model",
+        "created": created,
+        "owned_by": "entropy-serve",
+        "root": config.served_model_name,
+        "max_model_len": max_model_len or None,
+        "entropy_profile": _file_name(config.entropy_profile),
+        "difficulty_probe": _file_name(config.probe),
+    }
 
 
 def _file_name(path: str | None) -> str | None:

@@ -67,12 +67,8 @@ def test_trainer_resumes_labels_all_classes_and_reports_the_baseline(trained):
 @pytest.fixture(scope="module")
 def probe_server(trained):
     out, _, _ = trained
-    process = ServerProcess("--api-key", API_KEY, "--max-model-len", "2048", "--probe", str(out), kv_cache_gib=1)
-    try:
-        process.wait_until_ready()
+    with ServerProcess("--api-key", API_KEY, "--max-model-len", "2048", "--probe", str(out), kv_cache_gib=1) as process:
         yield process
-    finally:
-        process.terminate()
 
 
 def probe_client(server) -> openai.OpenAI:

@@ -27,7 +27,7 @@ from entropy_serve.samplers.chain import (
 )
 from entropy_serve.samplers.entropy import entropy_and_varentropy
 from entropy_serve.samplers.temperature import MAX_TEMPERATURE, MIN_TEMPERATURE
-from entropy_serve.samplers.typical import BLOCK, smallest, typical_filter_, typical_mask
+from entropy_serve.samplers.typical import BLOCK, smallest, typical_filter_, typical_mask, typical_mask_reference
 
 NEG_INF = float("-inf")
 
@@ -241,3 +241,62 @@ def test_compiled_typical_stages_equal_the_eager_ones():
     typical_module._remove_above.eager(eager, shifted, threshold)
     assert torch.equal(compiled, eager)
     assert torch.equal(compiled == NEG_INF, logits.isinf() | (shifted > threshold))
+
+
+@pytest.mark.parametrize(
+    "typical_p, kept",
+    [(0.2, [1]), (0.7, [0, 1]), (0.85, [0, 1, 2]), (0.99, [0, 1, 2, 3])],
+)
+def test_typical_by_hand(typical_p, kept):
+    """p = (0.5, 0.3, 0.15, 0.05): H = 1.1422 nats; surprisals 0.693, 1.204, 1.897,
+    2.996; shifted scores 0.449, 0.062, 0.755, 1.854; so the typical order is tokens 1,
+    0, 2, 3 with cumulative mass 0.3, 0.8, 0.95, 1.0, cut where it reaches typical_p."""
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    expected_remove = torch.tensor([[i not in kept for i in range(4)]])
+    p = torch.tensor([typical_p])
+    assert torch.equal(typical_mask_reference(logits, p), expected_remove)
+    assert torch.equal(typical_mask(logits, p, stages=(2,)), expected_remove)
+
+
+def extreme_row() -> torch.Tensor:
+    return 1e4 + torch.randn(1, 1000, generator=torch.Generator().manual_seed(12)) * 3
+
+
+@pytest.mark.parametrize("stages", [(), (64,), (64, 256)])
+def test_typical_at_logits_around_1e4_keeps_what_transformers_and_float64_keep(stages):
+    """log Z = max + ln(sum) rounded at 1e4 (one fp32 step ~1e-3) used to shift every
+    score and mass: 114 kept against transformers' 113. Scores and masses now live in
+    z - max space."""
+    logits = extreme_row()
+    p = torch.tensor([0.9])
+    ours = typical_mask(logits.clone(), p, stages=stages)
+    theirs = TypicalLogitsWarper(mass=0.9)(None, logits.clone()) == NEG_INF
+    exact = typical_mask_reference(logits.double(), p.double())
+    assert torch.equal(ours, theirs)
+    assert torch.equal(ours, exact)
+    filtered = logits.clone()
+    typical_filter_(filtered, p, stages=stages)
+    assert torch.equal(filtered == NEG_INF, theirs)
+
+
+def test_entropy_of_a_uniform_row_at_1e4_is_ln_v_with_no_varentropy():
+    vocab = 49_152
+    logits = torch.full((1, vocab), 1e4)
+    h, v = entropy_and_varentropy(logits)
+    assert h.item() == pytest.approx(math.log(vocab), abs=1e-6)
+    assert 0.0 <= v.item() < 1e-9
+    from entropy_serve.samplers.entropy import entropy
+
+    assert entropy(logits).item() == pytest.approx(math.log(vocab), abs=1e-5)
+
+
+def test_entropy_and_varentropy_match_float64_at_large_offsets():
+    logits = extreme_row()
+    h, v = entropy_and_varentropy(logits)
+    z = logits.double()
+    logp = z - torch.logsumexp(z, dim=-1, keepdim=True)
+    p = logp.exp()
+    h64 = -(p * logp).sum(-1)
+    v64 = (p * (logp + h64.unsqueeze(-1)).square()).sum(-1)
+    assert h.item() == pytest.approx(h64.item(), abs=1e-5)
+    assert v.item() == pytest.approx(v64.item(), rel=1e-4)

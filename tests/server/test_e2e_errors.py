@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import openai
 import pytest
 from conftest import API_KEY, MODEL
+from helpers import metric
 
 pytestmark = pytest.mark.e2e  # drives a real server process
 
@@ -52,6 +55,18 @@ BAD_COMPLETIONS = [
     ({"echo": True}, "echo"),
     ({"max_tokens": 9000}, "max_tokens"),
     ({"min_tokens": 10, "max_tokens": 5}, "min_tokens"),
+    # Wrong types are refused, never coerced (OpenAI's API is strict too).
+    ({"n": "7"}, "n"),
+    ({"n": 2.0}, "n"),
+    ({"typical_p": "0.5"}, "typical_p"),
+    ({"typical_p": True}, "typical_p"),
+    ({"return_entropy": "yes"}, "return_entropy"),
+    ({"return_entropy": 1}, "return_entropy"),
+    ({"strategy": {"name": "self_consistency", "n": "4"}}, "strategy.n"),
+    ({"stream": True, "stream_options": {"include_usage": "yes"}}, "stream_options.include_usage"),
+    ({"logprobs": True}, "logprobs"),
+    ({"prompt": [True]}, "prompt"),
+    ({"strategy": "self_consistency", "presence_penalty": 0.5}, "presence_penalty"),
 ]
 
 
@@ -68,6 +83,11 @@ BAD_CHATS = [
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "content"),
     ({"top_logprobs": 2}, "top_logprobs"),
     ({"max_completion_tokens": -3}, "max_completion_tokens"),
+    ({"messages": [{"role": "user"}]}, "content"),
+    ({"messages": [{"role": "user", "content": None}]}, "content"),
+    ({"messages": [{"role": "system", "content": None}, {"role": "user", "content": "hi"}]}, "content"),
+    ({"logprobs": True, "top_logprobs": True}, "top_logprobs"),
+    ({"strategy": "self_consistency", "presence_penalty": 0.5, "temperature": 0.8}, "presence_penalty"),
 ]
 
 
@@ -75,6 +95,30 @@ BAD_CHATS = [
 def test_invalid_chat_values_are_400(server, change, field):
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **change}
     assert_openai_error(post(server, "/v1/chat/completions", json=body), 400, field)
+
+
+LONE_SURROGATE = "\ud800"  # a legal JSON escape that no UTF-8 text can hold
+
+
+@pytest.mark.parametrize(
+    "path,change,field",
+    [
+        ("/v1/completions", {"prompt": LONE_SURROGATE}, "prompt"),
+        ("/v1/completions", {"prompt": ["ok", f"a{LONE_SURROGATE}"]}, "prompt.1"),
+        ("/v1/completions", {"stop": [LONE_SURROGATE]}, "stop.0"),
+        ("/v1/completions", {"vllm_xargs": {"note": LONE_SURROGATE}}, "vllm_xargs.note"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": LONE_SURROGATE}]}, "messages.0.content"),
+        ("/v1/chat/completions", {"messages": [{"role": "system", "content": LONE_SURROGATE}, {"role": "user", "content": "hi"}]},
+         "messages.0.content"),
+    ],
+)
+def test_lone_surrogates_are_400_naming_the_field(server, client, path, change, field):
+    base = {"prompt": "Hi"} if path == "/v1/completions" else {"messages": [{"role": "user", "content": "hi"}]}
+    body = json.dumps({"model": MODEL, "max_tokens": 2, **base, **change})  # ASCII: the surrogate stays escaped
+    response = post(server, path, content=body.encode(), headers={"Content-Type": "application/json"})
+    error = assert_openai_error(response, 400, f"{field}: holds a lone UTF-16 surrogate")
+    assert error["param"] == field.split(".")[0]
+    assert client.completions.create(model=MODEL, prompt="Hi", max_tokens=1).usage.prompt_tokens == 1  # engine fine
 
 
 def test_malformed_json_is_400(server):
@@ -111,9 +155,12 @@ def test_v1_routes_need_the_api_key(server, headers):
         assert error["code"] == "invalid_api_key"
 
 
-def test_health_and_metrics_need_no_key(server):
+def test_health_and_metrics_need_no_key(server, client):
     assert httpx.get(f"{server.url}/health").status_code == 200
-    assert "entropy_serve_requests_total" in httpx.get(f"{server.url}/metrics").text
+    counter = 'entropy_serve_requests_total{endpoint="completions"}'  # a sample line, not its HELP line
+    before = metric(server, counter, default=0.0)
+    client.completions.create(model=MODEL, prompt="Hi", max_tokens=1)
+    assert metric(server, counter) == before + 1
 
 
 def test_wrong_key_through_the_sdk_is_authentication_error(server):
@@ -144,11 +191,14 @@ def test_unknown_route_is_404_in_openai_shape(server):
 
 
 def test_errors_are_counted_by_status(server):
+    counter = 'entropy_serve_errors_total{status="400"}'
+    before = metric(server, counter, default=0.0)
     post(server, "/v1/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": -1})
-    text = httpx.get(f"{server.url}/metrics").text
-    assert 'entropy_serve_errors_total{status="400"}' in text
+    post(server, "/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user"}]})
+    assert metric(server, counter) == before + 2
 
 
 def test_server_still_healthy_after_bad_input(server, client):
     assert httpx.get(f"{server.url}/health").status_code == 200
-    assert client.completions.create(model=MODEL, prompt="Hi", max_tokens=2).usage.completion_tokens > 0
+    response = client.completions.create(model=MODEL, prompt="Hi", max_tokens=2, extra_body={"ignore_eos": True})
+    assert response.usage.completion_tokens == 2

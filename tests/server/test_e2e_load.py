@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
 import asyncio
 
 import httpx
+import pytest
 from conftest import API_KEY, MODEL
 from helpers import metric, wait_for
 

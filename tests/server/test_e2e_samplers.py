@@ -8,11 +8,8 @@ import math
 import httpx
 import openai
 import pytest
-import torch
 from conftest import MODEL
 from helpers import metric
-
-from entropy_serve.model_store import prepare_default_model
 
 pytestmark = pytest.mark.e2e  # drives a real server process
 
@@ -52,27 +49,6 @@ def test_plain_requests_carry_no_entropy_field(client):
     assert "entropy" not in (response.choices[0].model_extra or {})
 
 
-def test_reported_entropy_is_exact_over_the_full_vocabulary(client, tokenizer):
-    """Greedy tokens' model entropy equals a full-vocabulary forward pass in transformers."""
-    from transformers import AutoModelForCausalLM
-
-    response = client.completions.create(
-        model=MODEL, prompt=COUNTING, max_tokens=6, temperature=0, extra_body={"return_entropy": True}
-    )
-    field = entropy_of(response.choices[0])
-    assert field["sampled_entropy_nats"] == [0.0] * 6 and field["temperature"] == [0.0] * 6
-    generated = tokenizer.encode(response.choices[0].text, add_special_tokens=False)
-    assert len(generated) == 6  # greedy text re-tokenizes to the same six tokens
-    ids = tokenizer.encode(COUNTING) + generated
-    model = AutoModelForCausalLM.from_pretrained(prepare_default_model(), dtype=torch.float32)
-    with torch.no_grad():
-        logits = model(torch.tensor([ids])).logits[0]  # [seq, vocab]
-    prompt_len = len(ids) - len(generated)
-    logprobs = torch.log_softmax(logits[prompt_len - 1 : prompt_len - 1 + 6], dim=-1)
-    expected = -(logprobs.exp() * logprobs).sum(-1)
-    assert field["model_entropy_nats"] == pytest.approx(expected.tolist(), abs=0.05)
-
-
 def test_xargs_and_extra_body_spellings_are_the_same_request(client):
     common = dict(model=MODEL, prompt=STORY, max_tokens=10, seed=21)
     body = client.completions.create(**common, extra_body={"typical_p": 0.3, "adaptive_temperature": {"method": "edt"}})
@@ -99,10 +75,13 @@ def test_typical_sampling_lowers_the_entropy_of_what_is_sampled(client):
 
 
 def test_seed_reproduces_sampler_output(client):
-    kwargs = dict(model=MODEL, prompt=STORY, max_tokens=10, seed=9, n=2, extra_body={"typical_p": 0.5, "return_entropy": True})
+    kwargs = dict(
+        model=MODEL, prompt=STORY, max_tokens=10, seed=9, n=2,
+        extra_body={"typical_p": 0.5, "return_entropy": True, "min_tokens": 10},  # never an empty text
+    )
     first, second = client.completions.create(**kwargs), client.completions.create(**kwargs)
     assert [c.text for c in first.choices] == [c.text for c in second.choices]
-    assert first.choices[0].text != first.choices[1].text or first.choices[0].text == ""
+    assert first.choices[0].text != first.choices[1].text  # seeds 9 and 10: two samples
 
 
 def test_mixed_batch_of_samplers_runs_together(server, async_client):

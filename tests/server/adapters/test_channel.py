@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
-from entropy_serve.server.adapters.channel import CHANNEL_ENV, EntropyPublisher, EntropyStore, EntropySubscriber
+from entropy_serve.server.adapters.channel import CHANNEL_ENV, EntropyChannel, EntropyPublisher, EntropyStore, EntropySubscriber
 
 
 def test_records_travel_and_wait_for_late_ones(tmp_path, monkeypatch):
@@ -43,4 +44,23 @@ def test_records_travel_and_wait_for_late_ones(tmp_path, monkeypatch):
 
 def test_publisher_without_a_channel_is_silent(monkeypatch):
     monkeypatch.delenv(CHANNEL_ENV, raising=False)
-    EntropyPublisher().publish([("k", 0, 1.0, 1.0, 1.0)])  # no server: nothing to send to
+    publisher = EntropyPublisher()
+    publisher.publish([("k", 0, 1.0, 1.0, 1.0)])  # no server: nothing to send to
+    assert publisher.address is None and publisher._socket is None  # no socket was ever opened
+
+
+def test_channel_hands_its_address_to_the_engine_and_cleans_up(monkeypatch):
+    async def scenario():
+        channel = EntropyChannel()
+        env = channel.start()
+        monkeypatch.setenv(CHANNEL_ENV, env[CHANNEL_ENV])
+        EntropyPublisher().publish([("job", 0, 0.5, 0.25, 0.7)])
+        (record,) = await channel.store.take("job", range(0, 1))
+        folder = Path(env[CHANNEL_ENV].removeprefix("ipc://")).parent
+        assert folder.stat().st_mode & 0o777 == 0o700  # private to this user
+        channel.close()
+        return record, folder
+
+    record, folder = asyncio.run(scenario())
+    assert (record.model_entropy_nats, record.sampled_entropy_nats, record.temperature) == (0.5, 0.25, 0.7)
+    assert not folder.exists()

@@ -60,10 +60,10 @@ def test_sampled_forks_vote_and_hit_the_prefix_cache(server, client):
     # The reply is a whole leaf: its tokens, logprobs and entropies line up.
     assert len(choice.logprobs.content) == choice.model_extra["entropy"]["summary"]["num_tokens"]
     answered = [a for a in strategy["answers"] if a is not None]
-    if answered:
-        assert strategy["winner"] in strategy["votes"]
-        assert equivalent(extract_answer(choice.message.content), strategy["winner"])
-        assert strategy["answers"][strategy["winner_leaf"]] is not None
+    assert answered, strategy["answers"]  # seeded: these leaves do answer
+    assert strategy["winner"] in strategy["votes"]
+    assert equivalent(extract_answer(choice.message.content), strategy["winner"])
+    assert strategy["answers"][strategy["winner_leaf"]] is not None
     # Every branch prompt (prompt + prefix) starts with the prompt's whole blocks, computed by the trees.
     num_branches = 6 * 2
     whole_blocks = (response.usage.prompt_tokens - 1) // 128 * 128

@@ -1,0 +1,45 @@
+"""The command table: every command owns its flags; shared flag types refuse nonsense."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from entropy_serve.cli import COMMANDS, build_parser
+from entropy_serve.commands.flags import fraction, positive_int
+
+
+def test_every_command_has_help_flags_and_a_run_function():
+    parser = build_parser()
+    for name, command in COMMANDS.items():
+        assert command.HELP and callable(command.add_arguments) and callable(command.run)
+        assert parser.parse_args([name, *(["--out", "x"] if name in ("calibrate", "train-probe") else [])]).command == name
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["serve", "--max-n", "0"], "argument --max-n: must be at least 1, got 0"),
+        (["serve", "--max-model-len", "many"], "argument --max-model-len: expected a whole number, got 'many'"),
+        (["serve", "--gpu-memory-utilization", "1.5"], "argument --gpu-memory-utilization: must be in (0, 1], got 1.5"),
+        (["serve", "--probe", "/no/such/probe"], "argument --probe: /no/such/probe does not exist"),
+        (["train-probe", "--out", "x", "--samples", "-2"], "argument --samples: must be at least 1, got -2"),
+        (["calibrate"], "the following arguments are required: --out"),
+    ],
+)
+def test_bad_flags_are_usage_errors_naming_the_flag(argv, message, capsys):
+    with pytest.raises(SystemExit) as raised:
+        build_parser().parse_args(argv)
+    assert raised.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_flag_types_by_hand():
+    assert positive_int("3") == 3 and fraction("0.5") == 0.5 and fraction("1") == 1.0
+    for bad in ("0", "-1", "1.5", "x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            positive_int(bad)
+    for bad in ("0", "1.01", "nan?"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            fraction(bad)
