@@ -116,11 +116,12 @@ class EntropyChannel:
 
     def __init__(self) -> None:
         self.store = EntropyStore()
-        self._folder = tempfile.mkdtemp(prefix="entropy-serve-")
+        self._folder: str | None = None
         self._subscriber: EntropySubscriber | None = None
         self._task: asyncio.Task | None = None
 
     def start(self) -> dict[str, str]:
+        self._folder = tempfile.mkdtemp(prefix="entropy-serve-")
         address = f"ipc://{self._folder}/entropy.sock"
         self._subscriber = EntropySubscriber(address, self.store)
         self._task = asyncio.create_task(self._subscriber.run())
@@ -130,4 +131,5 @@ class EntropyChannel:
         if self._task is not None:
             self._task.cancel()
             self._subscriber.close()
-        shutil.rmtree(self._folder, ignore_errors=True)
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)

@@ -23,32 +23,30 @@ from entropy_serve.server.planning import Planner, RequestPlan
 if TYPE_CHECKING:
     from entropy_serve.probes.router import DifficultyRouter
 
+Chunk = Completion | ChatCompletionChunk
+
 
 class ChunkStream:
     """A streamed reply: an async iterator of chunks (Completion or ChatCompletionChunk)
     whose first chunk already exists (so errors before it were raised by `answer`), and
     the reply's extension fields that a stream carries in HTTP headers instead."""
 
-    def __init__(self, first, rest: AsyncIterator, extensions: dict | None = None):
+    def __init__(self, first: Chunk, rest: AsyncIterator[Chunk], extensions: dict | None = None):
         self._first = first
         self._rest = rest
         self.extensions = extensions or {}
 
-    async def __aiter__(self):
+    async def __aiter__(self) -> AsyncIterator[Chunk]:
         yield self._first
         async for chunk in self._rest:
             yield chunk
 
-    async def aclose(self) -> None:
-        await self._rest.aclose()
-
     @classmethod
-    async def start(cls, chunks: AsyncIterator, extensions: dict | None = None) -> ChunkStream:
+    async def start(cls, chunks: AsyncIterator[Chunk], extensions: dict | None = None) -> ChunkStream:
         return cls(await anext(chunks), chunks, extensions)
 
 
 Reply = Completion | ChatCompletion | ChunkStream
-Chunk = Completion | ChatCompletionChunk
 
 
 @dataclass(frozen=True)
