@@ -251,7 +251,7 @@ class Planner:
     ) -> list[EngineJob]:
         """Prompt p's engine jobs: one, or one per sample when our adapter measures n > 1."""
         if sampler.chain is Chain.VLLM:
-            return [EngineJob(p, 0, token_ids, params, f"{request_id}-{p}-0")]
+            return [EngineJob(prompt_index=p, first_sample=0, token_ids=token_ids, params=params, key=f"{request_id}-{p}-0")]
         jobs = []
         for i in range(params.n):
             key = f"{request_id}-{p}-{i}"
@@ -260,7 +260,7 @@ class Planner:
             job_params.n = 1
             job_params.seed = None if params.seed is None else params.seed + i
             job_params.extra_args = {**(params.extra_args or {}), **spec.to_extra_args()}
-            jobs.append(EngineJob(p, i, token_ids, job_params, key))
+            jobs.append(EngineJob(prompt_index=p, first_sample=i, token_ids=token_ids, params=job_params, key=key))
         return jobs
 
     def _plan(

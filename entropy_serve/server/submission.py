@@ -109,7 +109,13 @@ async def stream(engine: EngineHolder, store: EntropyStore, plan: RequestPlan) -
                         entropies=entropies,
                     )
                 )
-            step = Step(job.key, job.prompt_index, len(output.prompt_token_ids or ()), output.num_cached_tokens or 0, choices)
+            step = Step(
+                job_key=job.key,
+                prompt_index=job.prompt_index,
+                num_prompt_tokens=len(output.prompt_token_ids or ()),
+                num_cached_tokens=output.num_cached_tokens or 0,
+                choices=choices,
+            )
             num_new_tokens = _account_tokens(plan, step)
             if first_token_at is None and num_new_tokens:
                 first_token_at = time.perf_counter()

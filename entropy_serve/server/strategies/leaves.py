@@ -128,7 +128,16 @@ def decide(
     winner_leaf = votes.winner_leaves[0] if votes.winner_leaves else 0
     metrics.STRATEGY_LEAVES.labels(strategy=strategy.name).observe(len(leaves))
     metrics.STRATEGY_AGREEMENT.labels(strategy=strategy.name).observe(votes.agreement)
-    outcome = StrategyOutcome(request, plan, num_prompt_tokens, leaves, answers, votes, winner_leaf, details)
+    outcome = StrategyOutcome(
+        request=request,
+        plan=plan,
+        num_prompt_tokens=num_prompt_tokens,
+        leaves=leaves,
+        answers=answers,
+        votes=votes,
+        winner_leaf=winner_leaf,
+        details=details,
+    )
     metrics.STRATEGY_TOKENS.labels(strategy=strategy.name, kind="generated").inc(outcome.num_generated_tokens)
     metrics.STRATEGY_TOKENS.labels(strategy=strategy.name, kind="shared_prefix").inc(outcome.num_shared_tokens)
     return outcome
