@@ -156,6 +156,7 @@ class RequestPlan:
     request_id: str
     created: int
     model: str
+    chat: bool  # replies are chat completions (else text completions)
     jobs: list[EngineJob]
     num_prompts: int
     n: int
@@ -191,8 +192,7 @@ class Planner:
         prompts = self.render(request)
         longest = max(len(p) for p in prompts)
         params = engine_sampling_params(request, sampler, self.resolve_max_tokens(request.requested_max_tokens(), longest))
-        kind = "chatcmpl" if isinstance(request, ChatCompletionRequest) else "cmpl"
-        request_id = f"{kind}-{uuid.uuid4().hex}"
+        request_id = f"{'chatcmpl' if isinstance(request, ChatCompletionRequest) else 'cmpl'}-{uuid.uuid4().hex}"
         jobs = [job for p, ids in enumerate(prompts) for job in self._jobs(sampler, request_id, p, ids, params)]
         return self._plan(request, request_id, jobs, len(prompts), sampler)
 
@@ -270,6 +270,7 @@ class Planner:
             request_id=request_id,
             created=int(time.time()),
             model=self.config.served_model_name,
+            chat=isinstance(request, ChatCompletionRequest),
             jobs=jobs,
             num_prompts=num_prompts,
             n=request.n,

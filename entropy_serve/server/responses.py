@@ -19,6 +19,7 @@ from openai.types.chat.chat_completion_token_logprob import ChatCompletionTokenL
 from openai.types.completion_choice import Logprobs as CompletionLogprobs
 
 from entropy_serve.server.adapters.channel import TokenEntropy
+from entropy_serve.server.planning import RequestPlan
 from entropy_serve.server.submission import Generated
 
 OPENAI_FINISH_REASONS = {"stop", "length"}
@@ -224,9 +225,27 @@ def entropy_field(tokens: list[TokenEntropy], summary: bool) -> dict:
     return field
 
 
-def whole_entropy_fields(choices: Iterable[Generated]) -> dict[int, dict]:
-    """Per choice index, the `entropy` field of a whole choice (with its summary)."""
-    return {c.index: entropy_field(c.entropies, summary=True) for c in choices}
+def whole_reply(
+    *,
+    plan: RequestPlan,
+    choices: list[Generated],
+    usage: CompletionUsage,
+    return_entropy: bool,
+    extensions: dict | None = None,
+) -> Completion | ChatCompletion:
+    """The whole (non-streamed) reply of `plan`'s endpoint, each choice with its
+    `entropy` field (summary included) when `return_entropy`."""
+    build = chat_completion_response if plan.chat else completion
+    return build(
+        request_id=plan.request_id,
+        model=plan.model,
+        created=plan.created,
+        choices=choices,
+        num_top_logprobs=plan.num_top_logprobs,
+        usage=usage,
+        entropy={c.index: entropy_field(c.entropies, summary=True) for c in choices} if return_entropy else None,
+        extensions=extensions,
+    )
 
 
 def _mean(values: list[float]) -> float:

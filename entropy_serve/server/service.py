@@ -132,7 +132,7 @@ class Service:
             )
         if request.strategy is not None:
             return await ANSWERS[type(request.strategy)](self.context, request)
-        return await self.context.reply(self.planner.plan(request), endpoint is Endpoint.CHAT_COMPLETIONS)
+        return await self.context.reply(self.planner.plan(request))
 
     def prompt_token_ids(self, body: object, endpoint: Endpoint | str) -> list[list[int]]:
         """The token ids the engine would see for the body's prompt(s) (chat template applied)."""

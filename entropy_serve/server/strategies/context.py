@@ -60,20 +60,16 @@ class StrategyContext:
     async def run(self, plan: RequestPlan) -> submission.Result:
         return await submission.run(self.engine, self.store, plan)
 
-    async def reply(self, plan: RequestPlan, chat: bool, extensions: dict | None = None) -> Reply:
+    async def reply(self, plan: RequestPlan, extensions: dict | None = None) -> Reply:
         """An ordinary generation of `plan`, streamed or whole; `extensions` join the reply."""
         if plan.stream:
-            chunks = streaming.chat_chunks if chat else streaming.completion_chunks
+            chunks = streaming.chat_chunks if plan.chat else streaming.completion_chunks
             return await ChunkStream.start(chunks(self.engine, self.store, plan), extensions)
         result = await self.run(plan)
-        build = responses.chat_completion_response if chat else responses.completion
-        return build(
-            request_id=plan.request_id,
-            model=plan.model,
-            created=plan.created,
+        return responses.whole_reply(
+            plan=plan,
             choices=result.choices,
-            num_top_logprobs=plan.num_top_logprobs,
             usage=responses.usage(result.num_prompt_tokens, result.num_completion_tokens),
-            entropy=responses.whole_entropy_fields(result.choices) if plan.return_entropy else None,
+            return_entropy=plan.return_entropy,
             extensions=extensions,
         )

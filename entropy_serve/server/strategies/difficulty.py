@@ -44,8 +44,7 @@ async def answer(ctx: StrategyContext, request: SamplingRequest) -> Reply:
     metrics.DIFFICULTY_REQUESTS.labels(difficulty=classification.name).inc()
     metrics.PROBE_LATENCY_S.observe(classification.latency_s)
     steered = with_class_strategy(request, classification.strategy, max_tokens, ctx.engine.tokenizer)
-    chat = isinstance(request, ChatCompletionRequest)
-    return await ctx.reply(ctx.planner.plan(steered), chat, {"difficulty": difficulty_extension(classification, max_tokens)})
+    return await ctx.reply(ctx.planner.plan(steered), {"difficulty": difficulty_extension(classification, max_tokens)})
 
 
 def with_class_strategy(request: SamplingRequest, strategy: ClassStrategy, max_tokens: int, tokenizer) -> SamplingRequest:

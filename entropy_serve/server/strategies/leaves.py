@@ -15,7 +15,7 @@ from entropy_serve.server import metrics, responses
 from entropy_serve.server.config import ServerConfig
 from entropy_serve.server.errors import BadRequest
 from entropy_serve.server.planning import RequestPlan, is_greedy
-from entropy_serve.server.protocol import ChatCompletionRequest, SamplingRequest
+from entropy_serve.server.protocol import SamplingRequest
 from entropy_serve.server.strategies.context import Reply
 from entropy_serve.server.strategies.voting import VoteResult, vote
 from entropy_serve.server.submission import Generated
@@ -78,16 +78,11 @@ class StrategyOutcome:
 
     def reply(self) -> Reply:
         """The reply: the winning leaf as choice 0, `usage` over every generated token."""
-        winner = dataclasses.replace(self.winner.choice, index=0)
-        build = responses.chat_completion_response if isinstance(self.request, ChatCompletionRequest) else responses.completion
-        return build(
-            request_id=self.plan.request_id,
-            model=self.plan.model,
-            created=self.plan.created,
-            choices=[winner],
-            num_top_logprobs=self.plan.num_top_logprobs,
+        return responses.whole_reply(
+            plan=self.plan,
+            choices=[dataclasses.replace(self.winner.choice, index=0)],
             usage=responses.usage(self.num_prompt_tokens, self.num_generated_tokens),
-            entropy=responses.whole_entropy_fields([winner]) if self.request.return_entropy else None,
+            return_entropy=self.request.return_entropy,  # the client's, not the sampling round's
             extensions={"strategy": self.extension()},
         )
 
