@@ -28,6 +28,7 @@ the reported sampled entropy wrong, so penalties cannot be combined with our cha
 from __future__ import annotations
 
 import copy
+import dataclasses
 import enum
 import time
 import uuid
@@ -42,8 +43,8 @@ from entropy_serve.server.adapters.spec import RowSpec
 from entropy_serve.server.config import ServerConfig
 from entropy_serve.server.engine import EngineHolder
 from entropy_serve.server.errors import BadRequest
-from entropy_serve.server.protocol import ChatCompletionRequest, SamplingRequest
-from entropy_serve.server.rendering import Renderer
+from entropy_serve.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
+from entropy_serve.server.rendering import PromptEcho, Renderer
 
 GREEDY_EPS = 1e-5
 
@@ -134,6 +135,7 @@ def engine_sampling_params(request: SamplingRequest, sampler: SamplerPlan, max_t
             min_tokens=request.min_tokens,
             ignore_eos=request.ignore_eos,
             logprobs=request.num_top_logprobs(),
+            prompt_logprobs=request.num_prompt_logprobs(),
             extra_args=request.vllm_xargs,
             output_kind=RequestOutputKind.DELTA,  # submission.py accumulates or streams deltas
             **{k: v for k, v in optional.items() if v is not None},
@@ -165,10 +167,16 @@ class RequestPlan:
     include_usage: bool
     return_entropy: bool
     sampler: SamplerPlan
+    echo: list[PromptEcho] | None = None  # per prompt, when completions' echo repeats it
+    echo_only: bool = False  # max_tokens 0: the reply holds the prompt; the engine's one token is dropped
+    return_prompt_logprobs: bool = False  # vLLM's `prompt_logprobs` field in the reply
 
     @property
     def measures_entropy(self) -> bool:
         return self.sampler.chain is not Chain.VLLM
+
+    def prompt_token_ids(self, prompt_index: int) -> list[int]:
+        return next(job.token_ids for job in self.jobs if job.prompt_index == prompt_index)
 
     def choice_index(self, prompt_index: int, sample: int) -> int:
         """The reply's choice index of prompt `prompt_index`'s sample `sample` (OpenAI's order)."""
@@ -182,7 +190,8 @@ class Planner:
         self.config = config
         self.engine = engine
         self.profile = profile
-        self.render = Renderer(engine).render
+        self.renderer = Renderer(engine)
+        self.render = self.renderer.render
 
     def plan(self, request: SamplingRequest) -> RequestPlan:
         """Either endpoint's request."""
@@ -191,10 +200,20 @@ class Planner:
         sampler = plan_sampler(request, self.profile)
         prompts = self.render(request)
         longest = max(len(p) for p in prompts)
-        params = engine_sampling_params(request, sampler, self.resolve_max_tokens(request.requested_max_tokens(), longest))
+        echoing = isinstance(request, CompletionRequest) and request.echo
+        echo_only = echoing and request.echo_only
+        # vLLM generates at least one token: an echo-only request's is dropped from the reply.
+        max_tokens = self.resolve_max_tokens(1 if echo_only else request.requested_max_tokens(), longest)
+        params = engine_sampling_params(request, sampler, max_tokens)
         request_id = f"{'chatcmpl' if isinstance(request, ChatCompletionRequest) else 'cmpl'}-{uuid.uuid4().hex}"
         jobs = [job for p, ids in enumerate(prompts) for job in self._jobs(sampler, request_id, p, ids, params)]
-        return self._plan(request, request_id, jobs, len(prompts), sampler)
+        plan = self._plan(request, request_id, jobs, len(prompts), sampler)
+        return dataclasses.replace(
+            plan,
+            echo=self.renderer.echoes(request, prompts) if echoing else None,
+            echo_only=echo_only,
+            return_prompt_logprobs=request.prompt_logprobs is not None,
+        )
 
     def plan_continuations(
         self,

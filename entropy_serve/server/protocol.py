@@ -54,6 +54,7 @@ class SamplingRequest(ExtensionFields):
     repetition_penalty: float | None = Field(None, gt=0.0)
     min_tokens: int = Field(0, ge=0)
     ignore_eos: bool = False
+    prompt_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     vllm_xargs: dict[str, str | int | float | bool | list[str | int | float]] | None = None
 
     @model_validator(mode="after")
@@ -71,6 +72,10 @@ class SamplingRequest(ExtensionFields):
                 raise ValueError(f"strategy: {self.strategy.name!r} answers with one sample; n must be 1")
             if self.n != 1:
                 raise ValueError("strategy: set the number of samples in the strategy (strategy.n, strategy.trees), not n")
+            if self.prompt_logprobs is not None:
+                raise ValueError("prompt_logprobs: not available with a strategy (its reply is one of many samples)")
+        if self.prompt_logprobs is not None and self.stream:
+            raise ValueError("prompt_logprobs: not available when stream is true")
         return self
 
     def extra_fields(self) -> dict[str, Any]:
@@ -87,6 +92,10 @@ class SamplingRequest(ExtensionFields):
         """None: no logprobs; k >= 0: the sampled token's logprob plus the top k."""
         raise NotImplementedError
 
+    def num_prompt_logprobs(self) -> int | None:
+        """Log-probabilities of the prompt's own tokens: None, or each one's plus the top k."""
+        return self.prompt_logprobs
+
     def stop_sequences(self) -> list[str] | None:
         return [self.stop] if isinstance(self.stop, str) else self.stop
 
@@ -97,14 +106,17 @@ class SamplingRequest(ExtensionFields):
 
 class CompletionRequest(SamplingRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(None, ge=0)  # 0 only with echo: score the prompt, generate nothing
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     echo: bool = False
     suffix: str | None = None
 
     @model_validator(mode="after")
     def _check_prompt(self) -> CompletionRequest:
-        if self.echo:
-            raise ValueError("echo: echoing the prompt is not supported")
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError("max_tokens: 0 generates nothing; it is only allowed with echo (to read the prompt's logprobs)")
+        if self.echo and self.strategy is not None:
+            raise ValueError("echo: not available with a strategy (its reply is one of many samples)")
         if self.suffix:
             raise ValueError("suffix: insertion (suffix) is not supported")
         if isinstance(self.prompt, list) and not self.prompt:
@@ -113,6 +125,17 @@ class CompletionRequest(SamplingRequest):
 
     def num_top_logprobs(self) -> int | None:
         return self.logprobs
+
+    def num_prompt_logprobs(self) -> int | None:
+        """`echo` with `logprobs` also scores the prompt's tokens, as OpenAI's legacy API does."""
+        if self.prompt_logprobs is None and self.echo:
+            return self.logprobs
+        return self.prompt_logprobs
+
+    @property
+    def echo_only(self) -> bool:
+        """max_tokens 0 with echo: the reply is the prompt (the engine's one token is dropped)."""
+        return self.echo and self.max_tokens == 0
 
 
 class TextPart(BaseModel):

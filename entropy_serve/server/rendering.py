@@ -9,9 +9,20 @@ touched.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from entropy_serve.server.engine import EngineHolder
 from entropy_serve.server.errors import BadRequest
 from entropy_serve.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
+
+
+@dataclass(frozen=True)
+class PromptEcho:
+    """A prompt as completions' `echo` repeats it: as the client wrote it (decoded when
+    sent as token ids), and its first token's text (the one token with no logprob)."""
+
+    text: str
+    first_token: str
 
 
 class Renderer:
@@ -24,6 +35,18 @@ class Renderer:
         if isinstance(request, ChatCompletionRequest):
             return [self._render_chat(request)]
         return self._completion_prompts(request)
+
+    def echoes(self, request: CompletionRequest, prompts: list[list[int]]) -> list[PromptEcho]:
+        """What `echo` repeats of each of `request`'s prompts (`prompts`: as `render` gave them)."""
+        tokenizer = self.engine.tokenizer
+        written = request.prompt if isinstance(request.prompt, list) and isinstance(request.prompt[0], (str, list)) else [request.prompt]
+        return [
+            PromptEcho(
+                text=text if isinstance(text, str) else tokenizer.decode(ids),
+                first_token=tokenizer.decode(ids[:1]),
+            )
+            for text, ids in zip(written, prompts, strict=True)
+        ]
 
     def _render_chat(self, request: ChatCompletionRequest) -> list[int]:
         tokenizer = self.engine.tokenizer

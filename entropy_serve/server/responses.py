@@ -10,6 +10,7 @@ reply's choice index.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 
@@ -17,10 +18,12 @@ from openai.types import Completion, CompletionChoice, CompletionUsage
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage, chat_completion, chat_completion_chunk
 from openai.types.chat.chat_completion_token_logprob import ChatCompletionTokenLogprob, TopLogprob
 from openai.types.completion_choice import Logprobs as CompletionLogprobs
+from vllm.logprobs import Logprob
 
 from entropy_serve.server.adapters.channel import TokenEntropy
 from entropy_serve.server.planning import RequestPlan
-from entropy_serve.server.submission import Generated
+from entropy_serve.server.rendering import PromptEcho
+from entropy_serve.server.submission import Generated, Result
 
 OPENAI_FINISH_REASONS = {"stop", "length"}
 
@@ -45,7 +48,8 @@ def _token_text(token_id: int, logprob) -> str:
 
 
 def _positions(choice: Generated, num_top: int):
-    """(sampled token id, its Logprob, top-k (id, Logprob) by rank) per generated token."""
+    """(token id, its Logprob, top-k (id, Logprob) by rank) per token (an echoed prompt's
+    first token has a Logprob whose logprob is None: nothing precedes it)."""
     for token_id, position in zip(choice.token_ids, choice.logprobs or (), strict=False):
         top = sorted(
             ((tid, lp) for tid, lp in position.items() if lp.rank is not None and lp.rank <= num_top),
@@ -61,12 +65,54 @@ def completion_logprobs(choice: Generated, num_top: int, text_offset_start: int 
         text = _token_text(token_id, sampled)
         tokens.append(text)
         token_logprobs.append(sampled.logprob)
-        top_logprobs.append({_token_text(tid, lp): lp.logprob for tid, lp in top})
+        top_logprobs.append(None if sampled.logprob is None else {_token_text(tid, lp): lp.logprob for tid, lp in top})
         text_offsets.append(offset)
         offset += len(text)
-    return CompletionLogprobs(
+    # model_construct: an echoed prompt's first token has null logprobs, as on OpenAI's
+    # wire, though the SDK type declares floats.
+    return CompletionLogprobs.model_construct(
         tokens=tokens, token_logprobs=token_logprobs, top_logprobs=top_logprobs, text_offset=text_offsets
     )
+
+
+def with_prompt(
+    choice: Generated, *, echo: PromptEcho, prompt_ids: list[int], prompt_logprobs: list[dict | None] | None, echo_only: bool
+) -> Generated:
+    """`choice` (whole, or its first streamed piece) as completions' `echo` returns it: the
+    prompt's text, tokens and logprobs first; with `echo_only` (max_tokens 0) nothing else."""
+    logprobs = None
+    if choice.logprobs is not None:
+        positions = list(prompt_logprobs or [None] * len(prompt_ids))
+        first = prompt_ids[0]
+        positions[0] = {first: Logprob(logprob=None, rank=None, decoded_token=echo.first_token)}
+        logprobs = positions + ([] if echo_only else list(choice.logprobs))
+    finished = choice.finish_reason is not None
+    return Generated(
+        index=choice.index,
+        prompt_index=choice.prompt_index,
+        text=echo.text + ("" if echo_only else choice.text),
+        token_ids=list(prompt_ids) + ([] if echo_only else choice.token_ids),
+        logprobs=logprobs,
+        finish_reason=("length" if finished else None) if echo_only else choice.finish_reason,
+        stop_reason=None if echo_only else choice.stop_reason,
+        entropies=[] if echo_only else choice.entropies,
+    )
+
+
+def prompt_logprobs_field(positions: list[dict | None] | None) -> list[dict | None] | None:
+    """vLLM's `prompt_logprobs` extension: per prompt token, {token id: {logprob, rank,
+    decoded_token}} for the token and the top k (null for the first token)."""
+    if positions is None:
+        return None
+    return [
+        None
+        if position is None
+        else {
+            str(tid): {"logprob": lp.logprob, "rank": lp.rank, "decoded_token": lp.decoded_token}
+            for tid, lp in position.items()
+        }
+        for position in positions
+    ]
 
 
 def chat_logprobs(choice: Generated, num_top: int) -> list[ChatCompletionTokenLogprob]:
@@ -101,15 +147,16 @@ def completion(
     usage: CompletionUsage | None = None,
     text_offsets: dict[int, int] | None = None,
     entropy: dict[int, dict] | None = None,
+    prompt_logprobs: dict[int, list] | None = None,
     extensions: dict | None = None,
 ) -> Completion:
     """A Completion (also the shape of each streamed chunk).
 
     `text_offsets` gives, per choice index, the characters already streamed, so that
-    logprobs' text_offset counts from the start of the whole completion; `entropy`, per
-    choice index, its `entropy` field; `extensions`, fields of the whole reply.
+    logprobs' text_offset counts from the start of the whole completion; `entropy` and
+    `prompt_logprobs`, per choice index, those fields; `extensions`, fields of the whole reply.
     """
-    text_offsets, entropy = text_offsets or {}, entropy or {}
+    text_offsets, entropy, prompt_logprobs = text_offsets or {}, entropy or {}, prompt_logprobs or {}
     return Completion(
         id=request_id,
         object="text_completion",
@@ -126,6 +173,7 @@ def completion(
                 if num_top_logprobs is None
                 else completion_logprobs(choice, num_top_logprobs, text_offsets.get(choice.index, 0)),
                 **({"entropy": entropy[choice.index]} if choice.index in entropy else {}),
+                **({"prompt_logprobs": prompt_logprobs[choice.index]} if choice.index in prompt_logprobs else {}),
             )
             for choice in choices
         ],
@@ -225,6 +273,39 @@ def entropy_field(tokens: list[TokenEntropy], summary: bool) -> dict:
     return field
 
 
+def generation_reply(plan: RequestPlan, result: Result, extensions: dict | None = None) -> Completion | ChatCompletion:
+    """An ordinary generation's whole reply: completions' echo and vLLM's prompt
+    logprobs (per choice on completions, per reply on chat, as vLLM places them) applied."""
+    choices = result.choices
+    if plan.echo is not None:
+        choices = [
+            with_prompt(
+                c,
+                echo=plan.echo[c.prompt_index],
+                prompt_ids=result.prompt_token_ids[c.prompt_index],
+                prompt_logprobs=result.prompt_logprobs[c.prompt_index],
+                echo_only=plan.echo_only,
+            )
+            for c in choices
+        ]
+    extensions = dict(extensions or {})
+    choice_prompt_logprobs = None
+    if plan.return_prompt_logprobs:
+        fields = [prompt_logprobs_field(positions) for positions in result.prompt_logprobs]
+        if plan.chat:
+            extensions["prompt_logprobs"] = fields[0]
+        else:
+            choice_prompt_logprobs = {c.index: fields[c.prompt_index] for c in choices}
+    return whole_reply(
+        plan=plan,
+        choices=choices,
+        usage=usage(result.num_prompt_tokens, 0 if plan.echo_only else result.num_completion_tokens),
+        return_entropy=plan.return_entropy,
+        extensions=extensions,
+        prompt_logprobs=choice_prompt_logprobs,
+    )
+
+
 def whole_reply(
     *,
     plan: RequestPlan,
@@ -232,10 +313,11 @@ def whole_reply(
     usage: CompletionUsage,
     return_entropy: bool,
     extensions: dict | None = None,
+    prompt_logprobs: dict[int, list] | None = None,
 ) -> Completion | ChatCompletion:
     """The whole (non-streamed) reply of `plan`'s endpoint, each choice with its
     `entropy` field (summary included) when `return_entropy`."""
-    build = chat_completion_response if plan.chat else completion
+    build = chat_completion_response if plan.chat else functools.partial(completion, prompt_logprobs=prompt_logprobs)
     return build(
         request_id=plan.request_id,
         model=plan.model,

@@ -9,6 +9,7 @@ that finishes a choice also carries the choice's summary. With
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 
 from openai.types import Completion
@@ -26,22 +27,46 @@ async def completion_chunks(engine: EngineHolder, store: EntropyStore, plan: Req
     num_completion = 0
     num_prompt_by_index: dict[int, int] = {}
     text_offsets: dict[int, int] = {}  # choice index -> characters streamed so far
+    prompt_logprobs: dict[int, list] = {}  # prompt index -> vLLM's, from its job's first output
     entropy = EntropyAccumulator(plan.return_entropy)
     async for step in submission.stream(engine, store, plan):
         num_prompt_by_index.setdefault(step.prompt_index, step.num_prompt_tokens)
-        num_completion += sum(len(c.token_ids) for c in step.choices)
+        if not plan.echo_only:
+            num_completion += sum(len(c.token_ids) for c in step.choices)
+        if step.prompt_logprobs is not None:
+            prompt_logprobs.setdefault(step.prompt_index, step.prompt_logprobs)
+        choices = step.choices
+        if plan.echo is not None:  # the prompt comes first in a choice's first chunk
+            choices = [_echoed(plan, c, step, prompt_logprobs, first=c.index not in text_offsets) for c in choices]
         yield responses.completion(
             **reply,
-            choices=step.choices,
+            choices=choices,
             num_top_logprobs=plan.num_top_logprobs,
             text_offsets=text_offsets,
-            entropy=entropy.fields(step.choices),
+            entropy=entropy.fields(choices),
         )
-        for choice in step.choices:
+        for choice in choices:
             text_offsets[choice.index] = text_offsets.get(choice.index, 0) + len(choice.text)
     if plan.include_usage:
         usage = responses.usage(sum(num_prompt_by_index.values()), num_completion)
         yield responses.completion(**reply, choices=[], num_top_logprobs=None, usage=usage)
+
+
+def _echoed(plan: RequestPlan, choice: Generated, step: submission.Step, prompt_logprobs: dict[int, list], first: bool) -> Generated:
+    if first:
+        return responses.with_prompt(
+            choice,
+            echo=plan.echo[choice.prompt_index],
+            prompt_ids=plan.prompt_token_ids(choice.prompt_index),
+            prompt_logprobs=prompt_logprobs.get(choice.prompt_index),
+            echo_only=plan.echo_only,
+        )
+    if plan.echo_only:  # nothing after the prompt: a later piece is of the dropped token
+        return dataclasses.replace(
+            choice, text="", token_ids=[], logprobs=None if choice.logprobs is None else [], entropies=[], stop_reason=None,
+            finish_reason=None if choice.finish_reason is None else "length",
+        )
+    return choice
 
 
 async def chat_chunks(engine: EngineHolder, store: EntropyStore, plan: RequestPlan) -> AsyncIterator[ChatCompletionChunk]:

@@ -60,6 +60,9 @@ class Step:
     num_prompt_tokens: int
     num_cached_tokens: int  # prompt tokens vLLM's prefix cache served (first output of a job)
     choices: list[Generated]
+    # vLLM's per prompt token {token id: Logprob} (None for the first token), when asked
+    # for; only in a job's first output.
+    prompt_logprobs: list[dict | None] | None = None
 
 
 @dataclass
@@ -69,6 +72,7 @@ class Result:
     prompt_token_ids: list[list[int]]  # per prompt
     choices: list[Generated]
     num_cached_tokens: int = 0  # over every job
+    prompt_logprobs: list[list[dict | None] | None] = field(default_factory=list)  # per prompt, when asked for
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -115,6 +119,7 @@ async def stream(engine: EngineHolder, store: EntropyStore, plan: RequestPlan) -
                 num_prompt_tokens=len(output.prompt_token_ids or ()),
                 num_cached_tokens=output.num_cached_tokens or 0,
                 choices=choices,
+                prompt_logprobs=None if output.prompt_logprobs is None else list(output.prompt_logprobs),
             )
             num_new_tokens = _account_tokens(plan, step)
             if first_token_at is None and num_new_tokens:
@@ -142,8 +147,8 @@ async def stream(engine: EngineHolder, store: EntropyStore, plan: RequestPlan) -
 
 async def run(engine: EngineHolder, store: EntropyStore, plan: RequestPlan) -> Result:
     """Every choice whole."""
-    prompt_token_ids = {job.prompt_index: job.token_ids for job in plan.jobs}
     choices: dict[int, Generated] = {}
+    prompt_logprobs: dict[int, list[dict | None]] = {}
     num_cached_tokens = 0
     counted_cache: set[str] = set()  # jobs whose prefix-cache hits are counted
     async for step in stream(engine, store, plan):
@@ -152,13 +157,16 @@ async def run(engine: EngineHolder, store: EntropyStore, plan: RequestPlan) -> R
                 choices[piece.index].extend(piece)
             else:
                 choices[piece.index] = piece
+        if step.prompt_logprobs is not None:
+            prompt_logprobs.setdefault(step.prompt_index, step.prompt_logprobs)
         if step.job_key not in counted_cache:
             counted_cache.add(step.job_key)
             num_cached_tokens += step.num_cached_tokens
     return Result(
-        prompt_token_ids=[prompt_token_ids[p] for p in range(plan.num_prompts)],
+        prompt_token_ids=[plan.prompt_token_ids(p) for p in range(plan.num_prompts)],
         choices=[choices[i] for i in sorted(choices)],
         num_cached_tokens=num_cached_tokens,
+        prompt_logprobs=[prompt_logprobs.get(p) for p in range(plan.num_prompts)],
     )
 
 

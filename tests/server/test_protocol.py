@@ -48,11 +48,29 @@ def test_every_sampling_field_reaches_vllm():
 @pytest.mark.parametrize(
     "fields",
     [{"temperature": 2.01}, {"top_p": 0.0}, {"n": 0}, {"max_tokens": 0}, {"seed": 2**64}, {"logprobs": 21},
-     {"stop": [""]}, {"stream_options": {"include_usage": True}}, {"echo": True}, {"prompt": []}],
+     {"stop": [""]}, {"stream_options": {"include_usage": True}}, {"suffix": "x"}, {"prompt": []},
+     {"prompt_logprobs": 21}, {"prompt_logprobs": -1}, {"prompt_logprobs": 1, "stream": True},
+     {"echo": True, "strategy": "self_consistency"}, {"prompt_logprobs": 0, "strategy": "self_consistency"}],
 )
 def test_invalid_values_raise(fields):
     with pytest.raises(ValidationError):
         CompletionRequest(**{"model": "m", "prompt": "p", **fields})
+
+
+def test_echo_with_logprobs_scores_the_prompt():
+    request = completion(echo=True, max_tokens=0, logprobs=3)
+    assert request.echo_only
+    assert request.num_prompt_logprobs() == 3
+    assert sampling_params(request, 1).prompt_logprobs == 3
+    # An explicit prompt_logprobs wins; without echo, logprobs score only generated tokens.
+    assert completion(echo=True, logprobs=3, prompt_logprobs=5).num_prompt_logprobs() == 5
+    assert completion(logprobs=3).num_prompt_logprobs() is None
+    assert not completion(echo=True, max_tokens=2).echo_only
+
+
+def test_max_tokens_zero_needs_echo():
+    with pytest.raises(ValidationError, match="only allowed with echo"):
+        CompletionRequest(model="m", prompt="p", max_tokens=0)
 
 
 def test_vllm_cross_field_errors_become_bad_request():

@@ -65,11 +65,4 @@ class StrategyContext:
         if plan.stream:
             chunks = streaming.chat_chunks if plan.chat else streaming.completion_chunks
             return await ChunkStream.start(chunks(self.engine, self.store, plan), extensions)
-        result = await self.run(plan)
-        return responses.whole_reply(
-            plan=plan,
-            choices=result.choices,
-            usage=responses.usage(result.num_prompt_tokens, result.num_completion_tokens),
-            return_entropy=plan.return_entropy,
-            extensions=extensions,
-        )
+        return responses.generation_reply(plan, await self.run(plan), extensions)
