@@ -8,10 +8,12 @@ import logging
 import sys
 
 from entropy_serve import model_store
-from entropy_serve.commands import calibrate, prepare_model, serve, train_probe
+from entropy_serve.commands import batch, calibrate, prepare_model, score, serve, train_probe
 
 COMMANDS = {
     "serve": serve,
+    "batch": batch,
+    "score": score,
     "prepare-model": prepare_model,
     "calibrate": calibrate,
     "train-probe": train_probe,

@@ -11,7 +11,7 @@ import argparse
 import os
 from pathlib import Path
 
-from entropy_serve import model_store
+from entropy_serve import calibration, model_store
 
 CPU_KV_CACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"
 DEFAULT_CPU_KV_CACHE_GIB = "4"
@@ -65,6 +65,44 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--block-size", type=positive_int, help="KV cache block size in tokens (default: vLLM's); prefix caching reuses whole blocks"
     )
+
+
+def add_answering_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags of what requests may ask for and what answers them beyond the engine: limits,
+    the entropy profile, the difficulty probe. `answering_settings` reads them back."""
+    parser.add_argument("--max-n", type=positive_int, default=16, help="largest n a request may ask for")
+    parser.add_argument(
+        "--max-leaves", type=positive_int, default=64,
+        help="most samples one strategy request may generate (self_consistency n; entropy_fork M*(1+N*B))",
+    )
+    parser.add_argument("--max-tokens-limit", type=positive_int, help="largest max_tokens a request may ask for")
+    parser.add_argument("--max-prompt-tokens", type=positive_int, help="longest prompt accepted, in tokens")
+    parser.add_argument(
+        "--entropy-profile", type=existing_path,
+        help="token-entropy profile for hapo (default: the shipped one of the embedded model)",
+    )
+    parser.add_argument("--probe", type=existing_path, help="difficulty probe folder (from train-probe): enables strategy 'difficulty'")
+    parser.add_argument("--difficulty-table", type=existing_path, help="JSON overriding the per-class strategies (see README)")
+
+
+def answering_settings(args: argparse.Namespace) -> dict:
+    """ServerConfig fields of `add_answering_flags`' flags."""
+    profile = args.entropy_profile
+    if profile is None and args.model is None:
+        profile = calibration.default_profile_path(model_store.DEFAULT_MODEL_NAME)
+    return dict(
+        max_n=args.max_n,
+        max_leaves=args.max_leaves,
+        max_tokens_limit=args.max_tokens_limit,
+        max_prompt_tokens=args.max_prompt_tokens,
+        entropy_profile=_str(profile),
+        probe=_str(args.probe),
+        difficulty_table=_str(args.difficulty_table),
+    )
+
+
+def _str(path: Path | None) -> str | None:
+    return str(path) if path else None
 
 
 def server_config(args: argparse.Namespace, **extra):

@@ -7,10 +7,8 @@ import asyncio
 import os
 import signal
 import sys
-from pathlib import Path
 
-from entropy_serve import calibration, model_store
-from entropy_serve.commands.flags import add_engine_flags, existing_path, positive_int, server_config
+from entropy_serve.commands.flags import add_answering_flags, add_engine_flags, answering_settings, positive_int, server_config
 
 HELP = "run the OpenAI-compatible server"
 API_KEY_ENV = "ENTROPY_SERVE_API_KEY"
@@ -23,19 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV), help=f"require this bearer key on /v1 (env {API_KEY_ENV})")
     parser.add_argument("--max-body-bytes", type=positive_int, default=4 * 1024 * 1024)
-    parser.add_argument("--max-n", type=positive_int, default=16, help="largest n a request may ask for")
-    parser.add_argument(
-        "--max-leaves", type=positive_int, default=64,
-        help="most samples one strategy request may generate (self_consistency n; entropy_fork M*(1+N*B))",
-    )
-    parser.add_argument("--max-tokens-limit", type=positive_int, help="largest max_tokens a request may ask for")
-    parser.add_argument("--max-prompt-tokens", type=positive_int, help="longest prompt accepted, in tokens")
-    parser.add_argument(
-        "--entropy-profile", type=existing_path,
-        help="token-entropy profile for hapo (default: the shipped one of the embedded model)",
-    )
-    parser.add_argument("--probe", type=existing_path, help="difficulty probe folder (from train-probe): enables strategy 'difficulty'")
-    parser.add_argument("--difficulty-table", type=existing_path, help="JSON overriding the per-class strategies (see README)")
+    add_answering_flags(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,22 +30,13 @@ def run(args: argparse.Namespace) -> int:
     from entropy_serve.server.app import create_app
     from entropy_serve.server.service import Service
 
-    profile = args.entropy_profile
-    if profile is None and args.model is None:
-        profile = calibration.default_profile_path(model_store.DEFAULT_MODEL_NAME)
     config = server_config(
         args,
         host=args.host,
         port=args.port,
         api_key=args.api_key or None,
         max_body_bytes=args.max_body_bytes,
-        max_n=args.max_n,
-        max_leaves=args.max_leaves,
-        max_tokens_limit=args.max_tokens_limit,
-        max_prompt_tokens=args.max_prompt_tokens,
-        entropy_profile=_str(profile),
-        probe=_str(args.probe),
-        difficulty_table=_str(args.difficulty_table),
+        **answering_settings(args),
     )
     server: uvicorn.Server | None = None
 
@@ -86,7 +63,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"entropy-serve: {service.engine.failure}", file=sys.stderr)
         return 1
     return 0
-
-
-def _str(path: Path | None) -> str | None:
-    return str(path) if path else None

@@ -23,15 +23,24 @@ from vllm.v1.engine.async_llm import AsyncLLM
 POOLING_MEMORY_FRACTION = 0.1
 
 
-def pooling_engine_args(model: str, max_model_len: int | None, dtype: str, enforce_eager: bool) -> AsyncEngineArgs:
+def pooling_engine_args(
+    model: str,
+    max_model_len: int | None,
+    dtype: str,
+    enforce_eager: bool,
+    pooling_type: str = "LAST",
+    memory_fraction: float = POOLING_MEMORY_FRACTION,
+) -> AsyncEngineArgs:
+    """A pooling engine of the model's final hidden states (after the final norm, no
+    activation): at the last token (LAST) or every token (ALL, offline/score.py's)."""
     return AsyncEngineArgs(
         model=model,
         runner="pooling",
-        pooler_config=PoolerConfig(pooling_type="LAST", use_activation=False),
+        pooler_config=PoolerConfig(pooling_type=pooling_type, use_activation=False),
         max_model_len=max_model_len,
         dtype=dtype,
         enforce_eager=enforce_eager,
-        gpu_memory_utilization=POOLING_MEMORY_FRACTION,
+        gpu_memory_utilization=memory_fraction,
         enable_prefix_caching=False,
         disable_log_stats=True,
         enable_log_requests=False,

@@ -1,0 +1,85 @@
+"""`entropy-serve score`: per-token log-probability and entropy of given text, offline.
+
+    entropy-serve score -i data.jsonl -o scores.jsonl [--probe DIR]
+
+Each input line is {"prompt" or "messages", optional "completion", optional
+"custom_id"}; offline/score.py says what is scored and how. Progress, bad records and
+resuming behave as in `entropy-serve batch`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import sys
+from pathlib import Path
+
+from entropy_serve.commands.batch import add_in_flight_flags
+from entropy_serve.commands.flags import add_engine_flags, existing_path, positive_int, server_config
+
+HELP = "score a JSONL file: per-token log-probabilities and exact entropies (resumable)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-i", "--input-file", type=Path, required=True, help="records: prompt or messages, optional completion")
+    parser.add_argument("-o", "--output-file", type=Path, required=True, help="scores JSONL (appended to; rerun to resume)")
+    parser.add_argument("--window", type=positive_int, default=16, help="tokens in the reported highest-entropy window")
+    parser.add_argument("--probe", type=existing_path, help="difficulty probe folder (from train-probe): adds each prompt's class")
+    add_in_flight_flags(parser)
+    add_engine_flags(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from entropy_serve.offline.records import RecordsError, ResumableOutput, pending, read_input
+
+    try:
+        lines = read_input(args.input_file)
+        output = ResumableOutput(args.output_file)
+    except (RecordsError, OSError) as error:
+        print(f"entropy-serve score: {error}", file=sys.stderr)
+        return 2
+    with output:
+        todo = pending(lines, output.done)
+        if not todo:
+            print(f"entropy-serve score: all {len(lines)} lines are already in {args.output_file}", file=sys.stderr)
+            return 0
+        config = server_config(args, probe=str(args.probe) if args.probe else None)
+        status = asyncio.run(_score(config, todo, len(lines) - len(todo), output, args))
+    # The engine sits in reference cycles: collect it now, while vLLM's modules are still
+    # whole, not at interpreter exit (where its __del__ fails on torn-down globals).
+    gc.collect()
+    return status
+
+
+async def _score(config, todo, num_done, output, args) -> int:
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    from entropy_serve.offline.runner import OutputOrder, answer_lines
+    from entropy_serve.offline.score import Scorer, output_projection
+    from entropy_serve.probes.features import pooling_engine_args
+    from entropy_serve.probes.router import DifficultyRouter
+    from entropy_serve.server.engine import engine_args
+
+    weight = output_projection(config.model)
+    dtype = engine_args(config).create_model_config().dtype  # the generation engine's, not the pooler's own pick
+    args_ = pooling_engine_args(
+        config.model, config.max_model_len, str(dtype).removeprefix("torch."), config.enforce_eager,
+        pooling_type="ALL", memory_fraction=config.gpu_memory_utilization,
+    )
+    engine = await asyncio.to_thread(AsyncLLM.from_engine_args, args_)
+    router = DifficultyRouter.load(config)
+    try:
+        if router is not None:
+            await router.start(dtype)
+        scorer = Scorer(engine, weight.to(dtype), config.served_model_name, router, args.window)
+        tally = await answer_lines(
+            todo, num_done, scorer.answer, output,
+            max_in_flight=args.max_in_flight, order=OutputOrder(args.output_order), description="score",
+        )
+    finally:
+        if router is not None:
+            router.stop()
+        engine.shutdown()
+    print(tally.summary("entropy-serve score", "scored"), file=sys.stderr)
+    return 0
