@@ -14,7 +14,8 @@ def test_every_command_has_help_flags_and_a_run_function():
     parser = build_parser()
     for name, command in COMMANDS.items():
         assert command.HELP and callable(command.add_arguments) and callable(command.run)
-        assert parser.parse_args([name, *(["--out", "x"] if name in ("calibrate", "train-probe") else [])]).command == name
+        required = {"calibrate": ["--out", "x"], "train-probe": ["--out", "x"], "batch": ["-i", "a", "-o", "b"], "score": ["-i", "a", "-o", "b"]}
+        assert parser.parse_args([name, *required.get(name, [])]).command == name
 
 
 @pytest.mark.parametrize(
@@ -26,6 +27,9 @@ def test_every_command_has_help_flags_and_a_run_function():
         (["serve", "--probe", "/no/such/probe"], "argument --probe: /no/such/probe does not exist"),
         (["train-probe", "--out", "x", "--samples", "-2"], "argument --samples: must be at least 1, got -2"),
         (["calibrate"], "the following arguments are required: --out"),
+        (["batch", "-i", "in.jsonl"], "the following arguments are required: -o/--output-file"),
+        (["batch", "-i", "a", "-o", "b", "--output-order", "random"], "argument --output-order: invalid choice: 'random'"),
+        (["score", "-i", "a", "-o", "b", "--window", "0"], "argument --window: must be at least 1, got 0"),
     ],
 )
 def test_bad_flags_are_usage_errors_naming_the_flag(argv, message, capsys):
