@@ -1,8 +1,12 @@
-"""Helpers the end-to-end tests share: reading the server's Prometheus metrics."""
+"""Helpers the end-to-end tests share: the server's Prometheus metrics, running commands."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 import time
 
 import httpx
@@ -26,3 +30,23 @@ def wait_for(condition, timeout_s: float = 20) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def command_env() -> dict[str, str]:
+    """The environment engine-starting commands run in (a small CPU KV cache, as the servers')."""
+    return {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2"}
+
+
+def cli_command(*args) -> list[str]:
+    return [sys.executable, "-m", "entropy_serve", *map(str, args)]
+
+
+def run_cli(*args, timeout_s: float = 600) -> subprocess.CompletedProcess:
+    """Run an `entropy-serve` command to the end; its output is shown when it fails."""
+    done = subprocess.run(cli_command(*args), env=command_env(), capture_output=True, text=True, timeout=timeout_s)
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stderr[-4000:]}"
+    return done
+
+
+def write_jsonl(path, records) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
