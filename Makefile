@@ -1,7 +1,8 @@
 # Two commands do all the set-up on a fresh machine:
 #   make serve   - install into .venv, prepare the embedded model, run the server
 #   make test    - install into .venv (with test tools), lint, run the whole test suite
-# Also: make test-fast (everything that starts no engine, under a minute), make lint.
+# Also: make test-fast (everything that starts no engine, under a minute), make lint,
+# make lm-eval (lm-evaluation-harness, a client the tests drive, in its own venv).
 # On a machine with an NVIDIA GPU (nvidia-smi present) the `gpu` extra is installed
 # instead of `cpu`.
 
@@ -10,9 +11,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 STAMP := $(VENV)/.installed-$(EXTRA)
+# lm-evaluation-harness is a client of the server: its own venv, so its pins never touch ours.
+LM_EVAL_VENV := .venv-lmeval
+LM_EVAL_STAMP := $(LM_EVAL_VENV)/.installed
+LM_EVAL_PACKAGES := "lm_eval[api]==0.4.13" "transformers>=4.45"
 SERVE_ARGS ?=
 
-.PHONY: install serve test test-fast lint bench clean
+.PHONY: install serve test test-fast lint lm-eval bench clean
 
 install: $(STAMP)
 
@@ -30,7 +35,15 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(BIN)/entropy-serve serve $(SERVE_ARGS)
 
-test: lint
+lm-eval: $(LM_EVAL_STAMP)
+
+$(LM_EVAL_STAMP):
+	$(PYTHON) -m venv $(LM_EVAL_VENV)
+	$(LM_EVAL_VENV)/bin/pip install --upgrade pip
+	$(LM_EVAL_VENV)/bin/pip install $(LM_EVAL_PACKAGES)
+	touch $(LM_EVAL_STAMP)
+
+test: lint lm-eval
 	$(BIN)/entropy-serve prepare-model
 	$(BIN)/python -m pytest -v --durations=15
 
@@ -46,4 +59,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(LM_EVAL_VENV)
