@@ -70,7 +70,8 @@ def test_score_positions_in_chunks_equal_one_pass(monkeypatch):
     whole = score_positions(hidden, weight, targets)
     monkeypatch.setattr(score, "ROWS_PER_MATMUL", 3)
     chunked = score_positions(hidden, weight, targets)
-    assert all(torch.equal(a, b) for a, b in zip(whole, chunked))
+    # Equal up to float32 rounding: a matmul's blocking (and so its sums' order) depends on its row count.
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(whole, chunked))
 
 
 def test_highest_entropy_window_by_hand():

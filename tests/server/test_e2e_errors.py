@@ -52,7 +52,8 @@ BAD_COMPLETIONS = [
     ({"prompt": [10**9]}, "prompt"),
     ({"prompt": None}, "prompt"),
     ({"stream_options": {"include_usage": True}}, "stream_options"),
-    ({"echo": True}, "echo"),
+    ({"max_tokens": 0, "echo": False}, "only allowed with echo"),
+    ({"prompt_logprobs": 21}, "prompt_logprobs"),
     ({"max_tokens": 9000}, "max_tokens"),
     ({"min_tokens": 10, "max_tokens": 5}, "min_tokens"),
     # Wrong types are refused, never coerced (OpenAI's API is strict too).
