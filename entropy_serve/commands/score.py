@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import sys
 from pathlib import Path
 
@@ -45,41 +44,20 @@ def run(args: argparse.Namespace) -> int:
             print(f"entropy-serve score: all {len(lines)} lines are already in {args.output_file}", file=sys.stderr)
             return 0
         config = server_config(args, probe=str(args.probe) if args.probe else None)
-        status = asyncio.run(_score(config, todo, len(lines) - len(todo), output, args))
-    # The engine sits in reference cycles: collect it now, while vLLM's modules are still
-    # whole, not at interpreter exit (where its __del__ fails on torn-down globals).
-    gc.collect()
-    return status
+        return asyncio.run(_score(config, todo, len(lines) - len(todo), output, args))
 
 
 async def _score(config, todo, num_done, output, args) -> int:
-    from vllm.v1.engine.async_llm import AsyncLLM
-
     from entropy_serve.offline.runner import OutputOrder, answer_lines
-    from entropy_serve.offline.score import Scorer, output_projection
-    from entropy_serve.probes.features import pooling_engine_args
-    from entropy_serve.probes.router import DifficultyRouter
-    from entropy_serve.server.engine import engine_args
+    from entropy_serve.offline.score import Scorer
 
-    weight = output_projection(config.model)
-    dtype = engine_args(config).create_model_config().dtype  # the generation engine's, not the pooler's own pick
-    args_ = pooling_engine_args(
-        config.model, config.max_model_len, str(dtype).removeprefix("torch."), config.enforce_eager,
-        pooling_type="ALL", memory_fraction=config.gpu_memory_utilization,
-    )
-    engine = await asyncio.to_thread(AsyncLLM.from_engine_args, args_)
-    router = DifficultyRouter.load(config)
+    scorer = await Scorer.start(config, args.window)
     try:
-        if router is not None:
-            await router.start(dtype)
-        scorer = Scorer(engine, weight.to(dtype), config.served_model_name, router, args.window)
         tally = await answer_lines(
             todo, num_done, scorer.answer, output,
             max_in_flight=args.max_in_flight, order=OutputOrder(args.output_order), description="score",
         )
     finally:
-        if router is not None:
-            router.stop()
-        engine.shutdown()
+        scorer.stop()
     print(tally.summary("entropy-serve score", "scored"), file=sys.stderr)
     return 0

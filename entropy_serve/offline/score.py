@@ -31,10 +31,15 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from safetensors import safe_open
 from vllm import PoolingParams
+from vllm.v1.engine.async_llm import AsyncLLM
 
 from entropy_serve.offline.records import InputLine
 from entropy_serve.offline.runner import Answered
+from entropy_serve.probes.features import pooling_engine_args
+from entropy_serve.probes.router import DifficultyRouter
 from entropy_serve.samplers.entropy import shifted_log_normalizer_and_entropy
+from entropy_serve.server.config import ServerConfig
+from entropy_serve.server.engine import engine_args
 from entropy_serve.server.errors import APIError, validation_message
 from entropy_serve.server.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest
 from entropy_serve.server.rendering import Renderer
@@ -132,9 +137,10 @@ class TokenizerOnly:
 
 
 class Scorer:
-    """Scores records on a started pooling engine (ALL positions) of the model."""
+    """Scores records on a pooling engine (ALL positions) of the model, and the difficulty
+    router's engine when the config names a probe; `start` makes one, `stop` ends both."""
 
-    def __init__(self, engine, weight: torch.Tensor, model: str, router=None, window: int = 16):
+    def __init__(self, engine: AsyncLLM, weight: torch.Tensor, model: str, router: DifficultyRouter | None, window: int):
         self.engine = engine
         self.weight = weight
         self.model = model
@@ -143,6 +149,34 @@ class Scorer:
         self.tokenizer = engine.get_tokenizer()
         self.renderer = Renderer(TokenizerOnly(self.tokenizer))
         self.max_model_len = engine.vllm_config.model_config.max_model_len
+
+    @classmethod
+    async def start(cls, config: ServerConfig, window: int) -> Scorer:
+        # The generation engine's dtype, not the one a pooling runner would pick for `auto`.
+        dtype = engine_args(config).create_model_config().dtype
+        weight = output_projection(config.model).to(dtype)
+        args = pooling_engine_args(
+            config.model, config.max_model_len, str(dtype).removeprefix("torch."), config.enforce_eager,
+            pooling_type="ALL", memory_fraction=config.gpu_memory_utilization,
+        )
+        scorer = cls(await asyncio.to_thread(AsyncLLM.from_engine_args, args), weight, config.served_model_name,
+                     DifficultyRouter.load(config), window)
+        if scorer.router is not None:
+            try:
+                await scorer.router.start(dtype)
+            except BaseException:
+                scorer.stop()
+                raise
+        return scorer
+
+    def stop(self) -> None:
+        # Dropped as well as shut down, as EngineHolder.stop does (an engine left for the
+        # interpreter's exit runs its shutdown again when vLLM's modules are torn down).
+        engine, self.engine = self.engine, None
+        if self.router is not None:
+            self.router.stop()
+        if engine is not None:
+            engine.shutdown()
 
     async def answer(self, line: InputLine) -> Answered:
         """The line's score record, or its error record (a bad record is not fatal)."""
