@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from entropy_serve.commands.flags import add_answering_flags, add_engine_flags, answering_settings, positive_int, server_config
@@ -39,21 +40,28 @@ def add_in_flight_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    return answer_pending(
+        args, "batch", lambda todo, num_done, output: _answer(server_config(args, **answering_settings(args)), todo, num_done, output, args)
+    )
+
+
+def answer_pending(args: argparse.Namespace, command: str, answer: Callable[..., Awaitable[int]]) -> int:
+    """What `batch` and `score` share: read the input, open the output to resume it, and
+    `answer(todo, num_done, output)` the lines not yet in it (nothing starts when none is left)."""
     from entropy_serve.offline.records import RecordsError, ResumableOutput, pending, read_input
 
     try:
         lines = read_input(args.input_file)
         output = ResumableOutput(args.output_file)
     except (RecordsError, OSError) as error:
-        print(f"entropy-serve batch: {error}", file=sys.stderr)
+        print(f"entropy-serve {command}: {error}", file=sys.stderr)
         return 2
     with output:
         todo = pending(lines, output.done)
         if not todo:
-            print(f"entropy-serve batch: all {len(lines)} lines are already in {args.output_file}", file=sys.stderr)
+            print(f"entropy-serve {command}: all {len(lines)} lines are already in {args.output_file}", file=sys.stderr)
             return 0
-        config = server_config(args, **answering_settings(args))
-        return asyncio.run(_answer(config, todo, len(lines) - len(todo), output, args))
+        return asyncio.run(answer(todo, len(lines) - len(todo), output))
 
 
 async def _answer(config, todo, num_done, output, args) -> int:

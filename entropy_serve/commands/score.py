@@ -10,11 +10,10 @@ resuming behave as in `entropy-serve batch`.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 
-from entropy_serve.commands.batch import add_in_flight_flags
+from entropy_serve.commands.batch import add_in_flight_flags, answer_pending
 from entropy_serve.commands.flags import add_engine_flags, existing_path, positive_int, server_config
 
 HELP = "score a JSONL file: per-token log-probabilities and exact entropies (resumable)"
@@ -30,21 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from entropy_serve.offline.records import RecordsError, ResumableOutput, pending, read_input
+    def answer(todo, num_done, output):
+        return _score(server_config(args, probe=str(args.probe) if args.probe else None), todo, num_done, output, args)
 
-    try:
-        lines = read_input(args.input_file)
-        output = ResumableOutput(args.output_file)
-    except (RecordsError, OSError) as error:
-        print(f"entropy-serve score: {error}", file=sys.stderr)
-        return 2
-    with output:
-        todo = pending(lines, output.done)
-        if not todo:
-            print(f"entropy-serve score: all {len(lines)} lines are already in {args.output_file}", file=sys.stderr)
-            return 0
-        config = server_config(args, probe=str(args.probe) if args.probe else None)
-        return asyncio.run(_score(config, todo, len(lines) - len(todo), output, args))
+    return answer_pending(args, "score", answer)
 
 
 async def _score(config, todo, num_done, output, args) -> int:
