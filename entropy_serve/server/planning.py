@@ -74,6 +74,13 @@ def plan_sampler(request: SamplingRequest, profile: EntropyProfile | None) -> Sa
     labels = labels or ("vllm",)
     if not (typical or adaptive is not None or request.return_entropy):
         return SamplerPlan(Chain.VLLM, SamplerParams(), labels)
+    constraints = request.token_constraints()
+    if constraints:
+        raise BadRequest(
+            f"{constraints[0]}: cannot be combined with typical_p, adaptive_temperature or return_entropy yet "
+            "(vLLM applies it before our sampler measures the model's entropy, which would then be misreported)",
+            param=constraints[0],
+        )
     penalties = request.penalties()
     if is_greedy(request):
         if adaptive is not None:
@@ -136,6 +143,9 @@ def engine_sampling_params(request: SamplingRequest, sampler: SamplerPlan, max_t
             ignore_eos=request.ignore_eos,
             logprobs=request.num_top_logprobs(),
             prompt_logprobs=request.num_prompt_logprobs(),
+            logit_bias={int(token): bias for token, bias in request.logit_bias.items()} if request.logit_bias else None,
+            allowed_token_ids=request.allowed_token_ids,
+            bad_words=request.bad_words,
             extra_args=request.vllm_xargs,
             output_kind=RequestOutputKind.DELTA,  # submission.py accumulates or streams deltas
             **{k: v for k, v in optional.items() if v is not None},

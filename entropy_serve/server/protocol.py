@@ -2,9 +2,13 @@
 
 Every field the OpenAI SDK sends for completions and chat is typed with its valid range
 and validated strictly, as OpenAI's API does: `"n": "7"`, `"logprobs": true` on
-completions or `"prompt": [true]` are 400s naming the field, never coerced. Unknown
-fields are ignored with a log line, as vLLM's own server does. Which sampler runs the
-request and what vLLM is asked for is decided later, once, in planning.py.
+completions or `"prompt": [true]` are 400s naming the field, never coerced. Each of
+OpenAI's fields is one of three kinds (the README's field table): honoured; accepted and
+ignored because it cannot change the output (`IGNORED`: `user`, `metadata`, `store`...);
+or refused with a 400 naming it unless it holds its neutral value (`NOT_SUPPORTED`:
+tools, structured outputs...), so no client gets a wrong answer with a 200. Fields
+that are not OpenAI's are ignored with a log line, as vLLM's own server does. Which
+sampler runs the request and what vLLM is asked for is decided later, once, in planning.py.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from entropy_serve.server.extensions import ExtensionFields
 
@@ -24,6 +28,49 @@ MAX_TOP_LOGPROBS = 20
 Seed = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 PENALTIES = ("presence_penalty", "frequency_penalty", "repetition_penalty")
+LOGIT_BIAS_LIMIT = 100.0  # OpenAI's range: [-100, 100]
+LogitBias = Annotated[float, Field(ge=-LOGIT_BIAS_LIMIT, le=LOGIT_BIAS_LIMIT)]
+
+# OpenAI fields that cannot change what is generated: accepted and ignored.
+IGNORED = (
+    "user", "metadata", "store", "service_tier", "safety_identifier",
+    "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options", "parallel_tool_calls",
+)
+# OpenAI fields this server does not honour: a 400 naming them unless they hold their
+# neutral value (what a client that does not use them may still send).
+NOT_SUPPORTED = {
+    "response_format": ({"type": "text"},),
+    "tools": ([],),
+    "tool_choice": ("none",),
+    "functions": ([],),
+    "function_call": ("none",),
+    "modalities": (["text"],),
+    "audio": (),
+    "prediction": (),
+    "web_search_options": (),
+    "reasoning_effort": (),
+    "verbosity": (),
+    "moderation": (),
+    "best_of": (1,),
+    "suffix": ("",),
+}
+NOT_SUPPORTED_WHY = {
+    "response_format": "structured outputs (json_object, json_schema) are not supported by this server yet",
+    "tools": "tool calls are not supported by this server yet",
+    "tool_choice": "tool calls are not supported by this server yet",
+    "functions": "function calls are not supported by this server yet",
+    "function_call": "function calls are not supported by this server yet",
+    "modalities": "only text output is supported",
+    "best_of": "best_of is not supported (vLLM's V1 engine has none); use n, or strategy self_consistency",
+    "suffix": "insertion (suffix) is not supported",
+}
+
+
+def refuse_unless_neutral(value: Any, info: ValidationInfo) -> Any:
+    """A NOT_SUPPORTED field's validator: its neutral values pass, anything else is a 400."""
+    if value is None or value in NOT_SUPPORTED[info.field_name]:
+        return value
+    raise ValueError(NOT_SUPPORTED_WHY.get(info.field_name, f"{info.field_name} is not supported by this server"))
 
 
 class StreamOptions(BaseModel):
@@ -45,7 +92,7 @@ class SamplingRequest(ExtensionFields):
     seed: Seed | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
-    user: str | None = None
+    logit_bias: dict[str, LogitBias] | None = None  # token id (as a string, JSON's keys) -> bias
     stream: bool = False
     stream_options: StreamOptions | None = None
     # vLLM's extras.
@@ -55,7 +102,28 @@ class SamplingRequest(ExtensionFields):
     min_tokens: int = Field(0, ge=0)
     ignore_eos: bool = False
     prompt_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    allowed_token_ids: list[int] | None = Field(None, min_length=1)
+    bad_words: list[str] | None = None
     vllm_xargs: dict[str, str | int | float | bool | list[str | int | float]] | None = None
+
+    # OpenAI's fields that cannot change the output (IGNORED), typed loosely: never read.
+    user: str | None = None
+    metadata: Any = None
+    store: Any = None
+    service_tier: Any = None
+    safety_identifier: Any = None
+    prompt_cache_key: Any = None
+    prompt_cache_retention: Any = None
+    prompt_cache_options: Any = None
+    parallel_tool_calls: Any = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_id_keys(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        bad = [key for key in (value or {}) if not key.isdecimal()]
+        if bad:
+            raise ValueError(f"keys must be token ids (decimal integers as strings), got {bad[:5]}")
+        return value
 
     @model_validator(mode="after")
     def _check_combinations(self) -> SamplingRequest:
@@ -99,6 +167,10 @@ class SamplingRequest(ExtensionFields):
     def stop_sequences(self) -> list[str] | None:
         return [self.stop] if isinstance(self.stop, str) else self.stop
 
+    def token_constraints(self) -> list[str]:
+        """The fields that change which tokens vLLM lets through before our sampler sees them."""
+        return [name for name in ("logit_bias", "allowed_token_ids", "bad_words") if getattr(self, name)]
+
     def penalties(self) -> list[str]:
         """The penalties this request sets to something other than their neutral value."""
         return [name for name in PENALTIES if getattr(self, name) not in (None, 0.0, 1.0)]
@@ -109,7 +181,10 @@ class CompletionRequest(SamplingRequest):
     max_tokens: int | None = Field(None, ge=0)  # 0 only with echo: score the prompt, generate nothing
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     echo: bool = False
-    suffix: str | None = None
+    suffix: Any = None  # NOT_SUPPORTED
+    best_of: Any = None  # NOT_SUPPORTED
+
+    _not_supported = field_validator("suffix", "best_of")(refuse_unless_neutral)
 
     @model_validator(mode="after")
     def _check_prompt(self) -> CompletionRequest:
@@ -117,8 +192,6 @@ class CompletionRequest(SamplingRequest):
             raise ValueError("max_tokens: 0 generates nothing; it is only allowed with echo (to read the prompt's logprobs)")
         if self.echo and self.strategy is not None:
             raise ValueError("echo: not available with a strategy (its reply is one of many samples)")
-        if self.suffix:
-            raise ValueError("suffix: insertion (suffix) is not supported")
         if isinstance(self.prompt, list) and not self.prompt:
             raise ValueError("prompt: must not be an empty list")
         return self
@@ -169,6 +242,24 @@ class ChatCompletionRequest(SamplingRequest):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    # NOT_SUPPORTED: a 400 unless neutral.
+    response_format: Any = None
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+    modalities: Any = None
+    audio: Any = None
+    prediction: Any = None
+    web_search_options: Any = None
+    reasoning_effort: Any = None
+    verbosity: Any = None
+    moderation: Any = None
+
+    _not_supported = field_validator(
+        "response_format", "tools", "tool_choice", "functions", "function_call", "modalities", "audio",
+        "prediction", "web_search_options", "reasoning_effort", "verbosity", "moderation",
+    )(refuse_unless_neutral)
 
     @model_validator(mode="after")
     def _check_logprobs(self) -> ChatCompletionRequest:

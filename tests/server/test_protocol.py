@@ -8,7 +8,7 @@ from vllm.sampling_params import RequestOutputKind
 
 from entropy_serve.server.errors import BadRequest
 from entropy_serve.server.planning import engine_sampling_params, plan_sampler
-from entropy_serve.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
+from entropy_serve.server.protocol import IGNORED, ChatCompletionRequest, CompletionRequest, SamplingRequest
 
 
 def completion(**fields) -> CompletionRequest:
@@ -79,8 +79,52 @@ def test_vllm_cross_field_errors_become_bad_request():
 
 
 def test_unknown_fields_are_kept_aside_not_rejected():
-    request = completion(store=True)
-    assert request.extra_fields() == {"store": True}
+    request = completion(guided_choice=["a"], store=True)
+    assert request.extra_fields() == {"guided_choice": ["a"]}  # store is OpenAI's: known, and ignored
+
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.parametrize("name", IGNORED)
+def test_fields_that_cannot_change_the_output_are_accepted(name):
+    value = "x" if name in ("user", "safety_identifier", "prompt_cache_key", "service_tier") else {"a": "b"}
+    assert ChatCompletionRequest(**CHAT, **{name: value}).extra_fields() == {}
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"tools": [{"type": "function", "function": {"name": "f"}}]}, {"tool_choice": "required"},
+     {"response_format": {"type": "json_object"}}, {"functions": [{"name": "f"}]}, {"modalities": ["text", "audio"]},
+     {"reasoning_effort": "low"}, {"audio": {"voice": "x"}}],
+)
+def test_fields_not_honoured_are_refused_naming_them(fields):
+    with pytest.raises(ValidationError) as raised:
+        ChatCompletionRequest(**CHAT, **fields)
+    assert raised.value.errors()[0]["loc"] == (next(iter(fields)),)
+
+
+def test_neutral_values_of_fields_not_honoured_pass():
+    request = ChatCompletionRequest(**CHAT, tools=[], tool_choice="none", response_format={"type": "text"}, modalities=["text"])
+    assert request.extra_fields() == {}
+    assert completion(best_of=1, suffix="").extra_fields() == {}
+    with pytest.raises(ValidationError, match="best_of"):
+        completion(best_of=3)
+
+
+def test_logit_bias_reaches_vllm_with_integer_token_ids():
+    params = sampling_params(completion(logit_bias={"9906": 100, "2": -50.5}, allowed_token_ids=[1, 2], bad_words=["x"]), 4)
+    assert params.logit_bias == {9906: 100.0, 2: -50.5}
+    assert params.allowed_token_ids == [1, 2] and params.bad_words == ["x"]
+    for bad in ({"x": 1}, {"5": 101}, {"5": "1"}):
+        with pytest.raises(ValidationError, match="logit_bias"):
+            completion(logit_bias=bad)
+
+
+@pytest.mark.parametrize("field", [{"logit_bias": {"5": 1}}, {"allowed_token_ids": [5]}, {"bad_words": ["x"]}])
+def test_token_constraints_cannot_be_measured_by_our_chain(field):
+    with pytest.raises(BadRequest, match=f"{next(iter(field))}: cannot be combined"):
+        plan_sampler(completion(return_entropy=True, **field), None)
 
 
 def test_chat_logprobs_and_token_limits():
