@@ -37,7 +37,7 @@ async def completion_chunks(engine: EngineHolder, store: EntropyStore, plan: Req
             prompt_logprobs.setdefault(step.prompt_index, step.prompt_logprobs)
         choices = step.choices
         if plan.echo is not None:  # the prompt comes first in a choice's first chunk
-            choices = [_echoed(plan, c, step, prompt_logprobs, first=c.index not in text_offsets) for c in choices]
+            choices = [_echoed(plan, c, prompt_logprobs, first=c.index not in text_offsets) for c in choices]
         yield responses.completion(
             **reply,
             choices=choices,
@@ -52,7 +52,7 @@ async def completion_chunks(engine: EngineHolder, store: EntropyStore, plan: Req
         yield responses.completion(**reply, choices=[], num_top_logprobs=None, usage=usage)
 
 
-def _echoed(plan: RequestPlan, choice: Generated, step: submission.Step, prompt_logprobs: dict[int, list], first: bool) -> Generated:
+def _echoed(plan: RequestPlan, choice: Generated, prompt_logprobs: dict[int, list], first: bool) -> Generated:
     if first:
         return responses.with_prompt(
             choice,
