@@ -83,10 +83,35 @@ def add_answering_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--probe", type=existing_path, help="difficulty probe folder (from train-probe): enables strategy 'difficulty'")
     parser.add_argument("--difficulty-table", type=existing_path, help="JSON overriding the per-class strategies (see README)")
+    add_tool_flags(parser)
+
+
+def tool_call_parser(name: str) -> str:
+    """argparse type: one of vLLM's tool-call parser names."""
+    from vllm.tool_parsers import ToolParserManager
+
+    names = sorted({*ToolParserManager.tool_parsers, *ToolParserManager.lazy_parsers})
+    if name not in names:
+        raise argparse.ArgumentTypeError(f"unknown tool-call parser {name!r}; vLLM's are: {', '.join(names)}")
+    return name
+
+
+def add_tool_flags(parser: argparse.ArgumentParser) -> None:
+    """vLLM's flags for `tool_choice: auto` (required and named choices need neither)."""
+    parser.add_argument(
+        "--enable-auto-tool-choice", action="store_true",
+        help="let the model decide whether to call tools (tool_choice auto); needs --tool-call-parser",
+    )
+    parser.add_argument(
+        "--tool-call-parser", type=tool_call_parser,
+        help="vLLM's parser of the model's tool-call format (e.g. hermes, llama3_json, mistral, pythonic)",
+    )
 
 
 def answering_settings(args: argparse.Namespace) -> dict:
     """ServerConfig fields of `add_answering_flags`' flags."""
+    if args.enable_auto_tool_choice and not args.tool_call_parser:
+        raise SystemExit("entropy-serve: --enable-auto-tool-choice needs --tool-call-parser (the model's tool-call format)")
     profile = args.entropy_profile
     if profile is None and args.model is None:
         profile = calibration.default_profile_path(model_store.DEFAULT_MODEL_NAME)
@@ -98,6 +123,8 @@ def answering_settings(args: argparse.Namespace) -> dict:
         entropy_profile=_str(profile),
         probe=_str(args.probe),
         difficulty_table=_str(args.difficulty_table),
+        enable_auto_tool_choice=args.enable_auto_tool_choice,
+        tool_call_parser=args.tool_call_parser,
     )
 
 

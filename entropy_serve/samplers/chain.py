@@ -4,6 +4,8 @@ Order of operations, per row, equal to the order transformers applies the same w
 (`GenerationMixin._get_logits_processor`: temperature, top-k, top-p, min-p, typical):
 
 1. model entropy H of softmax(logits)  (the model's own uncertainty, reported back)
+1b. the caller's constraint, if any (a grammar mask: the filters below then choose among
+   the tokens it allows, as they do after vLLM's own grammar mask)
 2. temperature: fixed T, or adaptive T(H) (hapo / edt / dynatemp, see temperature.py);
    logits /= T
 3. top-k   (filters.py; transformers' TopKLogitsWarper: ties with the k-th value are kept)
@@ -18,6 +20,7 @@ Filtered tokens become -inf. The caller's logits tensor is modified in place.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
@@ -153,10 +156,16 @@ def _filter_rows(logits: torch.Tensor, enabled: torch.Tensor, filter_, value: to
 
 
 def apply_chain(
-    logits: torch.Tensor, params: RowParams, profile: EntropyProfile | None = None
+    logits: torch.Tensor,
+    params: RowParams,
+    profile: EntropyProfile | None = None,
+    constrain: Callable[[torch.Tensor], None] | None = None,
 ) -> ChainResult:
-    """Shape `logits` [rows, vocab] (fp32) in place, following the module's order."""
+    """Shape `logits` [rows, vocab] (fp32) in place, following the module's order;
+    `constrain` masks `logits` in place (step 1b)."""
     model_entropy = entropy(logits)
+    if constrain is not None:
+        constrain(logits)
     temperature = adaptive_temperature(model_entropy, params, profile, logits.shape[-1])
     logits.div_(temperature.unsqueeze(-1))
     _filter_rows(logits, params.top_k > 0, _masking(top_k_mask), params.top_k)

@@ -26,6 +26,9 @@ class ServerConfig:
     # DiffAdapt difficulty probe folder (train-probe) and per-class strategy table (JSON).
     probe: str | None = None
     difficulty_table: str | None = None
+    # tool_choice auto: vLLM's flags and parser names (required / named choices need neither).
+    enable_auto_tool_choice: bool = False
+    tool_call_parser: str | None = None
     # Where to listen.
     host: str = "127.0.0.1"
     port: int = 8000

@@ -23,6 +23,11 @@ at temperature 0; vLLM takes the argmax, the adapter only measures. VLLM: none o
 fields; vLLM samples as usual and our adapter never sees the request.
 vLLM's V1 runner applies penalties after custom logits processors, which would make
 the reported sampled entropy wrong, so penalties cannot be combined with our chain.
+
+A structured-output constraint (constraints.py) is resolved here too: vLLM's own
+`structured_outputs` where vLLM samples (chain VLLM); the grammar's text in the row
+spec where our adapter shapes or measures the row, which applies it after measuring the
+model's entropy (adapters/grammar.py).
 """
 
 from __future__ import annotations
@@ -41,10 +46,12 @@ from vllm.sampling_params import RequestOutputKind
 from entropy_serve.samplers.chain import METHODS, EntropyProfile, SamplerParams
 from entropy_serve.server.adapters.spec import RowSpec
 from entropy_serve.server.config import ServerConfig
+from entropy_serve.server.constraints import OutputConstraint
 from entropy_serve.server.engine import EngineHolder
 from entropy_serve.server.errors import BadRequest
 from entropy_serve.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
 from entropy_serve.server.rendering import PromptEcho, Renderer
+from entropy_serve.server.tool_calls import ToolReader
 
 GREEDY_EPS = 1e-5
 
@@ -120,9 +127,11 @@ def plan_sampler(request: SamplingRequest, profile: EntropyProfile | None) -> Sa
     return SamplerPlan(Chain.OURS, SamplerParams(**fields), labels)
 
 
-def engine_sampling_params(request: SamplingRequest, sampler: SamplerPlan, max_tokens: int) -> SamplingParams:
+def engine_sampling_params(
+    request: SamplingRequest, sampler: SamplerPlan, max_tokens: int, constraint: OutputConstraint | None = None
+) -> SamplingParams:
     """vLLM's parameters for `request`, built once: temperature and filters are vLLM's
-    own only where our chain does not apply them."""
+    own only where our chain does not apply them, and so is the constraint."""
     vllm_samples = sampler.chain is not Chain.OURS
     optional = {
         "temperature": request.temperature if vllm_samples else 1.0,
@@ -146,12 +155,26 @@ def engine_sampling_params(request: SamplingRequest, sampler: SamplerPlan, max_t
             logit_bias={int(token): bias for token, bias in request.logit_bias.items()} if request.logit_bias else None,
             allowed_token_ids=request.allowed_token_ids,
             bad_words=request.bad_words,
+            structured_outputs=constraint.params if constraint and sampler.chain is Chain.VLLM else None,
+            # vLLM's tool parsers need the special tokens some models mark their calls with.
+            skip_special_tokens=not (isinstance(request, ChatCompletionRequest) and request.tool_mode() == "auto"),
             extra_args=request.vllm_xargs,
             output_kind=RequestOutputKind.DELTA,  # submission.py accumulates or streams deltas
             **{k: v for k, v in optional.items() if v is not None},
         )
     except (ValueError, VLLMValidationError) as error:  # vLLM's own cross-field checks
         raise BadRequest(str(error)) from error
+
+
+def checked_constraint(request: SamplingRequest) -> OutputConstraint | None:
+    """The request's output constraint (400s for what cannot be combined with one)."""
+    constraint = request.constraint()
+    if constraint is not None and request.min_tokens > 0:
+        raise BadRequest(
+            f"min_tokens: cannot be combined with {constraint.field} (the grammar may have to end before it)",
+            param="min_tokens",
+        )
+    return constraint
 
 
 @dataclass(frozen=True)
@@ -177,6 +200,8 @@ class RequestPlan:
     include_usage: bool
     return_entropy: bool
     sampler: SamplerPlan
+    constraint: OutputConstraint | None = None
+    tools: ToolReader | None = None  # chat requests with tools: how the reply's tool calls are read
     echo: list[PromptEcho] | None = None  # per prompt, when completions' echo repeats it
     echo_only: bool = False  # max_tokens 0: the reply holds the prompt; the engine's one token is dropped
     return_prompt_logprobs: bool = False  # vLLM's `prompt_logprobs` field in the reply
@@ -208,16 +233,18 @@ class Planner:
         if request.strategy is None and request.n > self.config.max_n:  # a strategy's samples: --max-leaves
             raise BadRequest(f"n: at most {self.config.max_n} is allowed, got {request.n}", param="n")
         sampler = plan_sampler(request, self.profile)
+        constraint = checked_constraint(request)
+        grammar = self._grammar(sampler, constraint)
         prompts = self.render(request)
         longest = max(len(p) for p in prompts)
         echoing = isinstance(request, CompletionRequest) and request.echo
         echo_only = echoing and request.echo_only
         # vLLM generates at least one token: an echo-only request's is dropped from the reply.
         max_tokens = self.resolve_max_tokens(1 if echo_only else request.requested_max_tokens(), longest)
-        params = engine_sampling_params(request, sampler, max_tokens)
+        params = engine_sampling_params(request, sampler, max_tokens, constraint)
         request_id = f"{'chatcmpl' if isinstance(request, ChatCompletionRequest) else 'cmpl'}-{uuid.uuid4().hex}"
-        jobs = [job for p, ids in enumerate(prompts) for job in self._jobs(sampler, request_id, p, ids, params)]
-        plan = self._plan(request, request_id, jobs, len(prompts), sampler)
+        jobs = [job for p, ids in enumerate(prompts) for job in self._jobs(sampler, request_id, p, ids, params, grammar)]
+        plan = self._plan(request, request_id, jobs, len(prompts), sampler, constraint)
         return dataclasses.replace(
             plan,
             echo=self.renderer.echoes(request, prompts) if echoing else None,
@@ -240,6 +267,10 @@ class Planner:
         seeded seeds[p] + i."""
         self.engine.require_engine()
         sampler = plan_sampler(request, self.profile)
+        constraint = checked_constraint(request)
+        grammar = self._grammar(sampler, constraint)
+        if constraint is not None and grammar is None:
+            raise BadRequest(f"{constraint.field}: continuing a constrained generation needs our sampler", param=constraint.field)
         request_id = f"cont-{uuid.uuid4().hex}"
         jobs = []
         for p, (prefix, seed) in enumerate(zip(prefixes, seeds, strict=True)):
@@ -248,8 +279,9 @@ class Planner:
             token_ids = prompt_ids + prefix
             budget = self.resolve_max_tokens(max_tokens - len(prefix), len(token_ids))
             owed = request.model_copy(update={"seed": seed, "min_tokens": max(0, request.min_tokens - len(prefix))})
-            jobs += self._jobs(sampler, request_id, p, token_ids, engine_sampling_params(owed, sampler, budget))
-        return self._plan(request, request_id, jobs, len(prefixes), sampler)
+            params = engine_sampling_params(owed, sampler, budget, constraint)
+            jobs += self._jobs(sampler, request_id, p, token_ids, params, grammar, grammar_prefix=prefix)
+        return self._plan(request, request_id, jobs, len(prefixes), sampler, constraint)
 
     # -- bounds and jobs -------------------------------------------------------------
 
@@ -275,16 +307,37 @@ class Planner:
             )
         return requested
 
+    def _grammar(self, sampler: SamplerPlan, constraint: OutputConstraint | None) -> str | None:
+        """The grammar our adapter applies (None where vLLM applies the constraint, or none)."""
+        if constraint is None or sampler.chain is Chain.VLLM:
+            return None
+        return constraint.grammar_text()
+
     def _jobs(
-        self, sampler: SamplerPlan, request_id: str, p: int, token_ids: list[int], params: SamplingParams
+        self,
+        sampler: SamplerPlan,
+        request_id: str,
+        p: int,
+        token_ids: list[int],
+        params: SamplingParams,
+        grammar: str | None = None,
+        grammar_prefix: list[int] | None = None,
     ) -> list[EngineJob]:
-        """Prompt p's engine jobs: one, or one per sample when our adapter measures n > 1."""
+        """Prompt p's engine jobs: one, or one per sample when our adapter measures n > 1.
+        `grammar_prefix`: tokens of the prompt the grammar must accept first (a
+        continuation's prefix of an output it already constrained)."""
         if sampler.chain is Chain.VLLM:
             return [EngineJob(prompt_index=p, first_sample=0, token_ids=token_ids, params=params, key=f"{request_id}-{p}-0")]
         jobs = []
         for i in range(params.n):
             key = f"{request_id}-{p}-{i}"
-            spec = RowSpec(key=key, shape=sampler.chain is Chain.OURS, params=sampler.params)
+            spec = RowSpec(
+                key=key,
+                shape=sampler.chain is Chain.OURS,
+                params=sampler.params,
+                grammar=grammar,
+                grammar_prefix=list(grammar_prefix or ()) if grammar else [],
+            )
             job_params = copy.copy(params)  # SamplingParams is a msgspec Struct: copy, then set
             job_params.n = 1
             job_params.seed = None if params.seed is None else params.seed + i
@@ -293,7 +346,13 @@ class Planner:
         return jobs
 
     def _plan(
-        self, request: SamplingRequest, request_id: str, jobs: list[EngineJob], num_prompts: int, sampler: SamplerPlan
+        self,
+        request: SamplingRequest,
+        request_id: str,
+        jobs: list[EngineJob],
+        num_prompts: int,
+        sampler: SamplerPlan,
+        constraint: OutputConstraint | None,
     ) -> RequestPlan:
         return RequestPlan(
             request_id=request_id,
@@ -308,4 +367,6 @@ class Planner:
             include_usage=request.include_usage,
             return_entropy=request.return_entropy,
             sampler=sampler,
+            constraint=constraint,
+            tools=ToolReader.of(request, self.config, self.engine) if isinstance(request, ChatCompletionRequest) else None,
         )

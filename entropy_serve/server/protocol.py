@@ -6,18 +6,30 @@ completions or `"prompt": [true]` are 400s naming the field, never coerced. Each
 OpenAI's fields is one of three kinds (the README's field table): honoured; accepted and
 ignored because it cannot change the output (`IGNORED`: `user`, `metadata`, `store`...);
 or refused with a 400 naming it unless it holds its neutral value (`NOT_SUPPORTED`:
-tools, structured outputs...), so no client gets a wrong answer with a 200. Fields
+audio, prediction...), so no client gets a wrong answer with a 200. Structured outputs
+and tool calls are typed in constraints.py. Fields
 that are not OpenAI's are ignored with a log line, as vLLM's own server does. Which
 sampler runs the request and what vLLM is asked for is decided later, once, in planning.py.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from entropy_serve.server.constraints import (
+    NamedToolChoice,
+    OutputConstraint,
+    ResponseFormat,
+    StructuredOutputs,
+    Tool,
+    ToolChoice,
+    output_constraint,
+    tool_schema,
+)
 from entropy_serve.server.extensions import ExtensionFields
 
 logger = logging.getLogger(__name__)
@@ -34,14 +46,11 @@ LogitBias = Annotated[float, Field(ge=-LOGIT_BIAS_LIMIT, le=LOGIT_BIAS_LIMIT)]
 # OpenAI fields that cannot change what is generated: accepted and ignored.
 IGNORED = (
     "user", "metadata", "store", "service_tier", "safety_identifier",
-    "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options", "parallel_tool_calls",
+    "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options",
 )
 # OpenAI fields this server does not honour: a 400 naming them unless they hold their
 # neutral value (what a client that does not use them may still send).
 NOT_SUPPORTED = {
-    "response_format": ({"type": "text"},),
-    "tools": ([],),
-    "tool_choice": ("none",),
     "functions": ([],),
     "function_call": ("none",),
     "modalities": (["text"],),
@@ -55,11 +64,8 @@ NOT_SUPPORTED = {
     "suffix": ("",),
 }
 NOT_SUPPORTED_WHY = {
-    "response_format": "structured outputs (json_object, json_schema) are not supported by this server yet",
-    "tools": "tool calls are not supported by this server yet",
-    "tool_choice": "tool calls are not supported by this server yet",
-    "functions": "function calls are not supported by this server yet",
-    "function_call": "function calls are not supported by this server yet",
+    "functions": "deprecated by OpenAI and not supported: use tools",
+    "function_call": "deprecated by OpenAI and not supported: use tool_choice",
     "modalities": "only text output is supported",
     "best_of": "best_of is not supported (vLLM's V1 engine has none); use n, or strategy self_consistency",
     "suffix": "insertion (suffix) is not supported",
@@ -104,6 +110,8 @@ class SamplingRequest(ExtensionFields):
     prompt_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     allowed_token_ids: list[int] | None = Field(None, min_length=1)
     bad_words: list[str] | None = None
+    structured_outputs: StructuredOutputs | None = None
+    response_format: ResponseFormat | None = None  # OpenAI's on chat; vLLM takes it on completions too
     vllm_xargs: dict[str, str | int | float | bool | list[str | int | float]] | None = None
 
     # OpenAI's fields that cannot change the output (IGNORED), typed loosely: never read.
@@ -115,7 +123,6 @@ class SamplingRequest(ExtensionFields):
     prompt_cache_key: Any = None
     prompt_cache_retention: Any = None
     prompt_cache_options: Any = None
-    parallel_tool_calls: Any = None
 
     @field_validator("logit_bias")
     @classmethod
@@ -171,6 +178,10 @@ class SamplingRequest(ExtensionFields):
         """The fields that change which tokens vLLM lets through before our sampler sees them."""
         return [name for name in ("logit_bias", "allowed_token_ids", "bad_words") if getattr(self, name)]
 
+    def constraint(self) -> OutputConstraint | None:
+        """What the output must match (constraints.py), or None; a 400 when two fields set one."""
+        return output_constraint(self.response_format, self.structured_outputs, None)
+
     def penalties(self) -> list[str]:
         """The penalties this request sets to something other than their neutral value."""
         return [name for name in PENALTIES if getattr(self, name) not in (None, 0.0, 1.0)]
@@ -217,17 +228,57 @@ class TextPart(BaseModel):
     text: str
 
 
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    name: str
+    arguments: str  # JSON text, as the model wrote it
+
+
+class MessageToolCall(BaseModel):
+    """A tool call of an earlier assistant message, sent back in the history."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+    def for_template(self) -> dict:
+        """As chat templates expect it: arguments as an object where they parse as one."""
+        try:
+            arguments = json.loads(self.function.arguments)
+        except json.JSONDecodeError:
+            arguments = self.function.arguments
+        return {"id": self.id, "type": "function", "function": {"name": self.function.name, "arguments": arguments}}
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None  # required but for assistant messages, as in OpenAI's schema
     name: str | None = None
+    tool_calls: list[MessageToolCall] | None = None  # assistant messages
+    tool_call_id: str | None = None  # tool messages: the call this answers
 
     @model_validator(mode="after")
     def _check_content(self) -> ChatMessage:
         if self.content is None and self.role != "assistant":
             raise ValueError(f"content: a {self.role} message needs content (a string or text parts)")
+        if self.role == "tool" and self.tool_call_id is None:
+            raise ValueError("tool_call_id: a tool message needs the id of the call it answers")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("tool_calls: only assistant messages carry tool calls")
         return self
+
+    def for_template(self) -> dict:
+        """The message as chat templates expect it (content parts joined, tool fields kept)."""
+        message = {"role": self.role, "content": self.text()}
+        if self.tool_calls:
+            message["tool_calls"] = [call.for_template() for call in self.tool_calls]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            message["name"] = self.name
+        return message
 
     def text(self) -> str:
         if self.content is None:
@@ -242,10 +293,10 @@ class ChatCompletionRequest(SamplingRequest):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool = True
     # NOT_SUPPORTED: a 400 unless neutral.
-    response_format: Any = None
-    tools: Any = None
-    tool_choice: Any = None
     functions: Any = None
     function_call: Any = None
     modalities: Any = None
@@ -257,7 +308,7 @@ class ChatCompletionRequest(SamplingRequest):
     moderation: Any = None
 
     _not_supported = field_validator(
-        "response_format", "tools", "tool_choice", "functions", "function_call", "modalities", "audio",
+        "functions", "function_call", "modalities", "audio",
         "prediction", "web_search_options", "reasoning_effort", "verbosity", "moderation",
     )(refuse_unless_neutral)
 
@@ -265,7 +316,28 @@ class ChatCompletionRequest(SamplingRequest):
     def _check_logprobs(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs: requires logprobs to be true")
+        if self.tool_choice not in (None, "none") and not self.tools:
+            raise ValueError("tool_choice: needs tools")
+        if isinstance(self.tool_choice, NamedToolChoice):
+            name = self.tool_choice.function.name
+            if name not in {tool.function.name for tool in self.tools}:
+                raise ValueError(f"tool_choice: names {name!r}, which is not among the tools")
+        if self.tool_mode() is not None and self.strategy is not None:
+            raise ValueError("tools: not available with a strategy yet (its vote compares answers, not tool calls)")
         return self
+
+    def tool_mode(self) -> Literal["auto", "required", "named"] | None:
+        """How the reply's tool calls are read (tool_calls.py); None: no tool calls.
+        As in OpenAI's API, tools without a tool_choice mean `auto`."""
+        if not self.tools or self.tool_choice == "none":
+            return None
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return "named"
+        return self.tool_choice or "auto"
+
+    def constraint(self) -> OutputConstraint | None:
+        forced = tool_schema(self.tools, self.tool_choice, self.parallel_tool_calls) if self.tool_mode() else None
+        return output_constraint(self.response_format, self.structured_outputs, forced)
 
     def requested_max_tokens(self) -> int | None:
         # max_completion_tokens replaces the deprecated max_tokens in OpenAI's chat API.
@@ -276,6 +348,10 @@ class ChatCompletionRequest(SamplingRequest):
             return None
         return self.top_logprobs or 0
 
-    def chat_messages(self) -> list[dict[str, str]]:
+    def chat_messages(self) -> list[dict]:
         """Messages in the plain form chat templates expect (content parts joined)."""
-        return [{"role": m.role, "content": m.text()} for m in self.messages]
+        return [m.for_template() for m in self.messages]
+
+    def template_tools(self) -> list[dict] | None:
+        """The tools, as chat templates take them (None: the template shows none)."""
+        return [tool.model_dump(exclude_none=True) for tool in self.tools] if self.tools else None

@@ -1,7 +1,7 @@
 """Prompts to token ids, as the engine will see them.
 
-Chat: the model's chat template with the generation prompt, tokenized without adding
-special tokens a second time. Completions: a string, a list of strings, token ids or
+Chat: the model's chat template with the generation prompt (and the request's tools,
+for templates that show them), tokenized without adding special tokens a second time. Completions: a string, a list of strings, token ids or
 lists of token ids (ids checked against the vocabulary). Template and id errors are
 HTTP 400s naming the field; an engine not yet loaded is a 503 before any tokenizer is
 touched.
@@ -53,7 +53,9 @@ class Renderer:
         if getattr(tokenizer, "chat_template", None) is None:
             raise BadRequest("this model has no chat template; use /v1/completions")
         try:
-            text = tokenizer.apply_chat_template(request.chat_messages(), add_generation_prompt=True, tokenize=False)
+            text = tokenizer.apply_chat_template(
+                request.chat_messages(), tools=request.template_tools(), add_generation_prompt=True, tokenize=False
+            )
         except Exception as error:  # templates raise their own errors (e.g. role order)
             raise BadRequest(f"messages: the chat template rejected them: {error}", param="messages") from error
         # The template already holds the special tokens (BOS etc.): add none twice.

@@ -24,6 +24,7 @@ from entropy_serve.server.adapters.channel import TokenEntropy
 from entropy_serve.server.planning import RequestPlan
 from entropy_serve.server.rendering import PromptEcho
 from entropy_serve.server.submission import Generated, Result
+from entropy_serve.server.tool_calls import StreamedDelta, ToolReader
 
 OPENAI_FINISH_REASONS = {"stop", "length"}
 
@@ -192,8 +193,11 @@ def chat_completion_response(
     usage: CompletionUsage,
     entropy: dict[int, dict] | None = None,
     extensions: dict | None = None,
+    tools: ToolReader | None = None,
 ) -> ChatCompletion:
+    """`tools`: the request's, when its reply's text is read for tool calls."""
     entropy = entropy or {}
+    messages = {c.index: tools.read(c.text) if tools is not None else None for c in choices}
     return ChatCompletion(
         id=request_id,
         object="chat.completion",
@@ -202,8 +206,8 @@ def chat_completion_response(
         choices=[
             chat_completion.Choice(
                 index=choice.index,
-                message=ChatCompletionMessage(role="assistant", content=choice.text),
-                finish_reason=finish_reason(choice),
+                message=chat_message(choice.text, messages[choice.index]),
+                finish_reason=(messages[choice.index] and messages[choice.index].finish_reason) or finish_reason(choice),
                 logprobs=None
                 if num_top_logprobs is None
                 else chat_completion.ChoiceLogprobs(content=chat_logprobs(choice, num_top_logprobs)),
@@ -214,6 +218,13 @@ def chat_completion_response(
         usage=usage,
         **(extensions or {}),
     )
+
+
+def chat_message(text: str, read) -> ChatCompletionMessage:
+    """The reply's message: the text, or what the tool reader read from it."""
+    if read is None:
+        return ChatCompletionMessage(role="assistant", content=text)
+    return ChatCompletionMessage(role="assistant", content=read.content, tool_calls=read.tool_calls or None)
 
 
 def chat_chunk(
@@ -235,16 +246,27 @@ def chat_chunk(
 
 
 def chat_delta_choice(
-    *, choice: Generated, num_top_logprobs: int | None, first: bool, entropy: dict | None = None
+    *,
+    choice: Generated,
+    num_top_logprobs: int | None,
+    first: bool,
+    entropy: dict | None = None,
+    tool_delta: StreamedDelta | None = None,
 ) -> chat_completion_chunk.Choice:
-    """One streamed choice: the new text since the last chunk (the role on the first)."""
+    """One streamed choice: the new text since the last chunk (the role on the first), or,
+    for a request with tools, what its ToolStreamer made of it (`tool_delta`)."""
     logprobs = None
     if num_top_logprobs is not None:
         logprobs = chat_completion_chunk.ChoiceLogprobs(content=chat_logprobs(choice, num_top_logprobs))
+    role = "assistant" if first else None
+    if tool_delta is None:
+        delta = chat_completion_chunk.ChoiceDelta(role=role, content=choice.text)
+    else:
+        delta = chat_completion_chunk.ChoiceDelta(role=role, content=tool_delta.content, tool_calls=tool_delta.tool_calls)
     return chat_completion_chunk.Choice(
         index=choice.index,
-        delta=chat_completion_chunk.ChoiceDelta(role="assistant" if first else None, content=choice.text),
-        finish_reason=finish_reason(choice),
+        delta=delta,
+        finish_reason=(tool_delta and tool_delta.finish_reason) or finish_reason(choice),
         logprobs=logprobs,
         **({"entropy": entropy} if entropy is not None else {}),
     )
@@ -317,7 +339,10 @@ def whole_reply(
 ) -> Completion | ChatCompletion:
     """The whole (non-streamed) reply of `plan`'s endpoint, each choice with its
     `entropy` field (summary included) when `return_entropy`."""
-    build = chat_completion_response if plan.chat else functools.partial(completion, prompt_logprobs=prompt_logprobs)
+    if plan.chat:
+        build = functools.partial(chat_completion_response, tools=plan.tools)
+    else:
+        build = functools.partial(completion, prompt_logprobs=prompt_logprobs)
     return build(
         request_id=plan.request_id,
         model=plan.model,

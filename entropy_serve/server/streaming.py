@@ -74,18 +74,24 @@ async def chat_chunks(engine: EngineHolder, store: EntropyStore, plan: RequestPl
     started: set[int] = set()
     num_completion, num_prompt = 0, 0
     entropy = EntropyAccumulator(plan.return_entropy)
+    tool_streamers = {}  # choice index -> ToolStreamer, for requests with tools
     async for step in submission.stream(engine, store, plan):
         num_prompt = num_prompt or step.num_prompt_tokens
         fields = entropy.fields(step.choices)
         choices = []
         for choice in step.choices:
             num_completion += len(choice.token_ids)
+            tool_delta = None
+            if plan.tools is not None:
+                streamer = tool_streamers.setdefault(choice.index, plan.tools.streamer())
+                tool_delta = streamer.step(choice.text, choice.token_ids, finished=choice.finish_reason is not None)
             choices.append(
                 responses.chat_delta_choice(
                     choice=choice,
                     num_top_logprobs=plan.num_top_logprobs,
                     first=choice.index not in started,
                     entropy=fields.get(choice.index),
+                    tool_delta=tool_delta,
                 )
             )
             started.add(choice.index)

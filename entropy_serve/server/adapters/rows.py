@@ -2,9 +2,11 @@
 
 1. rows whose spec says `shape` get the whole sampler chain (samplers/chain.py), on a
    gathered copy written back in place (the other rows' logits are never touched), or
-   on the logits themselves when every row is ours;
+   on the logits themselves when every row is ours; a row with a grammar is masked
+   inside the chain, after its model entropy is measured (grammar.py);
 2. the other rows of ours (greedy ones: vLLM takes their argmax) get their model
-   entropy measured; their sampled distribution is one-hot (entropy 0, temperature 0);
+   entropy measured, then their grammar mask, if any, so vLLM's argmax obeys it; their
+   sampled distribution is one-hot (entropy 0, temperature 0);
 3. every row's of ours (position, entropies, temperature) is published to the server.
 """
 
@@ -18,6 +20,7 @@ import torch
 from entropy_serve.samplers.chain import HAPO, EntropyProfile, RowParams, apply_chain
 from entropy_serve.samplers.entropy import entropy
 from entropy_serve.server.adapters.channel import EntropyPublisher, Record
+from entropy_serve.server.adapters.grammar import apply_bitmask
 from entropy_serve.server.adapters.spec import RowSpec
 
 # This runs in vLLM's engine process, where only vLLM's logger tree has handlers.
@@ -32,6 +35,8 @@ class RowPlan:
         measured = [i for i, s in enumerate(specs) if not s.shape]
         self.rows = rows
         self.specs = specs
+        self.shaped_index = shaped  # positions in `specs` (and in a bitmask of them)
+        self.greedy_index = measured
         self.shaped_rows = torch.tensor([rows[i] for i in shaped], dtype=torch.int64, device=device)
         self.shaped_specs = [specs[i] for i in shaped]
         self.shaped_params = RowParams.stack([s.params for s in self.shaped_specs], device) if shaped else None
@@ -45,21 +50,31 @@ def process_rows(
     positions: dict[int, int],
     publisher: EntropyPublisher,
     profile: EntropyProfile | None,
+    bitmask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Shape and measure our rows of `logits` [batch, vocab] in place; `positions`: row -> output index."""
+    """Shape and measure our rows of `logits` [batch, vocab] in place; `positions`: row ->
+    output index; `bitmask`: grammar masks [len(plan.specs), words], in plan.specs' order."""
     records: list[Record] = []
     if plan.shaped_params is not None:
         # Every row ours (rows are distinct, so in order 0..batch-1): shaped in place.
         every_row = len(plan.shaped_specs) == logits.shape[0] and logits.dtype == torch.float32
         sub = logits if every_row else logits[plan.shaped_rows].float()
-        result = apply_chain(sub, plan.shaped_params, profile)
+        constrain = None
+        if bitmask is not None:
+            shaped_mask = bitmask[plan.shaped_index]
+            constrain = lambda rows: apply_bitmask(rows, shaped_mask)  # noqa: E731
+        result = apply_chain(sub, plan.shaped_params, profile, constrain)
         if not every_row:
             logits[plan.shaped_rows] = sub.to(logits.dtype)
         values = zip(result.model_entropy.tolist(), result.sampled_entropy.tolist(), result.temperature.tolist())
         for row, spec, (h_model, h_sampled, t) in zip(plan.shaped_rows.tolist(), plan.shaped_specs, values):
             records.append((spec.key, positions[row], h_model, h_sampled, t))
     if plan.greedy_specs:
-        h_model = entropy(logits[plan.greedy_rows]).tolist()
+        greedy = logits[plan.greedy_rows]
+        h_model = entropy(greedy).tolist()
+        if bitmask is not None:
+            apply_bitmask(greedy, bitmask[plan.greedy_index])
+            logits[plan.greedy_rows] = greedy
         for row, spec, h in zip(plan.greedy_rows.tolist(), plan.greedy_specs, h_model):
             records.append((spec.key, positions[row], h, 0.0, 0.0))
     publisher.publish(records)

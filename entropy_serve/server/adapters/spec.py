@@ -1,7 +1,7 @@
 """What travels from the server to the engine adapters, and how.
 
-Per request: a RowSpec (its entropy key, whether the chain shapes it, and its
-SamplerParams), stored under EXTRA_ARGS_KEY in `SamplingParams.extra_args`; requests
+Per request: a RowSpec (its entropy key, whether the chain shapes it, its
+SamplerParams and its grammar, if any), stored under EXTRA_ARGS_KEY in `SamplingParams.extra_args`; requests
 without one are left to vLLM untouched. Per engine: the model's entropy profile (for
 `hapo`), set once in PROFILE_ENV before the engine starts; its processes inherit it.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from entropy_serve.samplers.chain import EntropyProfile, SamplerParams
 
@@ -23,6 +23,8 @@ class RowSpec:
     key: str  # unique per engine request: its entropies are published under it
     shape: bool  # run the sampler chain (False for greedy rows: vLLM takes the argmax, we measure)
     params: SamplerParams = SamplerParams()
+    grammar: str | None = None  # xgrammar EBNF the row's output must match (adapters/grammar.py)
+    grammar_prefix: list[int] = field(default_factory=list)  # prompt tokens the grammar accepts first
 
     def to_extra_args(self) -> dict:
         return {EXTRA_ARGS_KEY: asdict(self)}

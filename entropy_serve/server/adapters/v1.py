@@ -14,6 +14,7 @@ from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
 from entropy_serve.server.adapters.channel import EntropyPublisher
+from entropy_serve.server.adapters.grammar import GrammarRows
 from entropy_serve.server.adapters.rows import RowPlan, process_rows, warm_up
 from entropy_serve.server.adapters.spec import RowSpec, profile_from_env
 
@@ -30,7 +31,9 @@ class EntropyLogitsProcessorV1(LogitsProcessor):
         self.publisher = EntropyPublisher()
         self.profile = profile_from_env()  # the server's, fixed for the engine's life
         self.plan: RowPlan | None = None
+        self.grammars: GrammarRows | None = None
         if vllm_config is not None:  # None in unit tests
+            self.grammars = GrammarRows.of(vllm_config)
             warm_up(vllm_config.model_config.get_vocab_size(), device)
 
     def is_argmax_invariant(self) -> bool:
@@ -40,7 +43,9 @@ class EntropyLogitsProcessorV1(LogitsProcessor):
         if batch_update is None:
             return
         for index in batch_update.removed:
-            self.rows.pop(index, None)
+            removed = self.rows.pop(index, None)
+            if removed is not None and self.grammars is not None:
+                self.grammars.forget(removed[0].key)
         for index, params, _prompt_ids, output_ids in batch_update.added:
             spec = RowSpec.from_extra_args(params.extra_args)
             if spec is None:
@@ -64,4 +69,7 @@ class EntropyLogitsProcessorV1(LogitsProcessor):
             self.plan = RowPlan(rows, [self.rows[r][0] for r in rows], self.device)
         # The token sampled now lands at index len(output ids so far).
         positions = {row: len(output_ids) for row, (_, output_ids) in self.rows.items()}
-        return process_rows(logits, self.plan, positions, self.publisher, self.profile)
+        bitmask = None
+        if self.grammars is not None:
+            bitmask = self.grammars.bitmask(self.plan.specs, [self.rows[r][1] for r in self.plan.rows])
+        return process_rows(logits, self.plan, positions, self.publisher, self.profile, bitmask)

@@ -13,6 +13,7 @@ from vllm import SamplingParams
 from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext, LogitsProcessor, LogitsProcRequestState
 
 from entropy_serve.server.adapters.channel import EntropyPublisher
+from entropy_serve.server.adapters.grammar import GrammarRows
 from entropy_serve.server.adapters.rows import RowPlan, process_rows
 from entropy_serve.server.adapters.spec import RowSpec, profile_from_env
 
@@ -28,10 +29,14 @@ class EntropyLogitsProcessorV2(LogitsProcessor):
         self.publisher = EntropyPublisher()
         self.profile = profile_from_env()  # the server's, fixed for the engine's life
         self._plans: dict[tuple[int, ...], RowPlan] = {}
+        self.grammars = GrammarRows.of(vllm_config)
 
     def add_request(self, req_idx: int, sampling_params: SamplingParams) -> bool:
         spec = RowSpec.from_extra_args(sampling_params.extra_args)
         self._plans.clear()
+        previous = self.slots.get(req_idx)
+        if previous is not None:  # slots are recycled: the old request is gone
+            self.grammars.forget(previous.key)
         if spec is None:
             self.slots.pop(req_idx, None)
             return False
@@ -53,7 +58,18 @@ class EntropyLogitsProcessorV2(LogitsProcessor):
         # at output index pos + 1 - prompt_len.
         input_positions = ctx.pos[rows].tolist()
         prompt_len = self.req_states.prompt_len.np
-        positions = {
-            row: pos + 1 - int(prompt_len[slot]) for row, slot, pos in zip(rows, signature, input_positions)
-        }
-        return process_rows(logits, plan, positions, self.publisher, self.profile)
+        positions = {row: pos + 1 - int(prompt_len[slot]) for row, slot, pos in zip(rows, signature, input_positions)}
+        bitmask = self.grammars.bitmask(
+            plan.specs,
+            [self._output_ids(ctx, r, s, positions[r]) if self.slots[s].grammar else () for r, s in zip(rows, signature)],
+        )
+        return process_rows(logits, plan, positions, self.publisher, self.profile, bitmask)
+
+    def _output_ids(self, ctx: LogitsContext, row: int, slot: int, num_output: int) -> list[int]:
+        """The tokens request `slot` has generated before this step: committed ones from
+        all_token_ids, and the newest, which is this step's input token."""
+        if num_output <= 0:
+            return []
+        prompt_len = int(self.req_states.prompt_len.np[slot])
+        committed = self.req_states.all_token_ids.gpu[slot, prompt_len : prompt_len + num_output - 1].tolist()
+        return committed + [int(ctx.input_ids[row])]

@@ -1,0 +1,102 @@
+"""Grammar masks for our rows: xgrammar, in the engine process, after the model's entropy.
+
+vLLM's runner applies its structured-output bitmask to the logits before any logits
+processor runs (vLLM 0.32: `GPUModelRunner.sample_tokens` -> `apply_grammar_bitmask`,
+then the Sampler and its processors), so an adapter under vLLM's own mask could only see
+the constrained distribution. For rows our adapter shapes or measures, the server
+therefore leaves vLLM's `structured_outputs` unset and sends the grammar's text in the
+row spec (server/constraints.py); here it is compiled with the same library and options
+vLLM's xgrammar backend uses, one matcher per request follows the tokens the request
+has generated, and each step's bitmask is applied between measuring the model's entropy
+and sampling (rows.py). The model entropy reported is then the unconstrained model's,
+and the sampled entropy that of the masked distribution the token is really drawn from.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+import xgrammar as xgr
+
+from entropy_serve.server.adapters.spec import RowSpec
+
+# This runs in vLLM's engine process, where only vLLM's logger tree has handlers.
+logger = logging.getLogger(f"vllm.{__name__}")
+
+
+class Matcher:
+    """One request's grammar state: the matcher and how many output tokens it has taken."""
+
+    def __init__(self, matcher: xgr.GrammarMatcher, key: str):
+        self.matcher = matcher
+        self.key = key
+        self.num_accepted = 0
+        self.broken = False
+
+    def follow(self, output_ids: Sequence[int]) -> None:
+        """Accept the tokens generated since the last step."""
+        for token in output_ids[self.num_accepted :]:
+            if not self.broken and not self.matcher.accept_token(token):
+                # Cannot happen while every token is drawn under the mask; never kill the engine for it.
+                logger.error("entropy-serve: grammar of %s rejected token %d; its mask is lifted", self.key, token)
+                self.broken = True
+        self.num_accepted = len(output_ids)
+
+
+class GrammarRows:
+    """Compiled grammars (by text) and per-request matchers (by row key)."""
+
+    def __init__(self, tokenizer_name: str | None, vocab_size: int, trust_remote_code: bool = False):
+        self.tokenizer_name = tokenizer_name
+        self.vocab_size = vocab_size
+        self.trust_remote_code = trust_remote_code
+        self._compiler: xgr.GrammarCompiler | None = None  # built on the first grammar (loads the tokenizer)
+        self.matchers: dict[str, Matcher] = {}
+
+    @classmethod
+    def of(cls, vllm_config) -> GrammarRows:
+        model_config = vllm_config.model_config
+        return cls(model_config.tokenizer, model_config.get_vocab_size(), model_config.trust_remote_code)
+
+    def compiler(self) -> xgr.GrammarCompiler:
+        if self._compiler is None:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_name, trust_remote_code=self.trust_remote_code)
+            info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=self.vocab_size)
+            self._compiler = xgr.GrammarCompiler(info, cache_enabled=True)
+        return self._compiler
+
+    def matcher(self, spec: RowSpec) -> Matcher:
+        found = self.matchers.get(spec.key)
+        if found is None:
+            compiled = self.compiler().compile_grammar(spec.grammar)  # xgrammar caches by text
+            found = self.matchers[spec.key] = Matcher(xgr.GrammarMatcher(compiled), spec.key)
+            for token in spec.grammar_prefix:  # a continuation: its prefix is part of the prompt
+                found.matcher.accept_token(token)
+        return found
+
+    def forget(self, key: str) -> None:
+        self.matchers.pop(key, None)
+
+    def bitmask(self, specs: Sequence[RowSpec], outputs: Sequence[Sequence[int]]) -> torch.Tensor | None:
+        """[rows, words] int32 bitmask of the next allowed tokens, one row per spec (all
+        allowed where a spec has no grammar); None when no spec has one."""
+        if not any(spec.grammar for spec in specs):
+            return None
+        mask = xgr.allocate_token_bitmask(len(specs), self.vocab_size)
+        for i, (spec, output_ids) in enumerate(zip(specs, outputs, strict=True)):
+            if spec.grammar is None:
+                continue
+            state = self.matcher(spec)
+            state.follow(output_ids)
+            if not state.broken:
+                state.matcher.fill_next_token_bitmask(mask, i)
+        return mask
+
+
+def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor) -> None:
+    """Set the tokens `bitmask` [rows, words] disallows in `logits` [rows, vocab] to -inf, in place."""
+    xgr.apply_token_bitmask_inplace(logits, bitmask.to(logits.device), vocab_size=logits.shape[-1])
