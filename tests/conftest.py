@@ -14,7 +14,9 @@ MODEL = "SmolLM2-135M-Instruct"
 @pytest.fixture(scope="session")
 def server():
     """The shared server: every test that needs no server of its own uses this one."""
-    with ServerProcess("--api-key", API_KEY, "--max-model-len", "8192", "--max-n", "8") as process:
+    with ServerProcess(
+        "--api-key", API_KEY, "--max-model-len", "8192", "--max-n", "8", "--enable-auto-tool-choice", "--tool-call-parser", "hermes"
+    ) as process:
         yield process
 
 

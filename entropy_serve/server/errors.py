@@ -8,6 +8,7 @@ ever sees a bare 422 or an HTML 500.
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -72,6 +73,9 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None]:
         field = ".".join(location)
         first_param = first_param or (location[0] if location else None)
         message = error.get("msg", "invalid value").removeprefix("Value error, ")
+        if not location:  # a check across fields names its field first: "tool_choice: needs tools"
+            named = re.match(r"([a-z_]+): ", message)
+            first_param = first_param or (named.group(1) if named else None)
         if error.get("type") == "json_invalid":
             message = f"malformed JSON body: {error.get('ctx', {}).get('error', message)}"
             field = ""

@@ -308,8 +308,14 @@ class Planner:
         return requested
 
     def _grammar(self, sampler: SamplerPlan, constraint: OutputConstraint | None) -> str | None:
-        """The grammar our adapter applies (None where vLLM applies the constraint, or none)."""
-        if constraint is None or sampler.chain is Chain.VLLM:
+        """The grammar our adapter applies (None where vLLM applies the constraint, or none).
+        Built where vLLM applies it too (but for structural tags, which only vLLM builds),
+        so a constraint no grammar can hold is the same 400 naming its field on every chain."""
+        if constraint is None:
+            return None
+        if sampler.chain is Chain.VLLM:
+            if constraint.params.structural_tag is None:
+                constraint.grammar_text()
             return None
         return constraint.grammar_text()
 

@@ -42,8 +42,8 @@ def test_allowed_token_ids_and_bad_words(client, tokenizer):
 @pytest.mark.parametrize(
     "fields, param",
     [
-        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}, "tools"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"functions": [{"name": "f", "parameters": {"type": "object"}}]}, "functions"),
+        ({"modalities": ["text", "audio"]}, "modalities"),
         ({"reasoning_effort": "high"}, "reasoning_effort"),
     ],
 )

@@ -94,8 +94,7 @@ def test_fields_that_cannot_change_the_output_are_accepted(name):
 
 @pytest.mark.parametrize(
     "fields",
-    [{"tools": [{"type": "function", "function": {"name": "f"}}]}, {"tool_choice": "required"},
-     {"response_format": {"type": "json_object"}}, {"functions": [{"name": "f"}]}, {"modalities": ["text", "audio"]},
+    [{"functions": [{"name": "f"}]}, {"function_call": "auto"}, {"modalities": ["text", "audio"]},
      {"reasoning_effort": "low"}, {"audio": {"voice": "x"}}],
 )
 def test_fields_not_honoured_are_refused_naming_them(fields):

@@ -15,7 +15,7 @@ and the sampled entropy that of the masked distribution the token is really draw
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import xgrammar as xgr
@@ -48,25 +48,30 @@ class Matcher:
 class GrammarRows:
     """Compiled grammars (by text) and per-request matchers (by row key)."""
 
-    def __init__(self, tokenizer_name: str | None, vocab_size: int, trust_remote_code: bool = False):
-        self.tokenizer_name = tokenizer_name
+    def __init__(self, vocab_size: int, tokenizer_info: Callable[[], xgr.TokenizerInfo]):
+        """`tokenizer_info` is called once, on the first grammar (it loads the tokenizer)."""
         self.vocab_size = vocab_size
-        self.trust_remote_code = trust_remote_code
-        self._compiler: xgr.GrammarCompiler | None = None  # built on the first grammar (loads the tokenizer)
+        self.tokenizer_info = tokenizer_info
+        self._compiler: xgr.GrammarCompiler | None = None
         self.matchers: dict[str, Matcher] = {}
 
     @classmethod
     def of(cls, vllm_config) -> GrammarRows:
+        """The model's tokenizer, as vLLM's xgrammar backend reads it."""
         model_config = vllm_config.model_config
-        return cls(model_config.tokenizer, model_config.get_vocab_size(), model_config.trust_remote_code)
+        vocab_size = model_config.get_vocab_size()
+
+        def tokenizer_info() -> xgr.TokenizerInfo:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(model_config.tokenizer, trust_remote_code=model_config.trust_remote_code)
+            return xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
+
+        return cls(vocab_size, tokenizer_info)
 
     def compiler(self) -> xgr.GrammarCompiler:
         if self._compiler is None:
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_name, trust_remote_code=self.trust_remote_code)
-            info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=self.vocab_size)
-            self._compiler = xgr.GrammarCompiler(info, cache_enabled=True)
+            self._compiler = xgr.GrammarCompiler(self.tokenizer_info(), cache_enabled=True)
         return self._compiler
 
     def matcher(self, spec: RowSpec) -> Matcher:

@@ -29,13 +29,13 @@ class EntropyLogitsProcessorV2(LogitsProcessor):
         self.publisher = EntropyPublisher()
         self.profile = profile_from_env()  # the server's, fixed for the engine's life
         self._plans: dict[tuple[int, ...], RowPlan] = {}
-        self.grammars = GrammarRows.of(vllm_config)
+        self.grammars = GrammarRows.of(vllm_config) if vllm_config is not None else None  # None in unit tests
 
     def add_request(self, req_idx: int, sampling_params: SamplingParams) -> bool:
         spec = RowSpec.from_extra_args(sampling_params.extra_args)
         self._plans.clear()
         previous = self.slots.get(req_idx)
-        if previous is not None:  # slots are recycled: the old request is gone
+        if previous is not None and self.grammars is not None:  # slots are recycled: the old request is gone
             self.grammars.forget(previous.key)
         if spec is None:
             self.slots.pop(req_idx, None)
@@ -59,10 +59,10 @@ class EntropyLogitsProcessorV2(LogitsProcessor):
         input_positions = ctx.pos[rows].tolist()
         prompt_len = self.req_states.prompt_len.np
         positions = {row: pos + 1 - int(prompt_len[slot]) for row, slot, pos in zip(rows, signature, input_positions)}
-        bitmask = self.grammars.bitmask(
-            plan.specs,
-            [self._output_ids(ctx, r, s, positions[r]) if self.slots[s].grammar else () for r, s in zip(rows, signature)],
-        )
+        bitmask = None
+        if self.grammars is not None:
+            outputs = [self._output_ids(ctx, r, s, positions[r]) if self.slots[s].grammar else () for r, s in zip(rows, signature)]
+            bitmask = self.grammars.bitmask(plan.specs, outputs)
         return process_rows(logits, plan, positions, self.publisher, self.profile, bitmask)
 
     def _output_ids(self, ctx: LogitsContext, row: int, slot: int, num_output: int) -> list[int]:

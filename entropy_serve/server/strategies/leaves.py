@@ -1,7 +1,8 @@
 """What the voting strategies share: leaves (whole completions of one prompt), the
 vote over their answers, and the reply with its `strategy` field.
 
-Order: extract each leaf's answer (tasks/answers.py) -> vote (voting.py; weights from
+Order: extract each leaf's answer (tasks/answers.py; under a structured-output
+constraint the whole output, JSON by value: voting.constrained_answer) -> vote (voting.py; weights from
 the leaves' mean token entropy when the vote is entropy_weighted) -> the reply is the
 first leaf, in leaf order, whose answer won (leaf 0 when no leaf had an answer).
 """
@@ -17,7 +18,7 @@ from entropy_serve.server.errors import BadRequest
 from entropy_serve.server.planning import RequestPlan, is_greedy
 from entropy_serve.server.protocol import SamplingRequest
 from entropy_serve.server.strategies.context import Reply
-from entropy_serve.server.strategies.voting import VoteResult, vote
+from entropy_serve.server.strategies.voting import EXACT, VoteResult, constrained_answer, vote
 from entropy_serve.server.submission import Generated
 from entropy_serve.tasks.answers import extract_answer
 
@@ -117,9 +118,13 @@ def decide(
 ) -> StrategyOutcome:
     """Extract, vote, pick the reply; feed Prometheus."""
     strategy = request.strategy
-    answers = [extract_answer(leaf.choice.text) for leaf in leaves]
     mean_entropies = [leaf.mean_entropy_nats() for leaf in leaves] if strategy.vote == "entropy_weighted" else None
-    votes = vote(answers, mean_entropies, strategy.vote)
+    if plan.constraint is None:
+        answers = [extract_answer(leaf.choice.text) for leaf in leaves]
+        votes = vote(answers, mean_entropies, strategy.vote)
+    else:  # the whole output is the answer (JSON by value)
+        answers = [constrained_answer(leaf.choice.text, plan.constraint.params) for leaf in leaves]
+        votes = vote(answers, mean_entropies, strategy.vote, same=EXACT)
     winner_leaf = votes.winner_leaves[0] if votes.winner_leaves else 0
     metrics.STRATEGY_LEAVES.labels(strategy=strategy.name).observe(len(leaves))
     metrics.STRATEGY_AGREEMENT.labels(strategy=strategy.name).observe(votes.agreement)

@@ -8,12 +8,20 @@ counts as a leaf but casts no vote.
   more confident completions count more (confidence-weighted voting).
 The winner is the heaviest group; ties go to the group whose first member came first,
 so the result does not depend on dict order or on luck.
+Under a structured-output constraint the answer is the whole output (`constrained_answer`):
+JSON compared as parsed values (key order and whitespace do not split a vote), other
+grammars' outputs as written, and groups are formed by equality, not by equivalence.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from vllm.sampling_params import StructuredOutputsParams
 
 from entropy_serve.tasks.answers import equivalent
 
@@ -29,7 +37,28 @@ class VoteResult:
     agreement: float  # the winner's share of the total weight (0 without votes)
 
 
-def vote(answers: list[str | None], mean_entropies_nats: list[float] | None = None, mode: str = "majority") -> VoteResult:
+def constrained_answer(text: str, params: StructuredOutputsParams) -> str | None:
+    """A constrained output's answer: JSON as its parsed value, canonically written (None
+    when it does not parse: cut short); anything else as written, stripped."""
+    if params.json is None and not params.json_object:
+        return text.strip()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+EXACT: Callable[[str, str], bool] = operator.eq
+
+
+def vote(
+    answers: list[str | None],
+    mean_entropies_nats: list[float] | None = None,
+    mode: str = "majority",
+    same: Callable[[str, str], bool] = equivalent,
+) -> VoteResult:
+    """`same`: when two answers are one group (default: tasks/answers.py's equivalence)."""
     if mode not in VOTE_MODES:
         raise ValueError(f"vote: unknown mode {mode!r}; one of {VOTE_MODES}")
     if mode == "entropy_weighted":
@@ -43,7 +72,7 @@ def vote(answers: list[str | None], mean_entropies_nats: list[float] | None = No
         if answer is None:
             continue
         for name, members in groups:
-            if equivalent(name, answer):
+            if same(name, answer):
                 members.append(index)
                 break
         else:

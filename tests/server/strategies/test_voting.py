@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
+from vllm.sampling_params import StructuredOutputsParams
 
-from entropy_serve.server.strategies.voting import vote
+from entropy_serve.server.strategies.voting import EXACT, constrained_answer, vote
 
 
 def test_majority_groups_equivalent_answers():
@@ -45,3 +46,18 @@ def test_no_answers_no_winner():
 def test_bad_vote_requests(kwargs, message):
     with pytest.raises(ValueError, match=message):
         vote(["1", "2"], **kwargs)
+
+
+def test_constrained_json_answers_are_compared_as_parsed_values():
+    params = StructuredOutputsParams(json_object=True)
+    answers = [constrained_answer(text, params) for text in ('{"b": 1, "a": [1, 2]}', '{ "a":[1,2],\n "b":1 }', '{"a": "X"}', '{"a": "x"}', '{"a": ')]
+    assert answers[0] == answers[1] == '{"a":[1,2],"b":1}' and answers[4] is None
+    result = vote(answers, same=EXACT)
+    assert result.winner == '{"a":[1,2],"b":1}' and result.winner_leaves == [0, 1]
+    assert result.table == {'{"a":[1,2],"b":1}': 2.0, '{"a":"X"}': 1.0, '{"a":"x"}': 1.0}  # case is not equivalence here
+
+
+def test_other_constrained_answers_are_the_text_as_written():
+    params = StructuredOutputsParams(choice=["Yes", "yes"])
+    assert constrained_answer(" Yes ", params) == "Yes"
+    assert vote(["Yes", "yes", "yes"], same=EXACT).winner == "yes"
