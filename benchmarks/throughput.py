@@ -8,6 +8,11 @@ return_entropy), alternating for --rounds rounds: a shared machine's speed drift
 each round's two sides run back to back and the overhead is the median of the rounds'
 ratios. Also reports the server's cold start: process start to the first `/health` 200.
 
+Structured outputs: the same prompts with a JSON schema (`response_format`), against the
+same prompts plain, both without ignore_eos (a grammar ends where its JSON ends), each
+in tokens/s: vLLM's grammar, and our adapter's (with return_entropy, which puts the
+grammar in our adapter), also against plain requests with return_entropy.
+
     python benchmarks/throughput.py [--num-requests 64] [--max-tokens 64] [--rounds 3]
 """
 
@@ -51,6 +56,21 @@ def bare_vllm(model: str, texts: list[str], max_tokens: int, max_model_len: int,
 
 
 SAMPLERS_ON = {"typical_p": 0.9, "adaptive_temperature": {"method": "hapo"}, "return_entropy": True}
+STORY_SCHEMA = {
+    "type": "object",
+    "properties": {"title": {"type": "string"}, "story": {"type": "string"}},
+    "required": ["title", "story"],
+}
+JSON_SCHEMA = {"type": "json_schema", "json_schema": {"name": "story", "schema": STORY_SCHEMA}}
+# name -> (our extra fields, response_format, ignore_eos)
+SIDES = {
+    "plain": ({}, None, True),
+    "samplers": (SAMPLERS_ON, None, True),
+    "plain_until_eos": ({}, None, False),
+    "json_schema": ({}, JSON_SCHEMA, False),
+    "entropy_until_eos": ({"return_entropy": True}, None, False),
+    "json_schema_entropy": ({"return_entropy": True}, JSON_SCHEMA, False),
+}
 
 
 def server_http(texts: list[str], max_tokens: int, max_model_len: int, rounds: int) -> dict:
@@ -65,9 +85,12 @@ def server_http(texts: list[str], max_tokens: int, max_model_len: int, rounds: i
         cold_start_s = time.perf_counter() - started
         model = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x").models.list().data[0].id
 
-        async def run_all(extra: dict, max_tokens: int = max_tokens) -> float:
+        async def run_all(side: str, max_tokens: int = max_tokens) -> float:
+            extra, response_format, ignore_eos = SIDES[side]
             client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="x", timeout=600)
-            extra = {"ignore_eos": True, **extra}
+            extra = {"ignore_eos": ignore_eos, **extra}
+            if response_format is not None:
+                extra["response_format"] = response_format
             start = time.perf_counter()
             results = await asyncio.gather(
                 *(
@@ -79,14 +102,19 @@ def server_http(texts: list[str], max_tokens: int, max_model_len: int, rounds: i
             )
             return sum(r.usage.completion_tokens for r in results) / (time.perf_counter() - start)
 
-        # Warm-up, which also puts every prompt in the prefix cache before either side runs.
-        asyncio.run(run_all({}, max_tokens=1))
-        asyncio.run(run_all(SAMPLERS_ON, max_tokens=1))
-        plain, samplers = [], []
+        # Warm-up, which also puts every prompt in the prefix cache before any side runs.
+        for side in SIDES:
+            asyncio.run(run_all(side, max_tokens=1))
+        measured = {side: [] for side in SIDES}
         for _ in range(rounds):
-            plain.append(asyncio.run(run_all({})))
-            samplers.append(asyncio.run(run_all(SAMPLERS_ON)))
-        return {"plain": plain, "samplers": samplers, "cold_start_s": cold_start_s}
+            for side in SIDES:
+                measured[side].append(asyncio.run(run_all(side)))
+        return {**measured, "cold_start_s": cold_start_s}
+
+
+def paired_ratio(side: list[float], baseline: list[float]) -> float:
+    """The median over rounds of side / baseline, each round's two run back to back."""
+    return round(statistics.median(s / b for s, b in zip(side, baseline)), 3)
 
 
 def main() -> None:
@@ -114,10 +142,11 @@ def main() -> None:
         "server_all_samplers_tokens_per_s": [round(x, 1) for x in server["samplers"]],
         "ratio_server_over_bare": round(median(server["plain"]) / median(bare), 3),
         "ratio_all_samplers_over_bare": round(median(server["samplers"]) / median(bare), 3),
-        "ratio_all_samplers_over_server_plain": round(
-            median(s / p for s, p in zip(server["samplers"], server["plain"])), 3
-        ),
+        "ratio_all_samplers_over_server_plain": paired_ratio(server["samplers"], server["plain"]),
         "server_cold_start_s": round(server["cold_start_s"], 1),
+        **{f"server_{side}_tokens_per_s": [round(x, 1) for x in server[side]] for side in list(SIDES)[2:]},
+        "ratio_json_schema_over_plain": paired_ratio(server["json_schema"], server["plain_until_eos"]),
+        "ratio_json_schema_entropy_over_entropy": paired_ratio(server["json_schema_entropy"], server["entropy_until_eos"]),
     }
     print(json.dumps(result, indent=2))
 

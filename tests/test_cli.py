@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from entropy_serve.cli import COMMANDS, build_parser
-from entropy_serve.commands.flags import fraction, positive_int
+from entropy_serve.commands.flags import answering_settings, fraction, positive_int
 
 
 def test_every_command_has_help_flags_and_a_run_function():
@@ -30,6 +30,7 @@ def test_every_command_has_help_flags_and_a_run_function():
         (["batch", "-i", "in.jsonl"], "the following arguments are required: -o/--output-file"),
         (["batch", "-i", "a", "-o", "b", "--output-order", "random"], "argument --output-order: invalid choice: 'random'"),
         (["score", "-i", "a", "-o", "b", "--window", "0"], "argument --window: must be at least 1, got 0"),
+        (["serve", "--tool-call-parser", "nope"], "argument --tool-call-parser: unknown tool-call parser 'nope'; vLLM's are: "),
     ],
 )
 def test_bad_flags_are_usage_errors_naming_the_flag(argv, message, capsys):
@@ -47,3 +48,11 @@ def test_flag_types_by_hand():
     for bad in ("0", "1.01", "nan?"):
         with pytest.raises(argparse.ArgumentTypeError):
             fraction(bad)
+
+
+def test_auto_tool_choice_needs_a_parser():
+    args = build_parser().parse_args(["serve", "--enable-auto-tool-choice"])
+    with pytest.raises(SystemExit, match="--enable-auto-tool-choice needs --tool-call-parser"):
+        answering_settings(args)
+    args = build_parser().parse_args(["batch", "-i", "a", "-o", "b", "--enable-auto-tool-choice", "--tool-call-parser", "hermes"])
+    assert answering_settings(args)["tool_call_parser"] == "hermes"
