@@ -10,8 +10,7 @@ How the text is read depends on the request's tool choice (protocol.ChatCompleti
   around them is the content; finish_reason `tool_calls` when there are calls.
 Streaming: `ToolStreamer` turns each step's new text into OpenAI's chunk deltas:
 argument pieces as they come for named calls and through the parser's own streaming for
-auto; for required, each call once the array is complete (the items are only known
-then), in the choice's last chunk.
+auto; for required, each call whole as soon as its item of the array is complete.
 """
 
 from __future__ import annotations
@@ -117,6 +116,23 @@ def required_calls(text: str) -> list[ChatCompletionMessageToolCall] | None:
     return [tool_call(item["name"], json.dumps(item["parameters"], ensure_ascii=False)) for item in items]
 
 
+def complete_items(text: str, start: int) -> tuple[list[dict], int]:
+    """The items of a JSON array written so far in `text` that are complete from offset
+    `start` on (skipping `[`, commas and whitespace), and the offset after the last one."""
+    decoder = json.JSONDecoder()
+    items = []
+    position = start
+    while True:
+        while position < len(text) and text[position] in "[, \n\r\t":
+            position += 1
+        try:
+            item, end = decoder.raw_decode(text, position)
+        except json.JSONDecodeError:
+            return items, position
+        items.append(item)
+        position = end
+
+
 def vllm_chat_request(request: ChatCompletionRequest):
     """vLLM's own ChatCompletionRequest for the same body, which vLLM's tool parsers read."""
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest as VLLMChatRequest
@@ -148,6 +164,7 @@ class ToolStreamer:
     token_ids: list[int] = field(default_factory=list)
     call_id: str = field(default_factory=new_call_id)
     num_calls: int = 0
+    parsed_until: int = 0  # required: the offset after the last complete array item
 
     def step(self, delta_text: str, delta_ids: list[int], finished: bool) -> StreamedDelta:
         previous_text, previous_ids = self.text, list(self.token_ids)
@@ -162,13 +179,13 @@ class ToolStreamer:
             )
             return StreamedDelta(None, [delta] if delta_text else None, None)
         if mode == "required":
-            if not finished:
-                return StreamedDelta(None, None, None)
-            calls = required_calls(self.text)
-            if calls is None:
-                return StreamedDelta(self.text, None, None)
-            deltas = [ChoiceDeltaToolCall(index=i, **call.model_dump()) for i, call in enumerate(calls)]
-            return StreamedDelta(None, deltas, "tool_calls")
+            items, self.parsed_until = complete_items(self.text, self.parsed_until)
+            deltas = []
+            for item in items:
+                call = tool_call(item["name"], json.dumps(item["parameters"], ensure_ascii=False))
+                deltas.append(ChoiceDeltaToolCall(index=self.num_calls, **call.model_dump()))
+                self.num_calls += 1
+            return StreamedDelta(None, deltas or None, "tool_calls" if finished and self.num_calls else None)
         message = self.parser.extract_tool_calls_streaming(
             previous_text, self.text, delta_text, previous_ids, self.token_ids, delta_ids, self.reader.vllm_request
         )

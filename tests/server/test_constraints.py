@@ -150,5 +150,9 @@ def test_streamed_named_and_required_deltas_reassemble():
     assert "".join(d.tool_calls[0].function.arguments for d in deltas) == '{"city": "Paris"}'
     required = ToolReader.of(chat(tools=TOOLS, tool_choice="required"), None, None).streamer()
     assert required.step('[{"name": "now", ', [1], finished=False).tool_calls is None
-    last = required.step('"parameters": {}}]', [2], finished=True)
-    assert last.finish_reason == "tool_calls" and last.tool_calls[0].function.name == "now"
+    first = required.step('"parameters": {}}, {"name": "get_weather", "parameters": {"ci', [2], finished=False)
+    assert [(d.index, d.function.name, d.function.arguments) for d in first.tool_calls] == [(0, "now", "{}")]
+    assert first.tool_calls[0].id and first.finish_reason is None
+    last = required.step('ty": "Oslo"}}]', [3], finished=True)
+    assert [(d.index, d.function.name, json.loads(d.function.arguments)) for d in last.tool_calls] == [(1, "get_weather", {"city": "Oslo"})]
+    assert last.finish_reason == "tool_calls"
