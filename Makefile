@@ -2,7 +2,8 @@
 #   make serve   - install into .venv, prepare the embedded model, run the server
 #   make test    - install into .venv (with test tools), lint, run the whole test suite
 # Also: make test-fast (everything that starts no engine, under a minute), make lint,
-# make lm-eval (lm-evaluation-harness, a client the tests drive, in its own venv).
+# make lm-eval (lm-evaluation-harness, a client the tests drive, in its own venv),
+# make test-docker (the CPU image and compose.yaml end to end; needs root, docker, prometheus).
 # On a machine with an NVIDIA GPU (nvidia-smi present) the `gpu` extra is installed
 # instead of `cpu`.
 
@@ -17,7 +18,7 @@ LM_EVAL_STAMP := $(LM_EVAL_VENV)/.installed
 LM_EVAL_PACKAGES := "lm_eval[api]==0.4.13" "transformers>=4.45"
 SERVE_ARGS ?=
 
-.PHONY: install serve test test-fast lint lm-eval bench clean
+.PHONY: install serve test test-fast test-docker lint lm-eval bench clean
 
 install: $(STAMP)
 
@@ -51,6 +52,9 @@ test: lint lm-eval
 test-fast: $(STAMP)
 	$(BIN)/entropy-serve prepare-model
 	$(BIN)/python -m pytest -q -m "not e2e"
+
+test-docker: $(STAMP)
+	$(BIN)/python docker/smoke_test.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

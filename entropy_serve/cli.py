@@ -1,10 +1,16 @@
 """`entropy-serve` command line: a table of commands (entropy_serve/commands/), each
-owning its flags and its run function."""
+owning its flags and its run function.
+
+Every flag also reads the environment: `--max-tokens-limit` from
+ENTROPY_SERVE_MAX_TOKENS_LIMIT (an empty value is unset), checked as the flag is, and a
+flag given on the command line wins. Containers are configured this way (compose.yaml).
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from entropy_serve import model_store
@@ -27,7 +33,32 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=command.HELP, description=command.HELP)
         command.add_arguments(sub)
         sub.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+        env_defaults(sub)
     return parser
+
+
+ENV_PREFIX = "ENTROPY_SERVE_"
+TRUE, FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def env_name(action: argparse.Action) -> str:
+    return ENV_PREFIX + action.dest.upper()
+
+
+def env_defaults(parser: argparse.ArgumentParser) -> None:
+    """Each optional flag's default from its environment variable, where one is set."""
+    for action in parser._actions:  # argparse lists a parser's flags nowhere public
+        value = os.environ.get(env_name(action), "")
+        if not action.option_strings or action.dest == "help" or value == "":
+            continue
+        if action.nargs == 0:  # a switch: --flag / --no-flag
+            if value.lower() not in TRUE | FALSE:
+                parser.error(f"{env_name(action)}: expected true or false, got {value!r}")
+            value = value.lower() in TRUE
+        elif action.choices is not None and value not in action.choices:
+            parser.error(f"{env_name(action)}: invalid choice {value!r} (choose from {', '.join(map(str, action.choices))})")
+        # A string default goes through the flag's type when parsed, with the flag's checks.
+        parser.set_defaults(**{action.dest: value})
 
 
 def main(argv: list[str] | None = None) -> int:

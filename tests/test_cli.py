@@ -56,3 +56,30 @@ def test_auto_tool_choice_needs_a_parser():
         answering_settings(args)
     args = build_parser().parse_args(["batch", "-i", "a", "-o", "b", "--enable-auto-tool-choice", "--tool-call-parser", "hermes"])
     assert answering_settings(args)["tool_call_parser"] == "hermes"
+
+
+def test_every_flag_reads_its_environment_variable_and_the_flag_wins(monkeypatch):
+    monkeypatch.setenv("ENTROPY_SERVE_MAX_TOKENS_LIMIT", "128")
+    monkeypatch.setenv("ENTROPY_SERVE_ENABLE_AUTO_TOOL_CHOICE", "true")
+    monkeypatch.setenv("ENTROPY_SERVE_TOOL_CALL_PARSER", "hermes")
+    monkeypatch.setenv("ENTROPY_SERVE_MODEL", "")  # empty: unset, as compose passes an unset variable
+    monkeypatch.setenv("ENTROPY_SERVE_TENSOR_PARALLEL_SIZE", "2")
+    args = build_parser().parse_args(["serve"])
+    assert (args.max_tokens_limit, args.enable_auto_tool_choice, args.tool_call_parser) == (128, True, "hermes")
+    assert args.model is None and args.tensor_parallel_size == 2
+    assert build_parser().parse_args(["serve", "--max-tokens-limit", "64"]).max_tokens_limit == 64
+
+
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("ENTROPY_SERVE_MAX_N", "0", "argument --max-n: must be at least 1, got 0"),
+        ("ENTROPY_SERVE_ENABLE_AUTO_TOOL_CHOICE", "maybe", "ENTROPY_SERVE_ENABLE_AUTO_TOOL_CHOICE: expected true or false, got 'maybe'"),
+        ("ENTROPY_SERVE_DISTRIBUTED_EXECUTOR_BACKEND", "slurm", "ENTROPY_SERVE_DISTRIBUTED_EXECUTOR_BACKEND: invalid choice 'slurm'"),
+    ],
+)
+def test_bad_environment_values_are_usage_errors(monkeypatch, capsys, name, value, message):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as raised:
+        build_parser().parse_args(["serve"])
+    assert raised.value.code == 2 and message in capsys.readouterr().err

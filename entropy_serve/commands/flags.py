@@ -65,6 +65,14 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--block-size", type=positive_int, help="KV cache block size in tokens (default: vLLM's); prefix caching reuses whole blocks"
     )
+    parallel = parser.add_argument_group("parallelism (vLLM's)")
+    parallel.add_argument("--tensor-parallel-size", "-tp", type=positive_int, default=1, help="GPUs each layer is split over")
+    parallel.add_argument("--pipeline-parallel-size", "-pp", type=positive_int, default=1, help="GPUs the layers are split over")
+    parallel.add_argument("--data-parallel-size", "-dp", type=positive_int, default=1, help="engine copies, each serving its own requests")
+    parallel.add_argument(
+        "--distributed-executor-backend", choices=["mp", "ray", "uni", "external_launcher"],
+        help="how the ranks run: processes on this node (mp) or a Ray cluster across nodes (ray); default: vLLM's",
+    )
 
 
 def add_answering_flags(parser: argparse.ArgumentParser) -> None:
@@ -156,5 +164,9 @@ def server_config(args: argparse.Namespace, **extra):
         max_num_seqs=args.max_num_seqs,
         num_gpu_blocks_override=args.num_gpu_blocks_override,
         block_size=args.block_size,
+        tensor_parallel_size=args.tensor_parallel_size,
+        pipeline_parallel_size=args.pipeline_parallel_size,
+        data_parallel_size=args.data_parallel_size,
+        distributed_executor_backend=args.distributed_executor_backend,
         **extra,
     )

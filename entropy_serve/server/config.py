@@ -21,6 +21,11 @@ class ServerConfig:
     num_gpu_blocks_override: int | None = None  # KV cache blocks (vLLM's flag; tests use it)
     # KV cache block size in tokens (None: vLLM's, 128 on CPU); prefix caching reuses whole blocks.
     block_size: int | None = None
+    # vLLM's parallelism, its flag names: GPUs per model copy (tensor, pipeline) and copies (data).
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    data_parallel_size: int = 1
+    distributed_executor_backend: str | None = None  # mp, ray, uni, external_launcher (None: vLLM's choice)
     # The model's token-entropy profile (JSON from `entropy-serve calibrate`), for hapo.
     entropy_profile: str | None = None
     # DiffAdapt difficulty probe folder (train-probe) and per-class strategy table (JSON).
@@ -52,6 +57,9 @@ class ServerConfig:
             "max_tokens_limit": self.max_tokens_limit,
             "max_prompt_tokens": self.max_prompt_tokens,
             "max_model_len": self.max_model_len,
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "pipeline_parallel_size": self.pipeline_parallel_size,
+            "data_parallel_size": self.data_parallel_size,
         }
         for name, value in positive.items():
             if value is not None and value < 1:

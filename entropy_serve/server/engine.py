@@ -35,6 +35,7 @@ from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.platforms import current_platform
 from vllm.v1.engine.async_llm import AsyncLLM
 
+from entropy_serve.server import metrics
 from entropy_serve.server.config import ServerConfig
 from entropy_serve.server.errors import EngineUnavailable
 
@@ -54,6 +55,10 @@ def engine_args(config: ServerConfig) -> AsyncEngineArgs:
         max_num_seqs=config.max_num_seqs,
         num_gpu_blocks_override=config.num_gpu_blocks_override,
         block_size=config.block_size,
+        tensor_parallel_size=config.tensor_parallel_size,
+        pipeline_parallel_size=config.pipeline_parallel_size,
+        data_parallel_size=config.data_parallel_size,
+        distributed_executor_backend=config.distributed_executor_backend,
         enable_prefix_caching=True,  # entropy_fork's branches share their tree's prefix
         disable_log_stats=False,  # feeds vLLM's own Prometheus gauges on /metrics
         enable_log_requests=False,
@@ -81,12 +86,22 @@ class EngineHolder:
     def __init__(self, config: ServerConfig, on_dead: Callable[[], None]):
         self.config = config
         self.on_dead = on_dead
-        self.state = EngineState.STARTING
+        self._state = EngineState.STARTING
+        metrics.ENGINE_READY.set(0)
         self.engine: AsyncLLM | None = None
         self.tokenizer = None
         self.max_model_len: int = 0
         self.failure: str | None = None
         self._watched: list[AsyncLLM] = []
+
+    @property
+    def state(self) -> EngineState:
+        return self._state
+
+    @state.setter
+    def state(self, state: EngineState) -> None:
+        self._state = state
+        metrics.ENGINE_READY.set(1 if state is EngineState.READY else 0)
 
     @property
     def ready(self) -> bool:

@@ -24,6 +24,7 @@ E2E_LATENCY_S = Histogram(
     buckets=LATENCY_BUCKETS_S,
 )
 REQUESTS_RUNNING = Gauge("entropy_serve_requests_running", "Requests being generated now.")
+ENGINE_READY = Gauge("entropy_serve_engine_ready", "1 while the engine answers (/health 200), else 0 (loading, dead, stopped).")
 
 ENTROPY_BUCKETS_NATS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 1.5, 2, 3, 4, 5, 6, 8, 11)
 TEMPERATURE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2, 1.5, 2, 3, 5, 10)
@@ -36,6 +37,10 @@ SAMPLING_TEMPERATURE = Histogram(
     "entropy_serve_sampling_temperature",
     "Temperature each token was sampled at (0: greedy; requests with return_entropy).",
     buckets=TEMPERATURE_BUCKETS,
+)
+ENTROPY_RECORDS = Counter(
+    "entropy_serve_entropy_records",
+    "Per-token entropy records received from the engine: one per measured token (more: a rank published twice).",
 )
 TOKENS_BY_SAMPLER = Counter(
     "entropy_serve_tokens_by_sampler", "Generated tokens, by sampler (vllm: none of ours).", ["sampler"]
@@ -62,3 +67,21 @@ PROBE_LATENCY_S = Histogram(
     "entropy_serve_probe_latency_seconds", "Seconds to read a prompt's hidden state and classify it.",
     buckets=LATENCY_BUCKETS_S,
 )
+
+# The calibration profile's token-entropy range, for the entropy-drift alert: the mean
+# token entropy of live traffic leaving [low, high] means the model or the traffic changed.
+PROFILE_ENTROPY_NATS = Gauge(
+    "entropy_serve_profile_entropy_nats",
+    "The served entropy profile's token entropy: mean, and the quartiles that bound normal (low: q0.25, high: q0.75).",
+    ["bound"],
+)
+PROFILE_BOUNDS = {"low": "0.25", "high": "0.75"}
+
+
+def export_profile(summary: dict | None) -> None:
+    """Publish a calibration summary's entropy range (profiles without one export none)."""
+    if not summary:
+        return
+    PROFILE_ENTROPY_NATS.labels(bound="mean").set(summary["mean_entropy_nats"])
+    for bound, quantile in PROFILE_BOUNDS.items():
+        PROFILE_ENTROPY_NATS.labels(bound=bound).set(summary["entropy_quantiles_nats"][quantile])

@@ -29,11 +29,11 @@ class ServerProcess:
     ServerProcess(*flags) as server:` waits until it is ready and terminates it on the
     way out, whatever happened inside."""
 
-    def __init__(self, *args: str, kv_cache_gib: int = 2):
+    def __init__(self, *args: str, kv_cache_gib: int = 2, env: dict[str, str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(tempfile.mkstemp(prefix="entropy-serve-", suffix=".log")[1])
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib)}
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib), **(env or {})}
         command = [sys.executable, "-m", "entropy_serve", "serve", "--port", str(self.port), *args]
         self._log = self.log_path.open("w")
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env)

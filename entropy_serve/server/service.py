@@ -93,7 +93,9 @@ class Service:
         self.config = config
         self.engine = EngineHolder(config, on_dead)
         self.channel = EntropyChannel()
-        self.profile = load_profile(config.entropy_profile, config.model).profile if config.entropy_profile else None
+        loaded = load_profile(config.entropy_profile, config.model) if config.entropy_profile else None
+        self.profile = loaded.profile if loaded else None
+        metrics.export_profile(loaded.data.get("summary") if loaded else None)
         self.router = DifficultyRouter.load(config)
         self.planner = Planner(config, self.engine, self.profile)
         self.context = StrategyContext(

@@ -8,6 +8,11 @@ CHANNEL_ENV variable (spawned processes inherit the environment).
 A record is (engine request key, output position, model entropy, sampled entropy,
 temperature). Keying by output position makes it safe under preemption and discarded
 samples: a recomputed position simply overwrites the earlier record.
+
+Under tensor parallelism every TP rank's worker runs the logits processors on the same
+full logits (vLLM gathers them before sampling), so every rank measures the same
+entropies; only TP rank 0 publishes them, one record per token. Pipeline stages other
+than the last compute no logits; data-parallel engines each publish their own requests.
 """
 
 from __future__ import annotations
@@ -18,11 +23,14 @@ import os
 import shutil
 import tempfile
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
 import zmq
 import zmq.asyncio
+
+from entropy_serve.server import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -37,16 +45,30 @@ class TokenEntropy:
     temperature: float
 
 
-class EntropyPublisher:
-    """Engine side: connects lazily on first publish, never blocks the engine step."""
+def tensor_parallel_rank() -> int:
+    """This worker's TP rank (0 where vLLM's parallel state is not set up: unit tests)."""
+    from vllm.distributed import get_tensor_model_parallel_rank, model_parallel_is_initialized
 
-    def __init__(self) -> None:
+    return get_tensor_model_parallel_rank() if model_parallel_is_initialized() else 0
+
+
+class EntropyPublisher:
+    """Engine side: connects lazily on first publish, never blocks the engine step; on
+    TP ranks other than 0 it publishes nothing (see the module doc)."""
+
+    def __init__(self, rank: Callable[[], int] = tensor_parallel_rank) -> None:
         self.address = os.environ.get(CHANNEL_ENV)
+        self._rank = rank
+        self._publishes: bool | None = None  # decided on the first publish, once ranks exist
         self._socket: zmq.Socket | None = None
         self._encoder = msgspec.msgpack.Encoder()
 
     def publish(self, records: list[Record]) -> None:
         if not records or not self.address:
+            return
+        if self._publishes is None:
+            self._publishes = self._rank() == 0
+        if not self._publishes:
             return
         if self._socket is None:
             self._socket = zmq.Context.instance().socket(zmq.PUSH)
@@ -63,6 +85,7 @@ class EntropyStore:
         self._arrived = asyncio.Event()
 
     def add(self, records: list[Record]) -> None:
+        metrics.ENTROPY_RECORDS.inc(len(records))
         for key, position, model_entropy, sampled_entropy, temperature in records:
             self._by_key[key][position] = TokenEntropy(model_entropy, sampled_entropy, temperature)
         self._arrived.set()

@@ -64,3 +64,26 @@ def test_channel_hands_its_address_to_the_engine_and_cleans_up(monkeypatch):
     record, folder = asyncio.run(scenario())
     assert (record.model_entropy_nats, record.sampled_entropy_nats, record.temperature) == (0.5, 0.25, 0.7)
     assert not folder.exists()
+
+
+def test_only_tensor_parallel_rank_0_publishes(tmp_path, monkeypatch):
+    """Every TP rank runs the processors on the same logits; one record per token."""
+    address = f"ipc://{tmp_path}/entropy.sock"
+    monkeypatch.setenv(CHANNEL_ENV, address)
+
+    async def scenario():
+        store = EntropyStore()
+        subscriber = EntropySubscriber(address, store)
+        reader = asyncio.create_task(subscriber.run())
+        ranks = [EntropyPublisher(rank=lambda r=r: r) for r in (0, 1)]
+        for rank, publisher in enumerate(ranks):
+            publisher.publish([("req", 0, 1.0 + rank, 0.5, 1.0)])
+        (record,) = await store.take("req", range(0, 1))
+        await asyncio.sleep(0.05)
+        reader.cancel()
+        subscriber.close()
+        return record, ranks
+
+    record, (rank0, rank1) = asyncio.run(scenario())
+    assert record.model_entropy_nats == 1.0  # rank 0's; rank 1's would overwrite it
+    assert rank0._socket is not None and rank1._socket is None  # rank 1 never even connected
