@@ -48,6 +48,13 @@ def clipped_surrogate(
     return torch.maximum(unclipped, clipped), clipped > unclipped
 
 
+def flat_selection(indices: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A bool tensor shaped like `like`, True at `indices` of its flattened view."""
+    selected = torch.zeros(like.numel(), dtype=torch.bool, device=like.device)
+    selected[indices] = True
+    return selected.view_as(like)
+
+
 @dataclass(frozen=True)
 class CovLoss:
     loss: torch.Tensor  # [batch, tokens], 0 off the mask
@@ -78,9 +85,7 @@ def clip_cov_loss(
     candidates = (valid & ~clipped & (covariance > lower) & (covariance < upper)).flatten().nonzero().squeeze(-1)
     k = max(1, int(ratio * int(valid.sum())))
     chosen = candidates[torch.randperm(len(candidates), generator=generator)[:k]]
-    selected = torch.zeros(valid.numel(), dtype=torch.bool)
-    selected[chosen] = True
-    selected = selected.view_as(valid)
+    selected = flat_selection(chosen, like=valid)
     return CovLoss(
         loss=torch.where(selected | ~valid, torch.zeros_like(loss), loss),
         selected=selected,
@@ -107,9 +112,7 @@ def kl_cov_loss(
     covariance = token_covariance(advantages, log_probs, mask).masked_fill(~valid, float("-inf"))
     k = max(1, int(fraction * int(valid.sum())))
     top = covariance.flatten().topk(min(k, int(valid.sum()))).indices
-    selected = torch.zeros(valid.numel(), dtype=torch.bool)
-    selected[top] = True
-    selected = selected.view_as(valid)
+    selected = flat_selection(top, like=valid)
     loss = -advantages * ratio + coef * (log_probs - old_log_probs).abs() * selected
     return CovLoss(loss=loss * valid, selected=selected, clip_fraction=0.0)
 
