@@ -27,6 +27,7 @@ PIVOT_QUANTILE = 0.8
 SPREAD_QUANTILES = (0.05, 0.95)
 SUMMARY_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.8, 0.95)
 PROFILES_DIR = Path(__file__).parent / "profiles"
+PROFILE_FILE = "entropy_profile.json"  # a model folder's own profile (train-policy writes one); serve uses it
 
 DEFAULT_PROMPTS = [
     "What is 17 + 25? Explain briefly.",
@@ -90,6 +91,46 @@ def profile_from_entropies(entropies_nats: list[float]) -> dict:
             "mean_entropy_nats": float(h.mean()),
             "entropy_quantiles_nats": {str(q): float(np.quantile(h, q)) for q in SUMMARY_QUANTILES},
         },
+    }
+
+
+async def sample_entropies(service, samples_per_prompt: int, max_tokens: int, seed: int) -> list[float]:
+    """Model entropy of every token sampled at T=1 for the built-in prompts, answered by a
+    started in-process service (server/service.py), as a client's chat requests are."""
+    import asyncio
+
+    replies = await asyncio.gather(
+        *(
+            service.answer(
+                {
+                    "model": service.config.served_model_name,
+                    "messages": [{"role": "user", "content": prompt}],
+                    "n": samples_per_prompt,
+                    "max_tokens": max_tokens,
+                    "temperature": 1.0,
+                    "seed": seed + i,
+                    "return_entropy": True,
+                },
+                "chat_completions",
+            )
+            for i, prompt in enumerate(DEFAULT_PROMPTS)
+        )
+    )
+    return [h for reply in replies for choice in reply.choices for h in choice.model_extra["entropy"]["model_entropy_nats"]]
+
+
+def profile_record(model_name: str, model: str, entropies_nats: list[float], samples_per_prompt: int, max_tokens: int, seed: int) -> dict:
+    """The profile file's contents: how it was made, the model's fingerprint, the fields."""
+    return {
+        "model": model_name,
+        "fingerprint": model_fingerprint(model),
+        "prompts": "built-in",
+        "num_prompts": len(DEFAULT_PROMPTS),
+        "samples_per_prompt": samples_per_prompt,
+        "max_tokens": max_tokens,
+        "temperature": 1.0,
+        "seed": seed,
+        **profile_from_entropies(entropies_nats),
     }
 
 

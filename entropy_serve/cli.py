@@ -14,7 +14,7 @@ import os
 import sys
 
 from entropy_serve import model_store
-from entropy_serve.commands import batch, calibrate, prepare_model, score, serve, train_probe
+from entropy_serve.commands import batch, calibrate, prepare_model, score, serve, train_policy, train_probe
 
 COMMANDS = {
     "serve": serve,
@@ -23,6 +23,7 @@ COMMANDS = {
     "prepare-model": prepare_model,
     "calibrate": calibrate,
     "train-probe": train_probe,
+    "train-policy": train_policy,
 }
 
 

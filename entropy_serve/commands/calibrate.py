@@ -11,7 +11,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from entropy_serve.calibration import DEFAULT_PROMPTS, model_fingerprint, profile_from_entropies
+from entropy_serve.calibration import profile_record, sample_entropies
 from entropy_serve.commands.flags import add_engine_flags, positive_int, server_config
 
 HELP = "sample built-in prompts, write the model's entropy profile"
@@ -28,17 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = server_config(args, max_n=args.samples)  # every prompt's samples in one request
     entropies = asyncio.run(collect_entropies(config, args.samples, args.max_tokens, args.seed))
-    profile = {
-        "model": config.served_model_name,
-        "fingerprint": model_fingerprint(config.model),
-        "prompts": "built-in",
-        "num_prompts": len(DEFAULT_PROMPTS),
-        "samples_per_prompt": args.samples,
-        "max_tokens": args.max_tokens,
-        "temperature": 1.0,
-        "seed": args.seed,
-        **profile_from_entropies(entropies),
-    }
+    profile = profile_record(config.served_model_name, config.model, entropies, args.samples, args.max_tokens, args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(profile, indent=2) + "\n")
     print(json.dumps({k: profile[k] for k in ("model", "log_entropy_pivot", "log_entropy_spread", "summary")}, indent=2))
@@ -47,25 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def collect_entropies(config, samples_per_prompt: int, max_tokens: int, seed: int) -> list[float]:
-    """Model entropy of every token sampled at T=1 for the built-in prompts."""
     from entropy_serve.server.service import running_service
 
     async with running_service(config) as service:
-        replies = await asyncio.gather(
-            *(
-                service.answer(
-                    {
-                        "model": config.served_model_name,
-                        "messages": [{"role": "user", "content": prompt}],
-                        "n": samples_per_prompt,
-                        "max_tokens": max_tokens,
-                        "temperature": 1.0,
-                        "seed": seed + i,
-                        "return_entropy": True,
-                    },
-                    "chat_completions",
-                )
-                for i, prompt in enumerate(DEFAULT_PROMPTS)
-            )
-        )
-    return [h for reply in replies for choice in reply.choices for h in choice.model_extra["entropy"]["model_entropy_nats"]]
+        return await sample_entropies(service, samples_per_prompt, max_tokens, seed)

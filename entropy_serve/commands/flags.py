@@ -87,7 +87,7 @@ def add_answering_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-prompt-tokens", type=positive_int, help="longest prompt accepted, in tokens")
     parser.add_argument(
         "--entropy-profile", type=existing_path,
-        help="token-entropy profile for hapo (default: the shipped one of the embedded model)",
+        help=f"token-entropy profile for hapo (default: the model folder's {calibration.PROFILE_FILE}, or the embedded model's)",
     )
     parser.add_argument("--probe", type=existing_path, help="difficulty probe folder (from train-probe): enables strategy 'difficulty'")
     parser.add_argument("--difficulty-table", type=existing_path, help="JSON overriding the per-class strategies (see README)")
@@ -123,6 +123,8 @@ def answering_settings(args: argparse.Namespace) -> dict:
     profile = args.entropy_profile
     if profile is None and args.model is None:
         profile = calibration.default_profile_path(model_store.DEFAULT_MODEL_NAME)
+    elif profile is None and (Path(args.model) / calibration.PROFILE_FILE).is_file():
+        profile = Path(args.model) / calibration.PROFILE_FILE  # a folder's own profile (train-policy writes one)
     return dict(
         max_n=args.max_n,
         max_leaves=args.max_leaves,

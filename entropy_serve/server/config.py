@@ -26,6 +26,9 @@ class ServerConfig:
     pipeline_parallel_size: int = 1
     data_parallel_size: int = 1
     distributed_executor_backend: str | None = None  # mp, ray, uni, external_launcher (None: vLLM's choice)
+    # What `logprobs` report (vLLM's flag): raw_logprobs (the model's, vLLM's default) or
+    # processed_logprobs (the distribution the token was drawn from: the policy trainer's).
+    logprobs_mode: str | None = None
     # The model's token-entropy profile (JSON from `entropy-serve calibrate`), for hapo.
     entropy_profile: str | None = None
     # DiffAdapt difficulty probe folder (train-probe) and per-class strategy table (JSON).

@@ -59,6 +59,7 @@ def engine_args(config: ServerConfig) -> AsyncEngineArgs:
         pipeline_parallel_size=config.pipeline_parallel_size,
         data_parallel_size=config.data_parallel_size,
         distributed_executor_backend=config.distributed_executor_backend,
+        **({"logprobs_mode": config.logprobs_mode} if config.logprobs_mode else {}),
         enable_prefix_caching=True,  # entropy_fork's branches share their tree's prefix
         disable_log_stats=False,  # feeds vLLM's own Prometheus gauges on /metrics
         enable_log_requests=False,

@@ -40,6 +40,7 @@ from entropy_serve.server.planning import Planner
 from entropy_serve.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
 from entropy_serve.server.strategies import ANSWERS
 from entropy_serve.server.strategies.context import Reply, StrategyContext
+from entropy_serve.server.submission import Result
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +136,15 @@ class Service:
         if request.strategy is not None:
             return await ANSWERS[type(request.strategy)](self.context, request)
         return await self.context.reply(self.planner.plan(request))
+
+    async def generate(self, body: object, endpoint: Endpoint | str) -> Result:
+        """The body's generation as our own records (token ids, vLLM's logprobs, entropies),
+        for in-process callers that need tokens rather than text: the policy trainer's
+        rollouts. The same validation and plan as `answer`; no strategy, no stream."""
+        request = parse_request(body, Endpoint(endpoint))
+        if request.strategy is not None or request.stream:
+            raise BadRequest("generate: takes an ordinary request (no strategy, no stream)")
+        return await self.context.run(self.planner.plan(request))
 
     def prompt_token_ids(self, body: object, endpoint: Endpoint | str) -> list[list[int]]:
         """The token ids the engine would see for the body's prompt(s) (chat template applied)."""

@@ -61,9 +61,10 @@ class TrainSettings:
     held_out_fraction: float = 0.25
 
 
-def load_problems(task: str, num_problems: int, seed: int) -> list[TrainingProblem]:
+def load_problems(task: str, num_problems: int, seed: int, levels: tuple[str, ...] = TRAINING_LEVELS) -> list[TrainingProblem]:
+    """The built-in arithmetic `levels` (seeded) or the first problems of a JSONL file."""
     if task == "arithmetic":
-        levels = arithmetic.levels_named(TRAINING_LEVELS)
+        levels = arithmetic.levels_named(levels)
         return [TrainingProblem(p.question, p.answer) for p in arithmetic.generate(num_problems, seed, levels)]
     path = Path(task)
     if not path.is_file():
