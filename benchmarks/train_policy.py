@@ -9,7 +9,7 @@ mean token entropy holds up under KL-Cov / Clip-Cov while it falls under plain G
 Writes OUT/results.json, OUT/results.md (one table) and OUT/entropy.png (rollout entropy
 and reward per step, every variant); each variant's run folder stays in OUT/VARIANT.
 
-    python benchmarks/train_policy.py --out DIR [--steps 16] [--held-out 100]
+    python benchmarks/train_policy.py --out DIR [--steps 12] [--learning-rate 2e-5] [--held-out 100]
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ def train(name: str, flags: list[str], args) -> dict:
     command = [
         sys.executable, "-m", "entropy_serve", "train-policy", "--output-dir", str(out), "--steps", str(args.steps),
         "--group-size", str(args.group_size), "--prompts-per-step", str(args.prompts_per_step),
-        "--learning-rate", str(args.learning_rate), "--calibration-samples", "1", "--save-steps", str(args.steps),
+        "--learning-rate", str(args.learning_rate), "--max-tokens", str(args.max_tokens), "--seed", str(args.seed),
+        "--calibration-samples", "1", "--save-steps", str(args.steps),
         *flags,
     ]
     print(f"[{name}] {' '.join(command[1:])}", file=sys.stderr, flush=True)
@@ -123,10 +124,12 @@ def write_report(results: dict, args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--group-size", type=int, default=8)
-    parser.add_argument("--prompts-per-step", type=int, default=4)
-    parser.add_argument("--learning-rate", type=float, default=1e-5)
+    parser.add_argument("--prompts-per-step", type=int, default=2)
+    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--learning-rate", type=float, default=2e-5)
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--held-out", type=int, default=100)
     parser.add_argument("--samples", type=int, default=4, help="T 0.8 samples per held-out problem")
     args = parser.parse_args()

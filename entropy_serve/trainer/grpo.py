@@ -18,11 +18,12 @@ What the subclass changes, and nothing else:
 from __future__ import annotations
 
 import json
+import os
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from trl import GRPOTrainer
 
 from entropy_serve.trainer.entropy_control import (
     CovLoss,
@@ -34,6 +35,12 @@ from entropy_serve.trainer.entropy_control import (
 )
 from entropy_serve.trainer.policy_config import PolicyConfig
 from entropy_serve.trainer.rollouts import RolloutEngine
+
+# TRL warns, on import, about the vLLM versions its own vLLM integration supports (we use
+# none of it: the engine is ours), and about rollout_func being experimental.
+warnings.filterwarnings("ignore", message="TRL currently supports vLLM versions")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+from trl import GRPOTrainer  # noqa: E402
 
 SEED_STRIDE = 100_003  # seed of a rollout request: seed * SEED_STRIDE + step * 1_009 + group
 
@@ -57,7 +64,7 @@ class PolicyTrainer(GRPOTrainer):
         self.settings = settings
         self.engine = engine
         self.served_model_name = served_model_name
-        self.rollout_log = rollout_log  # JSONL: every rollout request, its seed and its responses
+        self.rollout_log = rollout_log  # JSONL: every rollout request body and its responses
         self.synced_step = 0  # the engine starts with the initial weights
         self._advantage_scale: list[float] = []
         self._cov_generator = torch.Generator().manual_seed(settings.seed)
@@ -96,7 +103,7 @@ class PolicyTrainer(GRPOTrainer):
         groups = self.engine.generate(bodies)
         with self.rollout_log.open("a") as out:
             for body, group in zip(bodies, groups):
-                record = {"step": step, "seed": body["seed"], "messages": body["messages"], "responses": [asdict(r) for r in group]}
+                record = {"step": step, "body": body, "responses": [asdict(r) for r in group]}
                 out.write(json.dumps(record) + "\n")
         rollouts = [None] * len(prompts)
         self._advantage_scale = [1.0] * len(prompts)

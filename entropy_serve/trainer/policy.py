@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import warnings
 from pathlib import Path
 
 import torch
@@ -133,10 +131,6 @@ def grpo_args(settings: PolicyConfig):
 
 def train_policy(settings: PolicyConfig) -> dict:
     """Run (or resume) the training; returns a summary. See the module doc."""
-    # TRL warns about rollout_func (experimental) and about vLLM versions its own vLLM
-    # integration supports, which we do not use (the engine is ours).
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    warnings.filterwarnings("ignore", message="TRL currently supports vLLM versions")
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.trainer_utils import get_last_checkpoint

@@ -1,0 +1,93 @@
+"""`entropy-serve train-policy` on the embedded model, end to end: one step, then the same
+command with two steps resumes from its checkpoint; the weights reach the engine (the
+rollout after the resumed step differs from a no-sync replay of the same seeded request,
+while the first step's replays are equal); the output folder is served, with its own
+entropy profile, and answered through the `openai` client."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import openai
+import pytest
+from helpers import command_env, run_cli
+
+from entropy_serve.calibration import PROFILE_FILE
+from entropy_serve.server.process import ServerProcess
+from entropy_serve.trainer.policy_log import LOG_FILE, PLOT_FILE, ROLLOUTS_FILE, read_log
+
+pytestmark = pytest.mark.e2e  # starts real engines
+
+# Small and fast, a rollout every step (updates 1), a large step so one step moves the weights.
+FLAGS = (
+    "--group-size", "4", "--prompts-per-step", "2", "--updates-per-batch", "1", "--max-tokens", "24",
+    "--num-problems", "8", "--save-steps", "1", "--learning-rate", "1e-4", "--calibration-samples", "1",
+    "--entropy-control", "clip_cov",
+)
+CONTROL = Path(__file__).parent / "control_rollouts.py"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("train") / "policy"
+    run_cli("train-policy", "--output-dir", out, "--steps", "1", *FLAGS)
+    assert (out / "checkpoints" / "checkpoint-1").is_dir()
+    resumed = run_cli("train-policy", "--output-dir", out, "--steps", "2", *FLAGS)
+    assert "resuming from" in resumed.stdout and "checkpoint-1" in resumed.stdout
+    return out
+
+
+def test_log_has_each_step_once_with_rollout_and_sync_fields(run_dir):
+    log = read_log(run_dir / LOG_FILE)
+    assert [r["step"] for r in log] == [1, 2]
+    for record in log:
+        assert 0.0 <= record["reward"] <= 1.0 and 0.0 <= record["accuracy"] <= 1.0
+        assert record["rollout_entropy_nats"] > 0 and record["trainer_entropy_nats"] > 0
+        assert record["cov_selected_tokens"] >= 1 and record["step_time_s"] > 0
+    assert log[0]["sync_s"] is None  # the first rollout runs on the initial weights
+    assert log[1]["sync_s"] > 0  # the resumed run's engine took the checkpoint's weights
+    # The engine's log-probs are the trainer's at the first step (float32, same temperature).
+    assert abs(log[0]["policy_kl"]) < 1e-4
+    assert (run_dir / PLOT_FILE).stat().st_size > 0
+
+
+def test_synced_weights_change_the_next_rollout(run_dir, tmp_path):
+    logged = read_log(run_dir / ROLLOUTS_FILE)
+    assert sorted({r["step"] for r in logged}) == [0, 1]
+    replay = tmp_path / "replay.json"
+    subprocess.run([sys.executable, str(CONTROL), str(run_dir), str(replay)], env=command_env(), check=True, timeout=600)
+    replayed = json.loads(replay.read_text())
+    assert [r["step"] for r in replayed] == [r["step"] for r in logged]
+
+    def same(a: dict, b: dict) -> bool:
+        return a["completion_ids"] == b["completion_ids"] and all(
+            abs(x - y) < 1e-3 for x, y in zip(a["logprobs"], b["logprobs"])
+        )
+
+    for trained, control in zip(logged, replayed):
+        pairs = list(zip(trained["responses"], control["responses"]))
+        assert len(pairs) == 4
+        if trained["step"] == 0:  # same weights, same seed: the replay is the rollout
+            assert all(same(a, b) for a, b in pairs)
+        else:  # after a synced step: the engine's rollout is not the initial weights'
+            assert not all(same(a, b) for a, b in pairs)
+
+
+def test_output_folder_is_served_with_its_profile(run_dir):
+    for name in ("config.json", "model.safetensors", "tokenizer.json", PROFILE_FILE):
+        assert (run_dir / name).is_file(), name
+    assert json.loads((run_dir / "config.json").read_text())["dtype"] == "bfloat16"  # the initial model's
+    with ServerProcess("--model", str(run_dir), "--max-model-len", "1024") as server:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0, timeout=300)
+        (card,) = client.models.list().data
+        assert card.id == "policy" and card.model_extra["entropy_profile"] == PROFILE_FILE
+        # hapo needs the model's profile: served from the folder's own.
+        reply = client.chat.completions.create(
+            model=card.id, messages=[{"role": "user", "content": "Compute 2 + 3. Reply with only the result."}],
+            max_tokens=8, temperature=0.7, seed=0, extra_body={"adaptive_temperature": {"method": "hapo"}, "return_entropy": True},
+        )
+        assert reply.choices[0].message.content
+        assert len(reply.choices[0].model_extra["entropy"]["temperature"]) == reply.usage.completion_tokens

@@ -1,0 +1,193 @@
+"""train-policy's pure parts: settings (file, flags, errors), rewards, group runs, the
+loss aggregation of each loss type on a hand-computed batch, rollout bodies, logs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from entropy_serve import cli
+from entropy_serve.trainer.grpo import PolicyTrainer, group_runs
+from entropy_serve.trainer.policy import check_output_folder, rewards_for
+from entropy_serve.trainer.policy_config import PolicyConfig, add_config_flags, resolve_config
+from entropy_serve.trainer.policy_log import StepLog, read_log, truncate_log
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser)
+    return parser.parse_args(argv)
+
+
+# -- settings ---------------------------------------------------------------------------
+
+
+def test_flags_win_over_the_file_and_the_file_over_defaults(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("entropy_control: kl_cov\nlearning-rate: 2.0e-6\nlevels: [add-1digit, add-2digit]\nsteps: 7\n")
+    settings = resolve_config(parse("--config", str(config), "--steps", "9", "--output-dir", str(tmp_path / "out")))
+    assert settings.entropy_control == "kl_cov"
+    assert settings.learning_rate == 2e-6
+    assert settings.levels == ["add-1digit", "add-2digit"]
+    assert settings.steps == 9  # the flag wins
+    assert settings.group_size == 8  # the default
+
+
+def test_every_kind_of_flag_parses(tmp_path):
+    settings = resolve_config(parse(
+        "--output-dir", str(tmp_path), "--levels", "add-1digit, add-3digit", "--entropy-advantage",
+        "--adaptive-temperature", '{"method": "hapo", "tau": 0.3}', "--typical-p", "0.9", "--reward", "majority",
+    ))
+    assert settings.levels == ["add-1digit", "add-3digit"]
+    assert settings.entropy_advantage is True
+    assert settings.adaptive_temperature.method == "hapo" and settings.adaptive_temperature.tau == 0.3
+    assert settings.typical_p == 0.9 and settings.reward == "majority"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("--entropy-control", "bogus"), "entropy_control"),
+        (("--group-size", "1"), "group_size"),
+        (("--entropy-control", "kl_cov", "--updates-per-batch", "1"), "updates_per_batch >= 2"),
+        (("--clip-cov-lower", "5", "--clip-cov-upper", "1"), "clip_cov_lower"),
+        ((), "output_dir"),
+    ],
+)
+def test_bad_settings_name_the_field(tmp_path, argv, message):
+    if "output_dir" != message:
+        argv = (*argv, "--output-dir", str(tmp_path))
+    with pytest.raises(ValueError, match=message):
+        resolve_config(parse(*argv))
+
+
+def test_config_file_errors(tmp_path):
+    unknown = tmp_path / "unknown.json"
+    unknown.write_text(json.dumps({"output_dir": str(tmp_path), "lerning_rate": 1}))
+    with pytest.raises(ValueError, match="lerning_rate"):
+        resolve_config(parse("--config", str(unknown)))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("steps: [1\n")
+    with pytest.raises(ValueError, match="not valid yaml"):
+        resolve_config(parse("--config", str(broken)))
+    with pytest.raises(ValueError, match="is not a file"):
+        resolve_config(parse("--config", str(tmp_path / "missing.yaml")))
+
+
+def test_cli_reports_bad_settings_without_starting_anything(tmp_path, capsys):
+    assert cli.main(["train-policy", "--output-dir", str(tmp_path), "--loss-type", "ppo"]) == 2
+    assert "loss_type" in capsys.readouterr().err
+
+
+def test_output_folder_holds_one_run(tmp_path):
+    settings = PolicyConfig(output_dir=tmp_path, steps=4)
+    check_output_folder(settings)
+    check_output_folder(settings.model_copy(update={"steps": 8, "save_steps": 2}))  # more steps: a resume
+    with pytest.raises(ValueError, match="learning_rate"):
+        check_output_folder(settings.model_copy(update={"learning_rate": 1e-3}))
+
+
+# -- rewards and groups -----------------------------------------------------------------
+
+
+def completions(*texts: str) -> list[list[dict]]:
+    return [[{"role": "assistant", "content": text}] for text in texts]
+
+
+def test_group_runs_split_consecutive_equal_prompts():
+    a, b = [{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]
+    assert group_runs([a, a, a, b, b, a]) == [[0, 1, 2], [3, 4], [5]]
+
+
+def test_ground_truth_reward_and_logged_accuracy():
+    logged = {}
+    reward = rewards_for("ground_truth")
+    values = reward(
+        prompts=["p"] * 3, completions=completions("7", "The answer is 7.", "8"), answer=["7"] * 3,
+        log_metric=logged.__setitem__,
+    )
+    assert values == [1.0, 1.0, 0.0]
+    assert logged["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_majority_reward_votes_within_each_group_and_ignores_truth():
+    logged = {}
+    reward = rewards_for("majority")
+    prompts = ["p"] * 4 + ["q"] * 3
+    texts = ("5", "5", "6", "no idea", "1", "2", "2")
+    values = reward(prompts=prompts, completions=completions(*texts), answer=["6"] * 4 + ["2"] * 3, log_metric=logged.__setitem__)
+    # Group p votes 5 (wrong, but the majority), group q votes 2.
+    assert values == [1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0]
+    assert logged["accuracy"] == pytest.approx(3 / 7)  # against the references: metrics only
+
+
+# -- the loss ---------------------------------------------------------------------------
+
+PER_TOKEN = torch.tensor([[1.0, 2.0, 9.0], [3.0, 9.0, 9.0]])
+MASK = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+
+
+@pytest.mark.parametrize(
+    ("loss_type", "expected"),
+    [
+        ("grpo", (1.5 + 3.0) / 2),  # mean over responses of each response's token mean
+        ("bnpo", 6.0 / 3),  # over the batch's tokens
+        ("dr_grpo", 6.0 / (2 * 4)),  # over responses x max_completion_length (4)
+        ("dapo", 6.0 / 3),  # over the generation batch's tokens (num_items_in_batch)
+    ],
+)
+def test_aggregation_of_each_loss_type(loss_type, expected):
+    trainer = SimpleNamespace(
+        loss_type=loss_type, current_gradient_accumulation_steps=1, max_completion_length=4,
+        accelerator=SimpleNamespace(num_processes=1), args=SimpleNamespace(steps_per_generation=1),
+    )
+    loss = PolicyTrainer.aggregate(trainer, PER_TOKEN, MASK, {"num_items_in_batch": torch.tensor(3.0)})
+    assert loss.item() == pytest.approx(expected)
+
+
+def test_plain_token_loss_is_ppo_clipped_surrogate():
+    settings = PolicyConfig(output_dir="x", epsilon=0.2, epsilon_high=0.28)
+    trainer = SimpleNamespace(settings=settings)
+    log_probs = torch.log(torch.tensor([[1.5, 0.5, 1.0]]))  # ratios 1.5, 0.5, 1.0 against old log p = 0
+    result = PolicyTrainer.token_loss(trainer, log_probs, torch.zeros(1, 3), torch.tensor([[1.0]]), torch.tensor([[1.0, 1.0, 0.0]]))
+    # A = 1: -min(r, clip(r, 0.8, 1.28)) -> -1.28, -0.5; the padded token is 0.
+    assert result.loss[0].tolist() == pytest.approx([-1.28, -0.5, 0.0])
+    assert result.clip_fraction == pytest.approx(1 / 2)
+    assert not result.selected.any()
+
+
+def test_rollout_body_carries_the_samplers():
+    settings = PolicyConfig(
+        output_dir="x", temperature=0.9, typical_p=0.8, adaptive_temperature={"method": "edt"}, max_tokens=32
+    )
+    trainer = SimpleNamespace(settings=settings, served_model_name="policy")
+    body = PolicyTrainer.rollout_body(trainer, [{"role": "user", "content": "hi"}], n=4, seed=11)
+    assert body["n"] == 4 and body["seed"] == 11 and body["max_tokens"] == 32
+    assert body["temperature"] == 0.9 and body["typical_p"] == 0.8
+    assert body["adaptive_temperature"]["method"] == "edt"
+    assert body["return_entropy"] is True and body["logprobs"] is True and body["top_logprobs"] == 0
+
+
+# -- logs -------------------------------------------------------------------------------
+
+
+def test_step_log_maps_trl_names_and_truncates_for_a_resume(tmp_path):
+    path = tmp_path / "log.jsonl"
+    log = StepLog(path)
+    state = SimpleNamespace(global_step=1)
+    log.on_step_begin(None, state, None)
+    log.on_log(None, state, None, logs={"loss": 0.5, "reward": 0.25, "entropy": 1.5, "clip_fraction": 0.1, "completions/mean_length": 12.0})
+    log.on_log(None, state, None, logs={"train_runtime": 3.0})  # the run's summary: not a step
+    state.global_step = 2
+    log.on_log(None, state, None, logs={"loss": 0.4, "entropy": 1.4})
+    records = read_log(path)
+    assert [r["step"] for r in records] == [1, 2]
+    assert records[0]["reward"] == 0.25 and records[0]["trainer_entropy_nats"] == 1.5
+    assert records[0]["mean_completion_tokens"] == 12.0 and records[1]["reward"] is None
+    assert records[0]["step_time_s"] >= 0
+    truncate_log(path, lambda step: step <= 1)
+    assert [r["step"] for r in read_log(path)] == [1]
