@@ -126,13 +126,7 @@ class Service:
         """Answer one request body as the endpoint's route does (see the module doc)."""
         endpoint = Endpoint(endpoint)
         metrics.REQUESTS.labels(endpoint=endpoint.value).inc()
-        request = parse_request(body, endpoint)
-        if request.model != self.config.served_model_name:
-            raise ModelNotFound(
-                f"The model `{request.model}` does not exist; this server serves `{self.config.served_model_name}`",
-                param="model",
-                code="model_not_found",
-            )
+        request = self._parse(body, endpoint)
         if request.strategy is not None:
             return await ANSWERS[type(request.strategy)](self.context, request)
         return await self.context.reply(self.planner.plan(request))
@@ -141,10 +135,20 @@ class Service:
         """The body's generation as our own records (token ids, vLLM's logprobs, entropies),
         for in-process callers that need tokens rather than text: the policy trainer's
         rollouts. The same validation and plan as `answer`; no strategy, no stream."""
-        request = parse_request(body, Endpoint(endpoint))
+        request = self._parse(body, Endpoint(endpoint))
         if request.strategy is not None or request.stream:
             raise BadRequest("generate: takes an ordinary request (no strategy, no stream)")
         return await self.context.run(self.planner.plan(request))
+
+    def _parse(self, body: object, endpoint: Endpoint) -> SamplingRequest:
+        request = parse_request(body, endpoint)
+        if request.model != self.config.served_model_name:
+            raise ModelNotFound(
+                f"The model `{request.model}` does not exist; this server serves `{self.config.served_model_name}`",
+                param="model",
+                code="model_not_found",
+            )
+        return request
 
     def prompt_token_ids(self, body: object, endpoint: Endpoint | str) -> list[list[int]]:
         """The token ids the engine would see for the body's prompt(s) (chat template applied)."""

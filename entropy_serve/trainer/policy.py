@@ -171,7 +171,16 @@ def train_policy(settings: PolicyConfig) -> dict:
             served_model_name=SERVED_NAME,
             rollout_log=rollout_log,
         )
-        trainer.train(resume_from_checkpoint=checkpoint)
+        try:
+            trainer.train(resume_from_checkpoint=checkpoint)
+        except Exception:
+            # A terminal's Ctrl-C reaches the engine's processes too: vLLM stops them, and
+            # a rollout under way fails. The model and optimizer are still those of the
+            # last finished step (a rollout comes before its step's updates): save them.
+            if not stop.interrupted:
+                raise
+            logger.warning("the interrupted step failed; saving the checkpoint of step %d", trainer.state.global_step)
+            trainer._save_checkpoint(trainer.model, trial=None)
         records = read_log(log_path)
         if records:
             plot_log(records, out / PLOT_FILE, f"{settings.loss_type}, entropy control {settings.entropy_control}")
@@ -181,6 +190,7 @@ def train_policy(settings: PolicyConfig) -> dict:
         save_model(trainer.model, tokenizer, model_path, out)
         entropies = engine.run(sample_entropies(engine.service, settings.calibration_samples, 128, settings.seed))
     finally:
+        stop.restore()
         engine.close()
     profile = profile_record(out.name, str(out), entropies, settings.calibration_samples, 128, settings.seed)
     (out / PROFILE_FILE).write_text(json.dumps(profile, indent=2) + "\n")

@@ -78,7 +78,12 @@ class StopOnInterrupt(TrainerCallback):
         self._previous = signal.signal(signal.SIGINT, self._handle)
 
     def on_train_end(self, args, state, control, **kwargs):
-        signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+        self.restore()
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
     def _handle(self, signum, frame):
         if self.interrupted:

@@ -81,6 +81,19 @@ def test_unknown_model_is_404_before_anything_else():
         asyncio.run(service().answer({**CHAT, "model": "gpt-4"}, "chat_completions"))
 
 
+@pytest.mark.parametrize(
+    "change, error",
+    [
+        ({"model": "gpt-4"}, ModelNotFound),
+        ({"stream": True}, BadRequest),
+        ({"strategy": {"name": "self_consistency"}}, BadRequest),
+    ],
+)
+def test_generate_takes_ordinary_requests_for_this_model(change, error):
+    with pytest.raises(error):
+        asyncio.run(service().generate({**CHAT, **change}, "chat_completions"))
+
+
 def test_answer_before_the_engine_is_up_is_503():
     with pytest.raises(EngineUnavailable, match="not ready"):
         asyncio.run(service().answer(COMPLETION, Endpoint.COMPLETIONS))

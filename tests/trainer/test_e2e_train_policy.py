@@ -1,5 +1,5 @@
-"""`entropy-serve train-policy` on the embedded model, end to end: one step, then the same
-command with two steps resumes from its checkpoint; the weights reach the engine (the
+"""`entropy-serve train-policy` on the embedded model, end to end: a run stopped by Ctrl-C
+leaves a checkpoint and the same command resumes it; the weights reach the engine (the
 rollout after the resumed step differs from a no-sync replay of the same seeded request,
 while the first step's replays are equal); the output folder is served, with its own
 entropy profile, and answered through the `openai` client."""
@@ -7,13 +7,15 @@ entropy profile, and answered through the `openai` client."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import openai
 import pytest
-from helpers import command_env, run_cli
+from helpers import cli_command, command_env, run_cli, wait_for
 
 from entropy_serve.calibration import PROFILE_FILE
 from entropy_serve.server.process import ServerProcess
@@ -21,10 +23,11 @@ from entropy_serve.trainer.policy_log import LOG_FILE, PLOT_FILE, ROLLOUTS_FILE,
 
 pytestmark = pytest.mark.e2e  # starts real engines
 
-# Small and fast, a rollout every step (updates 1), a large step so one step moves the weights.
+# Small and fast, a rollout every step (updates 1), a large step so one step moves the weights;
+# no checkpoint but the one Ctrl-C leaves.
 FLAGS = (
     "--group-size", "4", "--prompts-per-step", "2", "--updates-per-batch", "1", "--max-tokens", "24",
-    "--num-problems", "8", "--save-steps", "1", "--learning-rate", "1e-4", "--calibration-samples", "1",
+    "--num-problems", "8", "--save-steps", "10", "--learning-rate", "1e-4", "--calibration-samples", "1",
     "--entropy-control", "clip_cov",
 )
 CONTROL = Path(__file__).parent / "control_rollouts.py"
@@ -32,23 +35,36 @@ CONTROL = Path(__file__).parent / "control_rollouts.py"
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
+    """Three steps, Ctrl-C'd (SIGINT to the whole process group, as a terminal sends it)
+    once the first step is logged, then resumed by the same command."""
     out = tmp_path_factory.mktemp("train") / "policy"
-    run_cli("train-policy", "--output-dir", out, "--steps", "1", *FLAGS)
-    assert (out / "checkpoints" / "checkpoint-1").is_dir()
-    resumed = run_cli("train-policy", "--output-dir", out, "--steps", "2", *FLAGS)
-    assert "resuming from" in resumed.stdout and "checkpoint-1" in resumed.stdout
+    command = cli_command("train-policy", "--output-dir", out, "--steps", "3", *FLAGS)
+    with (out.parent / "first.log").open("w") as output:
+        first = subprocess.Popen(command, env=command_env(), stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            assert wait_for(lambda: read_log(out / LOG_FILE) or first.poll() is not None, timeout_s=600)
+            os.killpg(first.pid, signal.SIGINT)
+            assert first.wait(timeout=300) == 130, (out.parent / "first.log").read_text()[-4000:]
+        finally:
+            if first.poll() is None:
+                os.killpg(first.pid, signal.SIGKILL)
+    assert "run the same command to resume" in (out.parent / "first.log").read_text()
+    assert list((out / "checkpoints").glob("checkpoint-*"))
+    resumed = run_cli(*command[3:])
+    assert "resuming from" in resumed.stdout
     return out
 
 
 def test_log_has_each_step_once_with_rollout_and_sync_fields(run_dir):
     log = read_log(run_dir / LOG_FILE)
-    assert [r["step"] for r in log] == [1, 2]
+    assert [r["step"] for r in log] == [1, 2, 3]
     for record in log:
         assert 0.0 <= record["reward"] <= 1.0 and 0.0 <= record["accuracy"] <= 1.0
         assert record["rollout_entropy_nats"] > 0 and record["trainer_entropy_nats"] > 0
         assert record["cov_selected_tokens"] >= 1 and record["step_time_s"] > 0
     assert log[0]["sync_s"] is None  # the first rollout runs on the initial weights
-    assert log[1]["sync_s"] > 0  # the resumed run's engine took the checkpoint's weights
+    # Every later rollout follows an update (and the resumed run's first one a restart).
+    assert all(record["sync_s"] > 0 for record in log[1:])
     # The engine's log-probs are the trainer's at the first step (float32, same temperature).
     assert abs(log[0]["policy_kl"]) < 1e-4
     assert (run_dir / PLOT_FILE).stat().st_size > 0
@@ -56,7 +72,8 @@ def test_log_has_each_step_once_with_rollout_and_sync_fields(run_dir):
 
 def test_synced_weights_change_the_next_rollout(run_dir, tmp_path):
     logged = read_log(run_dir / ROLLOUTS_FILE)
-    assert sorted({r["step"] for r in logged}) == [0, 1]
+    assert sorted({r["step"] for r in logged}) == [0, 1, 2]
+    assert len(logged) == 3 * 2  # two problems per step, each once (the resumed run redid its own)
     replay = tmp_path / "replay.json"
     subprocess.run([sys.executable, str(CONTROL), str(run_dir), str(replay)], env=command_env(), check=True, timeout=600)
     replayed = json.loads(replay.read_text())
