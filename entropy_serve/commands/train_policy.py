@@ -24,5 +24,6 @@ def run(args: argparse.Namespace) -> int:
     if summary["interrupted"]:
         print(f"entropy-serve: stopped at step {summary['step']} with a checkpoint; run the same command to resume")
         return 130
-    print(f"wrote {settings.output_dir} (serve it: entropy-serve serve --model {settings.output_dir})")
+    if "rank" not in summary:  # rank 0 (or the only process) wrote the folder
+        print(f"wrote {settings.output_dir} (serve it: entropy-serve serve --model {settings.output_dir})")
     return 0

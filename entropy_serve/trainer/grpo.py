@@ -42,7 +42,7 @@ warnings.filterwarnings("ignore", message="TRL currently supports vLLM versions"
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 from trl import GRPOTrainer  # noqa: E402
 
-SEED_STRIDE = 100_003  # seed of a rollout request: seed * SEED_STRIDE + step * 1_009 + group
+SEED_STRIDE = 100_003  # a rollout request's seed: seed * SEED_STRIDE + step * 1_009 + rank * 101 + group
 
 
 def group_runs(prompts: list) -> list[list[int]]:
@@ -98,7 +98,8 @@ class PolicyTrainer(GRPOTrainer):
             self._log_metric("sync_s", self.engine.sync_weights(self.accelerator.unwrap_model(self.model)))
             self.synced_step = step
         runs = group_runs(prompts)
-        seeds = [self.settings.seed * SEED_STRIDE + step * 1_009 + i for i in range(len(runs))]
+        first = self.settings.seed * SEED_STRIDE + step * 1_009 + self.accelerator.process_index * 101
+        seeds = [first + i for i in range(len(runs))]
         bodies = [self.rollout_body(prompts[run[0]], len(run), seed) for run, seed in zip(runs, seeds)]
         groups = self.engine.generate(bodies)
         with self.rollout_log.open("a") as out:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -70,7 +71,12 @@ def rewards_for(mode: str):
     return rewards
 
 
-def check_output_folder(settings: PolicyConfig) -> None:
+def launch_rank() -> tuple[int, int]:
+    """(this process's rank, the number of processes) under accelerate / torchrun; (0, 1) alone."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def check_output_folder(settings: PolicyConfig, write: bool = True) -> None:
     """A new folder records the settings; an existing one must hold the same run."""
     out = settings.output_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -80,7 +86,8 @@ def check_output_folder(settings: PolicyConfig) -> None:
         if previous.resumable_fields() != settings.resumable_fields():
             changed = sorted(k for k, v in settings.resumable_fields().items() if previous.resumable_fields().get(k) != v)
             raise ValueError(f"{out} holds a run with other settings ({', '.join(changed)}); use a new --output-dir")
-    recorded.write_text(settings.model_dump_json(indent=2) + "\n")
+    if write:
+        recorded.write_text(settings.model_dump_json(indent=2) + "\n")
 
 
 def engine_config(settings: PolicyConfig, model: str) -> ServerConfig:
@@ -138,7 +145,9 @@ def train_policy(settings: PolicyConfig) -> dict:
     from entropy_serve.trainer.grpo import PolicyTrainer
     from entropy_serve.trainer.rollouts import RolloutEngine
 
-    check_output_folder(settings)
+    rank, world_size = launch_rank()
+    main = rank == 0  # writes the log, the plot and the output folder; every rank runs its own rollouts
+    check_output_folder(settings, write=main)
     out = settings.output_dir
     model_path = settings.model or str(model_store.prepare_default_model())
     problems = load_problems(settings.task, settings.num_problems, settings.seed, tuple(settings.levels))
@@ -146,15 +155,18 @@ def train_policy(settings: PolicyConfig) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     checkpoint = get_last_checkpoint(str(out / CHECKPOINTS)) if (out / CHECKPOINTS).is_dir() else None
-    log_path, rollout_log = out / LOG_FILE, out / ROLLOUTS_FILE
+    log_path = out / LOG_FILE
+    rollout_log = out / (ROLLOUTS_FILE if world_size == 1 else ROLLOUTS_FILE.replace(".jsonl", f".rank{rank}.jsonl"))
     if checkpoint is None:
-        log_path.unlink(missing_ok=True)
         rollout_log.unlink(missing_ok=True)
+        if main:
+            log_path.unlink(missing_ok=True)
     else:  # the steps after the checkpoint are redone, and the rollouts they sampled
         resumed_step = int(Path(checkpoint).name.split("-")[-1])
-        truncate_log(log_path, lambda step: step <= resumed_step)
         truncate_log(rollout_log, lambda step: step < resumed_step)
-        print(f"resuming from {checkpoint}")
+        if main:
+            truncate_log(log_path, lambda step: step <= resumed_step)
+            print(f"resuming from {checkpoint}")
 
     engine = RolloutEngine(engine_config(settings, model_path), out / SYNC_DIR)
     stop = StopOnInterrupt()
@@ -181,6 +193,8 @@ def train_policy(settings: PolicyConfig) -> dict:
                 raise
             logger.warning("the interrupted step failed; saving the checkpoint of step %d", trainer.state.global_step)
             trainer._save_checkpoint(trainer.model, trial=None)
+        if not main:
+            return {"interrupted": stop.interrupted, "step": trainer.state.global_step, "rank": rank}
         records = read_log(log_path)
         if records:
             plot_log(records, out / PLOT_FILE, f"{settings.loss_type}, entropy control {settings.entropy_control}")

@@ -59,7 +59,9 @@ class StepLog(TrainerCallback):
         self._step_started = time.perf_counter()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs or "loss" not in logs:  # the final summary (train_runtime...) is not a step
+        # Rank 0 writes (its metrics are already gathered over ranks); the run's final
+        # summary (train_runtime...) is not a step.
+        if not state.is_world_process_zero or not logs or "loss" not in logs:
             return
         record = {"step": state.global_step, **{ours: logs.get(theirs) for ours, theirs in FIELDS.items()}}
         record["step_time_s"] = time.perf_counter() - self._step_started

@@ -7,7 +7,10 @@ log-probability is the one of the distribution the token was really drawn from (
 temperature, adaptive temperature and filters): the behaviour policy of the PPO ratio.
 
 TRL's loop is synchronous and the engine is an AsyncLLM: `RolloutEngine` runs the
-service on an event loop in a thread of its own and waits on it.
+service on an event loop in a thread of its own and waits on it. Under a multi-process
+launch (accelerate, torchrun) every rank runs its own engine for its own share of the
+problems; the engine does not inherit the launcher's rank variables, and on GPUs it sees
+only its rank's GPU.
 
 Weight sync, with no engine restart (vLLM's public worker API): the trainer's weights
 are written as one safetensors file, `collective_rpc("reload_weights")` loads them in
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Coroutine
@@ -50,6 +54,47 @@ class Rollout:
         return sum(self.model_entropies_nats) / len(self.model_entropies_nats) if self.model_entropies_nats else 0.0
 
 
+# torch.distributed's launcher variables (accelerate launch, torchrun): the trainer's
+# ranks, which the rollout engine, a one-rank vLLM of its own, must not take for its own.
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                      "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+
+
+def engine_variables(environ: dict[str, str], num_cuda_devices: int) -> dict[str, str | None]:
+    """What the engine's processes see differently from the trainer's (None: unset): no
+    launcher variables, and under a multi-rank launch on GPUs only the rank's own GPU."""
+    changes: dict[str, str | None] = {name: None for name in LAUNCHER_VARIABLES if name in environ}
+    if "LOCAL_RANK" in environ and num_cuda_devices > 0:
+        visible = environ.get("CUDA_VISIBLE_DEVICES")
+        devices = visible.split(",") if visible else [str(i) for i in range(num_cuda_devices)]
+        changes["CUDA_VISIBLE_DEVICES"] = devices[int(environ["LOCAL_RANK"]) % len(devices)]
+    return changes
+
+
+@contextlib.contextmanager
+def engine_environment():
+    """os.environ as the engine's processes must inherit it, while they start. The
+    trainer's own view of the GPUs is fixed first (CUDA reads CUDA_VISIBLE_DEVICES once,
+    at initialization), so narrowing it here changes only the engine's."""
+    num_cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    changes = engine_variables(dict(os.environ), num_cuda_devices)
+    saved = {name: os.environ.get(name) for name in changes}
+    try:
+        for name, value in changes.items():
+            _set(name, value)
+        yield
+    finally:
+        for name, value in saved.items():
+            _set(name, value)
+
+
+def _set(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
 class RolloutEngine:
     def __init__(self, config: ServerConfig, sync_dir: Path):
         self.config = config
@@ -59,7 +104,8 @@ class RolloutEngine:
         self._thread.start()
         self._stack = contextlib.AsyncExitStack()
         try:
-            self.service: Service = self._wait(self._stack.enter_async_context(running_service(config)))
+            with engine_environment():
+                self.service: Service = self._wait(self._stack.enter_async_context(running_service(config)))
         except BaseException:
             self._stop_loop()
             raise

@@ -178,7 +178,7 @@ def test_rollout_body_carries_the_samplers():
 def test_step_log_maps_trl_names_and_truncates_for_a_resume(tmp_path):
     path = tmp_path / "log.jsonl"
     log = StepLog(path)
-    state = SimpleNamespace(global_step=1)
+    state = SimpleNamespace(global_step=1, is_world_process_zero=True)
     log.on_step_begin(None, state, None)
     log.on_log(None, state, None, logs={"loss": 0.5, "reward": 0.25, "entropy": 1.5, "clip_fraction": 0.1, "completions/mean_length": 12.0})
     log.on_log(None, state, None, logs={"train_runtime": 3.0})  # the run's summary: not a step
@@ -191,3 +191,27 @@ def test_step_log_maps_trl_names_and_truncates_for_a_resume(tmp_path):
     assert records[0]["step_time_s"] >= 0
     truncate_log(path, lambda step: step <= 1)
     assert [r["step"] for r in read_log(path)] == [1]
+
+
+# -- multi-process launches -------------------------------------------------------------
+
+
+def test_engine_environment_drops_launcher_ranks_and_narrows_gpus():
+    from entropy_serve.trainer.rollouts import engine_variables
+
+    launched = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_PORT": "29500", "PATH": "/bin"}
+    assert engine_variables(launched, num_cuda_devices=0) == {
+        "RANK": None, "WORLD_SIZE": None, "LOCAL_RANK": None, "MASTER_PORT": None,
+    }
+    assert engine_variables(launched, num_cuda_devices=2)["CUDA_VISIBLE_DEVICES"] == "1"
+    narrowed = engine_variables({**launched, "CUDA_VISIBLE_DEVICES": "4,6"}, num_cuda_devices=2)
+    assert narrowed["CUDA_VISIBLE_DEVICES"] == "6"  # the launcher's own mapping kept
+    assert engine_variables({"PATH": "/bin"}, num_cuda_devices=8) == {}  # one process: nothing changes
+
+
+def test_the_example_config_file_is_valid():
+    from pathlib import Path
+
+    example = Path(__file__).parents[2] / "configs" / "train_policy_example.yaml"
+    settings = resolve_config(parse("--config", str(example)))
+    assert settings.entropy_control == "kl_cov" and settings.updates_per_batch == 2
