@@ -35,7 +35,12 @@ VARIANTS = {
     "kl_cov": ["--entropy-control", "kl_cov"],
     "clip_cov": ["--entropy-control", "clip_cov"],
     "80/20": ["--top-entropy-quantile", "0.2"],
+    # The paper's fractions select max(1, fraction x tokens) tokens: one token in a batch
+    # of a few hundred. Ten times the fraction, for small runs.
+    "kl_cov x10": ["--entropy-control", "kl_cov", "--kl-cov-fraction", "0.02"],
+    "clip_cov x10": ["--entropy-control", "clip_cov", "--clip-cov-ratio", "0.002"],
 }
+DEFAULT_VARIANTS = ["grpo (dapo)", "kl_cov", "clip_cov", "80/20"]
 HELD_OUT_SEED = 1_000
 
 
@@ -64,7 +69,7 @@ async def held_out_accuracy(model: str, problems, samples: int) -> dict:
 
 
 def train(name: str, flags: list[str], args) -> dict:
-    out = args.out / name.split(" ")[0].replace("/", "-")
+    out = args.out / name.replace(" (dapo)", "").replace(" ", "-").replace("/", "-")
     command = [
         sys.executable, "-m", "entropy_serve", "train-policy", "--output-dir", str(out), "--steps", str(args.steps),
         "--group-size", str(args.group_size), "--prompts-per-step", str(args.prompts_per_step),
@@ -132,7 +137,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--held-out", type=int, default=100)
     parser.add_argument("--samples", type=int, default=4, help="T 0.8 samples per held-out problem")
+    parser.add_argument(
+        "--variants", type=lambda text: text.split(","), default=DEFAULT_VARIANTS,
+        help=f"comma-separated, of: {', '.join(VARIANTS)} (default: the first four)",
+    )
     args = parser.parse_args()
+    for name in args.variants:
+        if name not in VARIANTS:
+            parser.error(f"--variants: unknown {name!r}")
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
     problems = arithmetic.generate(args.held_out, HELD_OUT_SEED, arithmetic.levels_named(["add-1digit"]))
@@ -140,8 +152,8 @@ def main() -> None:
     results = {"settings": vars(args) | {"out": str(args.out)}, "before": asyncio.run(held_out_accuracy(base, problems, args.samples))}
     print(f"before: {results['before']}", file=sys.stderr, flush=True)
     results["variants"] = {}
-    for name, flags in VARIANTS.items():
-        run = train(name, flags, args)
+    for name in args.variants:
+        run = train(name, VARIANTS[name], args)
         run["after"] = asyncio.run(held_out_accuracy(run["folder"], problems, args.samples))
         print(f"[{name}] after: {run['after']}", file=sys.stderr, flush=True)
         results["variants"][name] = run
