@@ -9,7 +9,8 @@ mean token entropy holds up under KL-Cov / Clip-Cov while it falls under plain G
 Writes OUT/results.json, OUT/results.md (one table) and OUT/entropy.png (rollout entropy
 and reward per step, every variant); each variant's run folder stays in OUT/VARIANT.
 
-    python benchmarks/train_policy.py --out DIR [--steps 12] [--learning-rate 2e-5] [--held-out 100]
+    python benchmarks/train_policy.py --out DIR [--steps 12] [--learning-rate 2e-5] [--held-out 100] [--variants ...]
+    python benchmarks/train_policy.py --report DIR   # redraw the table and plot from DIR/results.json
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ def train(name: str, flags: list[str], args) -> dict:
 
 def write_report(results: dict, args) -> None:
     lines = [
-        "| variant | greedy acc before -> after | T0.8 sample acc before -> after | rollout entropy first -> last batch (nats) | wall (s) |",
+        "| variant | greedy acc before -> after | T0.8 sample acc before -> after "
+        "| rollout entropy (nats): first batch -> last -> mean of the last 3 | wall (s) |",
         "|---|---|---|---|---|",
     ]
     before = results["before"]
@@ -103,7 +105,7 @@ def write_report(results: dict, args) -> None:
         lines.append(
             f"| {name} | {before['greedy_accuracy']} -> {run['after']['greedy_accuracy']} "
             f"| {before['sample_accuracy_t08']} -> {run['after']['sample_accuracy_t08']} "
-            f"| {entropy[0]} -> {entropy[-1]} | {run['wall_s']} |"
+            f"| {entropy[0]} -> {entropy[-1]} -> {sum(entropy[-3:]) / len(entropy[-3:]):.3f} | {run['wall_s']} |"
         )
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -118,7 +120,7 @@ def write_report(results: dict, args) -> None:
         entropy_axis.plot(run["steps"], run["rollout_entropy_by_batch"], marker=".", label=name)
         reward_axis.plot(run["steps"], run["reward_by_batch"], marker=".", label=name)
     for axis, label in ((entropy_axis, "rollout mean token entropy (nats)"), (reward_axis, "reward (accuracy of rollouts)")):
-        axis.set_xlabel("optimizer steps before the rollout batch")
+        axis.set_xlabel("optimizer step (its rollout batch sampled at its start)")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
         axis.legend()
@@ -127,6 +129,10 @@ def write_report(results: dict, args) -> None:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--report"]:  # python benchmarks/train_policy.py --report OUT: redraw from OUT/results.json
+        out = Path(sys.argv[2])
+        write_report(json.loads((out / "results.json").read_text()), argparse.Namespace(out=out))
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=12)
