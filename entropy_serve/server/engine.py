@@ -133,12 +133,18 @@ class EngineHolder:
             self.state = EngineState.READY
             logger.info("engine ready: %s (context %d tokens)", self.config.model, self.max_model_len)
 
+    def death(self) -> str | None:
+        """Why a watched engine has died, if one has."""
+        for engine in self._watched:
+            if engine.errored:
+                return f"the engine died: {engine.dead_error}"
+        return None
+
     async def watch(self) -> None:
         while self.state in (EngineState.STARTING, EngineState.READY):
-            for engine in self._watched:
-                if engine.errored:
-                    self._die(f"the engine died: {engine.dead_error}")
-                    return
+            if (reason := self.death()) is not None:
+                self._die(reason)
+                return
             await asyncio.sleep(WATCH_INTERVAL_S)
 
     def stop(self) -> None:

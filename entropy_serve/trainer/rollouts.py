@@ -37,6 +37,7 @@ from entropy_serve.server.config import ServerConfig
 from entropy_serve.server.service import Service, running_service
 
 WEIGHTS_FILE = "model.safetensors"
+ENGINE_CHECK_S = 1.0  # how often a wait on the engine checks that it is alive
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,18 @@ class RolloutEngine:
             raise
 
     def _wait(self, coroutine: Coroutine):
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+        """The coroutine's result, run on the engine's loop; an error, not a hang, if the
+        engine dies meanwhile (a terminal's Ctrl-C stops vLLM's processes too, and a
+        collective RPC to a dead engine never returns)."""
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        while True:
+            try:
+                return future.result(timeout=ENGINE_CHECK_S)
+            except TimeoutError:
+                service = getattr(self, "service", None)  # None while the engine starts
+                if service is not None and (reason := service.engine.death()) is not None:
+                    future.cancel()
+                    raise RuntimeError(f"rollouts: {reason}") from None
 
     def run(self, coroutine: Coroutine):
         """Run a coroutine over `self.service` on the engine's loop; its result."""
