@@ -36,11 +36,18 @@ from entropy_serve.trainer.entropy_control import (
 from entropy_serve.trainer.policy_config import PolicyConfig
 from entropy_serve.trainer.rollouts import RolloutEngine
 
-# TRL warns, on import, about the vLLM versions its own vLLM integration supports (we use
-# none of it: the engine is ours), and about rollout_func being experimental.
+# TRL's import warns about the vLLM versions its own vLLM integration supports (we use
+# none of it: the engine is ours), and sets VLLM_LOGGING_LEVEL=ERROR in os.environ for
+# every vLLM started after it, in this process and its children: the user's setting is
+# put back.
 warnings.filterwarnings("ignore", message="TRL currently supports vLLM versions")
-os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+_vllm_logging_level = os.environ.get("VLLM_LOGGING_LEVEL")
 from trl import GRPOTrainer  # noqa: E402
+
+if _vllm_logging_level is None:
+    os.environ.pop("VLLM_LOGGING_LEVEL", None)
+else:
+    os.environ["VLLM_LOGGING_LEVEL"] = _vllm_logging_level
 
 SEED_STRIDE = 100_003  # a rollout request's seed: seed * SEED_STRIDE + step * 1_009 + rank * 101 + group
 
@@ -68,6 +75,7 @@ class PolicyTrainer(GRPOTrainer):
         self.synced_step = 0  # the engine starts with the initial weights
         self._advantage_scale: list[float] = []
         self._cov_generator = torch.Generator().manual_seed(settings.seed)
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is "experimental": we know
         super().__init__(*args, rollout_func=self._rollout, **kwargs)
 
     # -- 1. rollouts -------------------------------------------------------------------

@@ -215,3 +215,19 @@ def test_the_example_config_file_is_valid():
     example = Path(__file__).parents[2] / "configs" / "train_policy_example.yaml"
     settings = resolve_config(parse("--config", str(example)))
     assert settings.entropy_control == "kl_cov" and settings.updates_per_batch == 2
+
+
+@pytest.mark.parametrize("level", [None, "DEBUG"])
+def test_importing_the_trainer_leaves_vllm_logging_alone(level):
+    """TRL's import sets VLLM_LOGGING_LEVEL=ERROR for every later vLLM (servers the tests
+    start included); ours puts the user's setting back. A fresh interpreter each time."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_LOGGING_LEVEL"} | ({"VLLM_LOGGING_LEVEL": level} if level else {})
+    shown = subprocess.run(
+        [sys.executable, "-c", "import os, entropy_serve.trainer.grpo; print(os.environ.get('VLLM_LOGGING_LEVEL'))"],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout.strip().splitlines()[-1]
+    assert shown == str(level)
