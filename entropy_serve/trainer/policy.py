@@ -93,7 +93,8 @@ def check_output_folder(settings: PolicyConfig, write: bool = True) -> None:
 def engine_config(settings: PolicyConfig, model: str) -> ServerConfig:
     profile = settings.entropy_profile
     if profile is None and settings.model is None:
-        profile = str(default_profile_path(model_store.DEFAULT_MODEL_NAME))
+        shipped = default_profile_path(model_store.DEFAULT_MODEL_NAME)
+        profile = str(shipped) if shipped else None
     return ServerConfig(
         model=model,
         served_model_name=SERVED_NAME,
