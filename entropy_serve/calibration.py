@@ -134,6 +134,18 @@ def profile_record(model_name: str, model: str, entropies_nats: list[float], sam
     }
 
 
+def profile_for(model: str | None) -> Path | None:
+    """The profile a model is served with when none is named: a folder's own
+    (PROFILE_FILE, as train-policy writes it), or, for the embedded model (None), the
+    shipped one."""
+    if model is None:
+        from entropy_serve.model_store import DEFAULT_MODEL_NAME
+
+        return default_profile_path(DEFAULT_MODEL_NAME)
+    own = Path(model) / PROFILE_FILE
+    return own if own.is_file() else None
+
+
 def default_profile_path(model_name: str) -> Path | None:
     path = PROFILES_DIR / f"{model_name}.json"
     return path if path.is_file() else None

@@ -84,3 +84,12 @@ def test_calibrate_rejects_nonsense_flags():
         capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 2 and "argument --samples: must be at least 1, got 0" in done.stderr
+
+
+def test_profile_for_a_model_is_its_folders_own_or_the_shipped_one(tmp_path):
+    from entropy_serve.calibration import PROFILE_FILE, default_profile_path, profile_for
+
+    assert profile_for(None) == default_profile_path("SmolLM2-135M-Instruct") is not None
+    assert profile_for(str(tmp_path)) is None
+    (tmp_path / PROFILE_FILE).write_text("{}")
+    assert profile_for(str(tmp_path)) == tmp_path / PROFILE_FILE

@@ -120,11 +120,7 @@ def answering_settings(args: argparse.Namespace) -> dict:
     """ServerConfig fields of `add_answering_flags`' flags."""
     if args.enable_auto_tool_choice and not args.tool_call_parser:
         raise SystemExit("entropy-serve: --enable-auto-tool-choice needs --tool-call-parser (the model's tool-call format)")
-    profile = args.entropy_profile
-    if profile is None and args.model is None:
-        profile = calibration.default_profile_path(model_store.DEFAULT_MODEL_NAME)
-    elif profile is None and (Path(args.model) / calibration.PROFILE_FILE).is_file():
-        profile = Path(args.model) / calibration.PROFILE_FILE  # a folder's own profile (train-policy writes one)
+    profile = args.entropy_profile or calibration.profile_for(args.model)
     return dict(
         max_n=args.max_n,
         max_leaves=args.max_leaves,

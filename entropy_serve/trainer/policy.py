@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from entropy_serve import model_store
-from entropy_serve.calibration import PROFILE_FILE, default_profile_path, profile_record, sample_entropies
+from entropy_serve import calibration, model_store
+from entropy_serve.calibration import PROFILE_FILE, profile_record, sample_entropies
 from entropy_serve.server.config import ServerConfig
 from entropy_serve.tasks.answers import extract_answer, is_correct
 from entropy_serve.trainer.entropy_control import majority_rewards
@@ -91,10 +91,7 @@ def check_output_folder(settings: PolicyConfig, write: bool = True) -> None:
 
 
 def engine_config(settings: PolicyConfig, model: str) -> ServerConfig:
-    profile = settings.entropy_profile
-    if profile is None and settings.model is None:
-        shipped = default_profile_path(model_store.DEFAULT_MODEL_NAME)
-        profile = str(shipped) if shipped else None
+    profile = settings.entropy_profile or calibration.profile_for(settings.model)
     return ServerConfig(
         model=model,
         served_model_name=SERVED_NAME,
@@ -103,7 +100,7 @@ def engine_config(settings: PolicyConfig, model: str) -> ServerConfig:
         gpu_memory_utilization=settings.gpu_memory_utilization,
         max_n=max(settings.group_size, settings.calibration_samples),
         logprobs_mode="processed_logprobs",
-        entropy_profile=profile,
+        entropy_profile=str(profile) if profile else None,
     )
 
 
