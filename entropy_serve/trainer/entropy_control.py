@@ -62,6 +62,21 @@ class CovLoss:
     clip_fraction: float  # of valid tokens where PPO's clip won
 
 
+def clip_fraction(clipped: torch.Tensor, valid: torch.Tensor) -> float:
+    """The share of valid tokens where PPO's clip won."""
+    return float((clipped & valid).sum()) / max(1, int(valid.sum()))
+
+
+def ppo_loss(
+    log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+    *, eps_low: float = 0.2, eps_high: float = 0.2,
+) -> CovLoss:
+    """PPO's clipped surrogate with no covariance control (no token selected), 0 off the mask."""
+    loss, clipped = clipped_surrogate(log_probs, old_log_probs, advantages, eps_low, eps_high)
+    valid = mask > 0
+    return CovLoss(loss=loss * valid, selected=torch.zeros_like(valid), clip_fraction=clip_fraction(clipped, valid))
+
+
 def clip_cov_loss(
     log_probs: torch.Tensor,
     old_log_probs: torch.Tensor,
@@ -89,7 +104,7 @@ def clip_cov_loss(
     return CovLoss(
         loss=torch.where(selected | ~valid, torch.zeros_like(loss), loss),
         selected=selected,
-        clip_fraction=float((clipped & valid).sum()) / max(1, int(valid.sum())),
+        clip_fraction=clip_fraction(clipped, valid),
     )
 
 

@@ -28,10 +28,10 @@ import torch
 from entropy_serve.trainer.entropy_control import (
     CovLoss,
     clip_cov_loss,
-    clipped_surrogate,
     entropy_advantage_scale,
     kl_cov_loss,
     masked_mean,
+    ppo_loss,
 )
 from entropy_serve.trainer.policy_config import PolicyConfig
 from entropy_serve.trainer.rollouts import RolloutEngine
@@ -151,11 +151,7 @@ class PolicyTrainer(GRPOTrainer):
             )
         if s.entropy_control == "kl_cov":
             return kl_cov_loss(log_probs, old_log_probs, advantages, mask, fraction=s.kl_cov_fraction, coef=s.kl_cov_coef)
-        loss, clipped = clipped_surrogate(log_probs, old_log_probs, advantages, s.epsilon, s.epsilon_high)
-        valid = mask > 0
-        return CovLoss(
-            loss=loss * valid, selected=torch.zeros_like(valid), clip_fraction=float((clipped & valid).sum()) / max(1, int(valid.sum()))
-        )
+        return ppo_loss(log_probs, old_log_probs, advantages, mask, eps_low=s.epsilon, eps_high=s.epsilon_high)
 
     def _compute_loss(self, model, inputs):
         prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
