@@ -33,6 +33,29 @@ class AdaptiveTemperature(BaseModel):
 VoteMode = Literal["majority", "entropy_weighted"]
 
 
+class EarlyStop(BaseModel):
+    """Vote-level early stopping: leaves are sampled in waves, and sampling stops as soon
+    as the rule finds the vote decided (strategies/stopping.py)."""
+
+    model_config = STRICT
+
+    rule: Literal["beta", "esc"] = "beta"
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="beta: P(leading answer is the majority) to stop at")
+    window: int = Field(4, ge=2, le=64, description="esc: stop when this many latest answers agree")
+    wave: int | None = Field(None, ge=1, le=1024, description="leaves per round (default: 4 for beta, window for esc)")
+
+    @property
+    def leaves_per_wave(self) -> int:
+        if self.wave is not None:
+            return self.wave
+        return self.window if self.rule == "esc" else 4
+
+
+def _early_stop_by_rule(value: Any) -> Any:
+    """`"early_stop": "esc"` is that rule with its defaults."""
+    return {"rule": value} if isinstance(value, str) else value
+
+
 class SelfConsistency(BaseModel):
     """n independent samples, one vote (server/strategies/self_consistency.py)."""
 
@@ -40,8 +63,11 @@ class SelfConsistency(BaseModel):
     votes: ClassVar[bool] = True
 
     name: Literal["self_consistency"]
-    n: int = Field(8, ge=2, le=1024, description="independent samples to vote over")
+    n: int = Field(8, ge=2, le=1024, description="independent samples to vote over (at most, with early_stop)")
     vote: VoteMode = "majority"
+    early_stop: EarlyStop | None = None
+
+    _early_stop_by_rule = field_validator("early_stop", mode="before")(_early_stop_by_rule)
 
     @property
     def num_leaves(self) -> int:
@@ -60,11 +86,50 @@ class EntropyFork(BaseModel):
     trees: int = Field(12, ge=1, le=1024, description="M: initial samples")
     forks: int = Field(2, ge=1, le=64, description="N: fork points per tree, at its highest-entropy tokens")
     branches: int = Field(2, ge=1, le=64, description="B: continuations sampled from each fork point")
+    fork_rule: Literal["entropy", "savings"] = Field(
+        "entropy", description="entropy: the highest-entropy tokens (ETTRL); savings: entropy x the prefix tokens a fork shares"
+    )
+    min_prefix: int = Field(0, ge=0, le=4096, description="fork no earlier than this many tokens into a tree")
     vote: VoteMode = "majority"
+    early_stop: EarlyStop | None = None
+
+    _early_stop_by_rule = field_validator("early_stop", mode="before")(_early_stop_by_rule)
 
     @property
     def num_leaves(self) -> int:
         return self.trees * (1 + self.forks * self.branches)
+
+
+class DeepConf(BaseModel):
+    """DeepConf online (Fu et al. 2025): warm-up traces set a confidence threshold; later
+    traces that fall below it are stopped in the engine; a confidence-weighted vote
+    (strategies/deepconf.py)."""
+
+    model_config = STRICT
+    votes: ClassVar[bool] = True
+    vote: ClassVar[str] = "confidence_weighted"
+
+    name: Literal["deepconf"]
+    n: int = Field(16, ge=2, le=1024, description="traces at most, warm-up included")
+    warmup: int = Field(4, ge=1, le=1024, description="traces sampled whole first; they set the threshold")
+    confidence: Literal["topk", "entropy"] = Field(
+        "topk", description="token confidence: -mean of the top_k log-probabilities, or -entropy"
+    )
+    top_k: int = Field(20, ge=1, le=20, description="topk: log-probabilities per token")
+    window: int = Field(16, ge=1, le=4096, description="tokens per group confidence (a sliding mean)")
+    keep: float = Field(0.9, gt=0.0, le=1.0, description="share of warm-up traces the threshold would keep (0.9: DeepConf-high)")
+    wave: int = Field(4, ge=1, le=1024, description="traces per round after the warm-up")
+    consensus: float = Field(0.95, gt=0.5, le=1.0, description="stop sampling when the winner holds this share of the vote")
+
+    @model_validator(mode="after")
+    def _warmup_within_budget(self) -> DeepConf:
+        if self.warmup >= self.n:
+            raise ValueError(f"strategy.warmup: {self.warmup} must be less than strategy.n ({self.n})")
+        return self
+
+    @property
+    def num_leaves(self) -> int:
+        return self.n
 
 
 class Difficulty(BaseModel):
@@ -82,8 +147,8 @@ def _name_of(model: type[BaseModel]) -> str:
     return name
 
 
-STRATEGIES: dict[str, type[BaseModel]] = {_name_of(m): m for m in (SelfConsistency, EntropyFork, Difficulty)}
-Strategy = Annotated[SelfConsistency | EntropyFork | Difficulty, Field(discriminator="name")]
+STRATEGIES: dict[str, type[BaseModel]] = {_name_of(m): m for m in (SelfConsistency, EntropyFork, DeepConf, Difficulty)}
+Strategy = Annotated[SelfConsistency | EntropyFork | DeepConf | Difficulty, Field(discriminator="name")]
 
 # Our sampler fields may also come inside vllm_xargs (for clients that only pass those).
 SAMPLER_XARGS = ("typical_p", "adaptive_temperature", "return_entropy")

@@ -54,6 +54,18 @@ STRATEGY_AGREEMENT = Histogram(
     "entropy_serve_strategy_agreement", "The winning answer's share of the vote.", ["strategy"],
     buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
 )
+STRATEGY_LEAVES_SAVED = Counter(
+    "entropy_serve_strategy_leaves_saved", "Leaves of the budget never sampled: the vote was decided early.", ["strategy"]
+)
+STRATEGY_TRACES_STOPPED = Counter(
+    "entropy_serve_strategy_traces_stopped", "Traces aborted in the engine by deepconf: their confidence fell too low."
+)
+STRATEGY_TOKENS_SAVED = Counter(
+    "entropy_serve_strategy_tokens_saved",
+    "Estimated tokens not generated thanks to early stopping (unsampled leaves at the sampled ones' mean length, "
+    "stopped traces up to the finished ones' mean length).",
+    ["strategy"],
+)
 STRATEGY_FORKS = Counter("entropy_serve_strategy_forks", "Fork points opened by entropy_fork.")
 STRATEGY_TOKENS = Counter(
     "entropy_serve_strategy_tokens",

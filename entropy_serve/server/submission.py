@@ -14,7 +14,7 @@ running: nothing keeps generating for a client that left.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from vllm.exceptions import VLLMValidationError
@@ -145,13 +145,18 @@ async def stream(engine: EngineHolder, store: EntropyStore, plan: RequestPlan) -
             store.forget(job.key)
 
 
-async def run(engine: EngineHolder, store: EntropyStore, plan: RequestPlan) -> Result:
-    """Every choice whole."""
+async def run(
+    engine: EngineHolder, store: EntropyStore, plan: RequestPlan, watch: Callable[[Step], Awaitable[None]] | None = None
+) -> Result:
+    """Every choice whole. `watch` sees each step as it arrives (DeepConf stops traces
+    from there: an aborted job ends with finish_reason "abort" and the tokens it had)."""
     choices: dict[int, Generated] = {}
     prompt_logprobs: dict[int, list[dict | None]] = {}
     num_cached_tokens = 0
     counted_cache: set[str] = set()  # jobs whose prefix-cache hits are counted
     async for step in stream(engine, store, plan):
+        if watch is not None:
+            await watch(step)
         for piece in step.choices:
             if piece.index in choices:
                 choices[piece.index].extend(piece)

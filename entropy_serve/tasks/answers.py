@@ -4,7 +4,9 @@ Extraction, in order of precedence:
 1. the last `\\boxed{...}` (MATH style; nested braces handled; a box cut off before
    its closing brace, e.g. by max_tokens, is no answer);
 2. the text after the last `####` (GSM8K style);
-3. the text after the last "answer is" / "answer:" phrase;
+3. the text after the last "answer is" / "answer:" phrase: its first number, or, when
+   that line restates the sum ("the answer is 5 + 6 = 11"), the first number after
+   its last "=";
 4. the last number in the text.
 Equivalence: equal as exact numbers (integers, decimals, fractions, `\\frac{a}{b}`,
 thousands separators, a trailing period or unit-less `$`), else equal after normalizing
@@ -48,6 +50,9 @@ def extract_answer(text: str) -> str | None:
     phrases = list(ANSWER_PHRASE.finditer(text))
     if phrases:
         tail = text[phrases[-1].end():]
+        line = tail.strip().split("\n", 1)[0]
+        if "=" in line:  # the answer restates the working: the result follows the last "="
+            tail = line.rsplit("=", 1)[1]
         number = NUMBER.search(tail)
         if number:
             return number.group(0)

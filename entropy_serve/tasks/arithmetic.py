@@ -1,6 +1,7 @@
 """Seeded arithmetic problems with exact answers, across difficulty levels.
 
-A level is (digits per operand, operations allowed, number of operations). The default
+A level is (digits per operand, operations allowed, number of operations, the question's
+wording: the answer alone, or the work shown, for long answers). The default
 levels span what SmolLM2-135M-Instruct can and cannot do (greedy, addition: ~93% with
 1-digit operands, ~27% with 2-digit, ~0% with 3-digit), so probes and voting have easy,
 medium and impossible problems to work on. Problems are generated from an explicit
@@ -15,12 +16,24 @@ from dataclasses import dataclass
 OPERATIONS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 
 
+# Phrasing matters to a 135M model: on 30 seeded problems per level, greedy, this one
+# scored 73% / 20% / 7% (1-, 2-, 3-digit addition) against 57% / 20% / 7% for
+# "What is a + b? Answer with just the number."
+QUESTION_TEMPLATE = "Compute {expression}. Reply with only the result."
+# Levels whose answers show the work: ~60-token answers instead of ~5, where forks can
+# share long prefixes. Of four phrasings tried on 16 seeded three-term 1-digit sums
+# (greedy, SmolLM2-135M-Instruct), this one scored best (25%, 65 tokens on average);
+# "step by step" and "one at a time, saying each running total" wandered more.
+WORK_SHOWN_TEMPLATE = "Compute {expression}. Show your work, then give the final answer."
+
+
 @dataclass(frozen=True)
 class Level:
     name: str
     digits: int  # digits of each operand
     operations: tuple[str, ...] = ("+",)
     num_operations: int = 1
+    template: str = QUESTION_TEMPLATE  # the question, around the expression
 
 
 DEFAULT_LEVELS = (
@@ -29,13 +42,8 @@ DEFAULT_LEVELS = (
     Level("add-3digit", digits=3),
     Level("mixed-2digit-2ops", digits=2, operations=("+", "-"), num_operations=2),
     Level("mul-2digit", digits=2, operations=("*",)),
+    Level("work-1digit-2ops", digits=1, num_operations=2, template=WORK_SHOWN_TEMPLATE),
 )
-
-
-# Phrasing matters to a 135M model: on 30 seeded problems per level, greedy, this one
-# scored 73% / 20% / 7% (1-, 2-, 3-digit addition) against 57% / 20% / 7% for
-# "What is a + b? Answer with just the number."
-QUESTION_TEMPLATE = "Compute {expression}. Reply with only the result."
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,7 @@ def make_problem(rng: random.Random, level: Level) -> Problem:
         # only with one kind of operation or with + and - (the default levels).
         value = OPERATIONS[operator](value, operand)
         expression += f" {operator} {operand}"
-    return Problem(QUESTION_TEMPLATE.format(expression=expression), str(value), level.name, expression)
+    return Problem(level.template.format(expression=expression), str(value), level.name, expression)
 
 
 def levels_named(names: list[str] | tuple[str, ...], levels: tuple[Level, ...] = DEFAULT_LEVELS) -> tuple[Level, ...]:

@@ -17,8 +17,17 @@ def test_generation_is_seeded_and_exact():
     assert first != arithmetic.generate(50, seed=4)
     for problem in first:
         assert str(eval(problem.expression)) == problem.answer  # noqa: S307 (our own digits and + - *)
-        assert problem.question == arithmetic.QUESTION_TEMPLATE.format(expression=problem.expression)
+        template = arithmetic.WORK_SHOWN_TEMPLATE if problem.level.startswith("work-") else arithmetic.QUESTION_TEMPLATE
+        assert problem.question == template.format(expression=problem.expression)
     assert {p.level for p in first} == {level.name for level in arithmetic.DEFAULT_LEVELS}
+
+
+def test_the_work_shown_level_asks_for_the_work():
+    (level,) = arithmetic.levels_named(["work-1digit-2ops"])
+    (problem,) = arithmetic.generate(1, seed=0, levels=(level,))
+    a, plus, b, plus_again, c = problem.expression.split()
+    assert plus == plus_again == "+" and int(problem.answer) == int(a) + int(b) + int(c)
+    assert problem.question == f"Compute {problem.expression}. Show your work, then give the final answer."
 
 
 def test_levels_have_their_digits():
@@ -47,6 +56,8 @@ def test_bad_levels_are_errors(levels, message):
         ("nested \\boxed{x^{2}+1} end", "x^{2}+1"),
         ("Natalia sold 48 clips.\n#### 72", "72"),
         ("The answer is 1,234.", "1,234"),
+        ("So, the answer is 5 + 6 = 11.", "11"),
+        ("the final answer is 3 + 3 + 5 = 11\n\nAnd 2 = 2", "11"),
         ("Final answer: -7", "-7"),
         ("We get 3 apples and then 5 pears", "5"),
         ("no numbers at all", None),

@@ -7,7 +7,7 @@ server's limits (`config`), the tokenizer (`engine`) and the difficulty router.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -57,8 +57,13 @@ class StrategyContext:
     planner: Planner
     router: DifficultyRouter | None  # when serving with --probe
 
-    async def run(self, plan: RequestPlan) -> submission.Result:
-        return await submission.run(self.engine, self.store, plan)
+    async def run(self, plan: RequestPlan, watch: Callable[[submission.Step], Awaitable[None]] | None = None) -> submission.Result:
+        return await submission.run(self.engine, self.store, plan, watch)
+
+    async def stop(self, job_key: str) -> None:
+        """Abort one engine job now: vLLM frees its slot and generates nothing more for it;
+        its stream ends with finish_reason "abort"."""
+        await self.engine.require_engine().abort(job_key)
 
     async def reply(self, plan: RequestPlan, extensions: dict | None = None) -> Reply:
         """An ordinary generation of `plan`, streamed or whole; `extensions` join the reply."""

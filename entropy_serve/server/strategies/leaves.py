@@ -15,18 +15,20 @@ from dataclasses import dataclass, field
 from entropy_serve.server import metrics, responses
 from entropy_serve.server.config import ServerConfig
 from entropy_serve.server.errors import BadRequest
+from entropy_serve.server.extensions import EarlyStop
 from entropy_serve.server.planning import RequestPlan, is_greedy
 from entropy_serve.server.protocol import SamplingRequest
 from entropy_serve.server.strategies.context import Reply
 from entropy_serve.server.strategies.voting import EXACT, VoteResult, constrained_answer, vote
 from entropy_serve.server.submission import Generated
-from entropy_serve.tasks.answers import extract_answer
+from entropy_serve.tasks.answers import equivalent, extract_answer
 
 
 @dataclass
 class Leaf:
     choice: Generated  # the whole completion, from the prompt on (entropies per token, [] when not measured)
     num_shared_tokens: int = 0  # leading tokens shared with the tree it forked from, not generated again
+    stopped: bool = False  # stopped in the engine before it finished (deepconf): it casts no vote
 
     @property
     def num_new_tokens(self) -> int:
@@ -108,23 +110,59 @@ def check_strategy_request(request: SamplingRequest, config: ServerConfig) -> No
         )
 
 
+def early_stop_report(
+    rule: EarlyStop, strategy: str, leaf_budget: int, num_leaves: int, num_waves: int, reason: str | None,
+    estimated_tokens_saved: int,
+) -> dict:
+    """The reply's `strategy.early_stop`: what was sampled against the budget, and why it
+    stopped; Prometheus counts the savings."""
+    num_saved = leaf_budget - num_leaves
+    metrics.STRATEGY_LEAVES_SAVED.labels(strategy=strategy).inc(num_saved)
+    metrics.STRATEGY_TOKENS_SAVED.labels(strategy=strategy).inc(estimated_tokens_saved)
+    return {
+        **rule.model_dump(),
+        "leaf_budget": leaf_budget,
+        "waves": num_waves,
+        "stopped_early": num_saved > 0,
+        "reason": reason if num_saved > 0 else "the leaf budget was spent",
+        "leaves_saved": num_saved,
+        "estimated_tokens_saved": estimated_tokens_saved,
+    }
+
+
 def check_single_prompt(plan: RequestPlan) -> None:
     if plan.num_prompts != 1:
         raise BadRequest("strategy: needs a single prompt", param="prompt")
 
 
-def decide(
-    request: SamplingRequest, plan: RequestPlan, num_prompt_tokens: int, leaves: list[Leaf], details: dict
-) -> StrategyOutcome:
-    """Extract, vote, pick the reply; feed Prometheus."""
-    strategy = request.strategy
-    mean_entropies = [leaf.mean_entropy_nats() for leaf in leaves] if strategy.vote == "entropy_weighted" else None
+def leaf_answers(plan: RequestPlan, leaves: list[Leaf]) -> list[str | None]:
+    """Each leaf's answer: extracted, or under a structured-output constraint the whole
+    output (JSON by value); None for a leaf stopped before it finished."""
     if plan.constraint is None:
         answers = [extract_answer(leaf.choice.text) for leaf in leaves]
-        votes = vote(answers, mean_entropies, strategy.vote)
-    else:  # the whole output is the answer (JSON by value)
+    else:
         answers = [constrained_answer(leaf.choice.text, plan.constraint.params) for leaf in leaves]
-        votes = vote(answers, mean_entropies, strategy.vote, same=EXACT)
+    return [None if leaf.stopped else answer for leaf, answer in zip(leaves, answers)]
+
+
+def decide(
+    request: SamplingRequest,
+    plan: RequestPlan,
+    num_prompt_tokens: int,
+    leaves: list[Leaf],
+    details: dict,
+    weights: list[float] | None = None,
+) -> StrategyOutcome:
+    """Extract, vote (by `weights` when given, else by the strategy's vote mode), pick the
+    reply; feed Prometheus."""
+    strategy = request.strategy
+    answers = leaf_answers(plan, leaves)
+    same = equivalent if plan.constraint is None else EXACT
+    if weights is not None:
+        votes = vote(answers, weights=weights, same=same)
+    else:
+        mean_entropies = [leaf.mean_entropy_nats() for leaf in leaves] if strategy.vote == "entropy_weighted" else None
+        votes = vote(answers, mean_entropies, strategy.vote, same=same)
     winner_leaf = votes.winner_leaves[0] if votes.winner_leaves else 0
     metrics.STRATEGY_LEAVES.labels(strategy=strategy.name).observe(len(leaves))
     metrics.STRATEGY_AGREEMENT.labels(strategy=strategy.name).observe(votes.agreement)

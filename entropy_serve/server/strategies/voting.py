@@ -57,11 +57,16 @@ def vote(
     mean_entropies_nats: list[float] | None = None,
     mode: str = "majority",
     same: Callable[[str, str], bool] = equivalent,
+    weights: list[float] | None = None,
 ) -> VoteResult:
-    """`same`: when two answers are one group (default: tasks/answers.py's equivalence)."""
+    """`same`: when two answers are one group (default: tasks/answers.py's equivalence).
+    `weights`: each answer's weight, given (deepconf's trace confidences), over `mode`."""
     if mode not in VOTE_MODES:
         raise ValueError(f"vote: unknown mode {mode!r}; one of {VOTE_MODES}")
-    if mode == "entropy_weighted":
+    if weights is not None:
+        if len(weights) != len(answers) or any(w < 0 for w in weights):
+            raise ValueError("vote: weights need one non-negative weight per answer")
+    elif mode == "entropy_weighted":
         if mean_entropies_nats is None or len(mean_entropies_nats) != len(answers):
             raise ValueError("vote: entropy_weighted needs one mean entropy per answer")
         weights = [math.exp(-h) for h in mean_entropies_nats]

@@ -12,6 +12,19 @@ def test_fork_positions_are_the_highest_entropies_in_order():
     assert fork_positions(entropies, 3) == [1, 3, 5]  # the tie at 2.5 goes to the earlier first
 
 
+def test_savings_weighs_entropy_by_the_prefix_a_fork_shares():
+    entropies = [3.0, 0.2, 0.5, 1.0, 0.1]
+    assert fork_positions(entropies, 1) == [0]  # ETTRL: the first token, which shares nothing
+    assert fork_positions(entropies, 1, "savings") == [3]  # scores 0, 0.2, 1.0, 3.0, 0.4
+    assert fork_positions(entropies, 2, "savings") == [2, 3]
+
+
+def test_min_prefix_keeps_forks_late():
+    entropies = [3.0, 0.2, 0.5, 1.0, 0.1]
+    assert fork_positions(entropies, 2, min_prefix=2) == [2, 3]
+    assert fork_positions(entropies, 2, min_prefix=5) == []  # the tree is too short to fork that late
+
+
 def test_short_samples_fork_where_they_can():
     assert fork_positions([0.4, 0.9], 5) == [0, 1]
     assert fork_positions([], 2) == []
