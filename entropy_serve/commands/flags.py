@@ -47,6 +47,24 @@ def existing_path(text: str) -> Path:
     return path
 
 
+def probability(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not in [0, 1]")
+    return value
+
+
+def table_path(text: str) -> str:
+    """argparse type: a difficulty table's JSON file, or a named table."""
+    from entropy_serve.probes.table import DIFFADAPT
+
+    return text if text == DIFFADAPT else str(existing_path(text))
+
+
 def add_engine_flags(parser: argparse.ArgumentParser) -> None:
     """Flags that choose and size the engine (vLLM's names where they mean the same)."""
     parser.add_argument("--model", help="local HF model folder or hub id (default: the embedded SmolLM2-135M-Instruct)")
@@ -90,7 +108,16 @@ def add_answering_flags(parser: argparse.ArgumentParser) -> None:
         help=f"token-entropy profile for hapo (default: the model folder's {calibration.PROFILE_FILE}, or the embedded model's)",
     )
     parser.add_argument("--probe", type=existing_path, help="difficulty probe folder (from train-probe): enables strategy 'difficulty'")
-    parser.add_argument("--difficulty-table", type=existing_path, help="JSON overriding the per-class strategies (see README)")
+    parser.add_argument(
+        "--difficulty-table", type=table_path,
+        help="per-class strategies: a JSON file over the paper's table, or 'diffadapt' for the paper's own "
+        "(default: the table train-probe learned beside the probe)",
+    )
+    parser.add_argument(
+        "--probe-min-confidence", type=probability, default=0.5,
+        help="route as Normal when the probe's top class is less probable than this (its held-out calibration, "
+        "in probe.json, shows what each threshold keeps)",
+    )
     add_tool_flags(parser)
 
 
@@ -129,6 +156,7 @@ def answering_settings(args: argparse.Namespace) -> dict:
         entropy_profile=_str(profile),
         probe=_str(args.probe),
         difficulty_table=_str(args.difficulty_table),
+        probe_min_confidence=args.probe_min_confidence,
         enable_auto_tool_choice=args.enable_auto_tool_choice,
         tool_call_parser=args.tool_call_parser,
     )

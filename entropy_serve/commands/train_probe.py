@@ -29,6 +29,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--easy-entropy-above", type=float, help="label rule: an absolute entropy threshold (nats) instead")
     parser.add_argument("--feature-suffix", default="", help="text appended to each prompt before reading its hidden state")
     parser.add_argument("--hidden-units", type=positive_int, default=512)
+    parser.add_argument(
+        "--table-samples", type=int, default=2,
+        help="answers per problem for each candidate strategy of the learned difficulty table (0: keep the paper's table)",
+    )
+    parser.add_argument(
+        "--table-tolerance", type=float, default=0.02,
+        help="accuracy a cheaper candidate may give up against its class's best (0.02: 2 points)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,7 +52,15 @@ def run(args: argparse.Namespace) -> int:
         rule=LabelRule(args.hard_below_accuracy, args.easy_entropy_quantile, args.easy_entropy_above),
         feature_suffix=args.feature_suffix,
         hidden_units=args.hidden_units,
+        table_samples=args.table_samples,
+        table_tolerance=args.table_tolerance,
     )
+    if not 0 <= args.table_samples <= args.samples:
+        print(f"entropy-serve train-probe: --table-samples must be in [0, --samples={args.samples}]", file=sys.stderr)
+        return 2
+    if not 0.0 <= args.table_tolerance < 1.0:
+        print("entropy-serve train-probe: --table-tolerance must be in [0, 1)", file=sys.stderr)
+        return 2
     try:
         metadata = train_probe(server_config(args, max_n=args.samples), settings, args.out)
     except KeyboardInterrupt:
@@ -56,5 +72,8 @@ def run(args: argparse.Namespace) -> int:
         f"held-out accuracy {metadata['held_out_accuracy']:.3f} vs majority-class baseline "
         f"{metadata['majority_baseline_accuracy']:.3f} ({metadata['majority_class']})"
     )
+    if "difficulty_table" in metadata:
+        print(f"difficulty table (per class, the cheapest strategy within {args.table_tolerance} of the best accuracy): "
+              f"{metadata['difficulty_table']['chosen']}")
     print(f"wrote {args.out}")
     return 0

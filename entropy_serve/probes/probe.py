@@ -1,5 +1,6 @@
 """The probe: a small classifier over the prompt's final hidden state: DiffAdapt's MLP
-(d -> 512 -> 3) or multinomial logistic regression, whichever cross-validates better.
+(d -> 512 -> 3) or multinomial logistic regression (plain or class-weighted),
+whichever cross-validates better, with its held-out calibration reported.
 
 Trained with scikit-learn (standardized features), saved without pickle: `probe.npz` holds the scaler and the layer weights, `probe.json` the metadata
 (model fingerprint, hidden size, classes, label rule and threshold, class balance,
@@ -69,7 +70,39 @@ def candidates(hidden_units: int, seed: int) -> dict[str, object]:
         for alpha in (0.1, 1.0, 10.0)
     }
     models |= {f"logistic C={c}": LogisticRegression(C=c, max_iter=5000) for c in (0.01, 0.1, 1.0)}
+    # Classes are rarely balanced (a small model fails most hard problems alike):
+    # weighting them inversely to their frequency is one more candidate, not a given.
+    models |= {
+        f"logistic C={c} balanced": LogisticRegression(C=c, max_iter=5000, class_weight="balanced") for c in (0.01, 0.1, 1.0)
+    }
     return models
+
+
+def calibration_report(probabilities: np.ndarray, labels: np.ndarray, classes: list[str], thresholds=(0.5, 0.6, 0.7, 0.8)) -> dict:
+    """How far a probe's held-out probabilities can be trusted: log loss, the multi-class
+    Brier score, the expected calibration error of the top class (10 equal-width bins),
+    and, per confidence threshold, the share of problems whose top probability reaches it
+    (the router keeps the probe's class for those, Normal otherwise) and its accuracy there."""
+    from sklearn.metrics import log_loss
+
+    probabilities = np.asarray(probabilities, dtype=np.float64)  # [n, classes]
+    onehot = (np.asarray(labels)[:, None] == np.asarray(classes)[None, :]).astype(np.float64)  # [n, classes]
+    top = probabilities.max(axis=1)
+    correct = (probabilities.argmax(axis=1) == onehot.argmax(axis=1)).astype(np.float64)
+    bins = np.minimum((top * 10).astype(int), 9)
+    ece = sum(abs(top[bins == b].mean() - correct[bins == b].mean()) * (bins == b).mean() for b in np.unique(bins))
+    return {
+        "log_loss": float(log_loss(onehot.argmax(axis=1), probabilities, labels=list(range(len(classes))))),
+        "brier": float(((probabilities - onehot) ** 2).sum(axis=1).mean()),
+        "expected_calibration_error": float(ece),
+        "by_min_confidence": {
+            str(t): {
+                "coverage": float((top >= t).mean()),
+                "accuracy": float(correct[top >= t].mean()) if (top >= t).any() else None,
+            }
+            for t in thresholds
+        },
+    }
 
 
 def fit_probe(
@@ -105,6 +138,7 @@ def fit_probe(
         scaler = StandardScaler().fit(x_train)
         model = models[chosen].fit(scaler.transform(x_train), y_train)
     majority = max(set(y_train), key=list(y_train).count)
+    probabilities = model.predict_proba(scaler.transform(x_test))
     report = {
         "probe": chosen,
         "cross_validation_accuracy": scores,
@@ -113,6 +147,7 @@ def fit_probe(
         "held_out_accuracy": float((model.predict(scaler.transform(x_test)) == y_test).mean()),
         "majority_class": str(majority),
         "majority_baseline_accuracy": float((y_test == majority).mean()),
+        "held_out_calibration": calibration_report(probabilities, y_test, [str(c) for c in model.classes_]),
     }
     return from_sklearn(scaler, model), report
 

@@ -1,7 +1,8 @@
 """The difficulty router: the probe, the pooling engine that reads its features, and the
 class table, as one object the server starts, asks and stops.
 
-`classify(token_ids)` -> the class with the highest probability, its probabilities,
+`classify(token_ids)` -> the class with the highest probability (Normal when that
+probability is below `--probe-min-confidence`: an unsure probe changes nothing), its probabilities,
 the class's strategy (probes/table.py) and the probe's latency. The probe is checked
 against the served model when the router is made; its pooling engine starts after the
 generation engine, in the generation engine's dtype.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from vllm.engine.arg_utils import AsyncEngineArgs
@@ -19,17 +21,18 @@ from vllm.v1.engine.async_llm import AsyncLLM
 
 from entropy_serve.probes.features import FeatureEngine, pooling_engine_args
 from entropy_serve.probes.probe import Probe, load_probe
-from entropy_serve.probes.table import ClassStrategy, DifficultyTable, load_table
+from entropy_serve.probes.table import TABLE_FILE, ClassStrategy, DifficultyTable, load_table
 from entropy_serve.server.config import ServerConfig
 from entropy_serve.server.engine import engine_args
 
 
 @dataclass(frozen=True)
 class Classification:
-    name: str
+    name: str  # the class routed as
     probabilities: dict[str, float]
     strategy: ClassStrategy
     latency_s: float
+    fallback: bool = False  # the probe was unsure (top probability below the minimum): routed as Normal
 
 
 def feature_engine_args(config: ServerConfig, dtype: torch.dtype | None = None) -> AsyncEngineArgs:
@@ -52,7 +55,10 @@ class DifficultyRouter:
         """The router of `--probe` (checked against the model now), or None without one."""
         if not config.probe:
             return None
-        return cls(config, load_probe(config.probe, config.model), load_table(config.difficulty_table))
+        probe = load_probe(config.probe, config.model)
+        learned = Path(config.probe) / TABLE_FILE
+        default = load_table(learned) if config.difficulty_table is None and learned.exists() else None
+        return cls(config, probe, load_table(config.difficulty_table, default))
 
     @property
     def engine(self) -> AsyncLLM | None:
@@ -74,11 +80,15 @@ class DifficultyRouter:
         probabilities = self.probe.probabilities(features)[0]
         latency_s = time.perf_counter() - started
         name = self.probe.classes[int(probabilities.argmax())]
+        fallback = float(probabilities.max()) < self.config.probe_min_confidence
+        if fallback:
+            name = "normal"
         return Classification(
             name=name,
             probabilities={c: float(p) for c, p in zip(self.probe.classes, probabilities)},
             strategy=self.table.for_class(name),
             latency_s=latency_s,
+            fallback=fallback,
         )
 
     def stop(self) -> None:

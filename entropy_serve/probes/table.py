@@ -1,6 +1,14 @@
-"""The strategy each difficulty class is answered with: DiffAdapt's table, as config.
+"""The strategy each difficulty class is answered with: a table, learned per model or
+DiffAdapt's.
 
-A JSON file (`serve --difficulty-table FILE`) may override any field of any class:
+Which table a server routes with: `serve --difficulty-table FILE` (or the name
+`diffadapt`: the paper's table), else the table `train-probe` learned and saved beside
+the probe (`difficulty_table.json`), else the paper's. Learning (`choose_table`):
+train-probe samples each of CANDIDATES on its training problems; per class, the
+candidate with the fewest tokens whose accuracy is within a tolerance of the class's
+best is kept.
+
+A JSON file may override any field of any class (of the paper's table):
     {"easy": {"temperature": 0.5, "top_p": 0.95, "budget_fraction": 0.4,
               "instruction": "Answer directly."}, "normal": {...}, "hard": {...}}
 `instruction` becomes a system message (chat; before the client's own) or a line before
@@ -46,10 +54,51 @@ class DifficultyTable(BaseModel):
         return getattr(self, name)
 
 
-def load_table(path: str | Path | None) -> DifficultyTable:
-    """The default table, with the file's classes and fields over it."""
-    if path is None:
+TABLE_FILE = "difficulty_table.json"  # a learned table, in a probe's folder
+DIFFADAPT = "diffadapt"  # the paper's table, by name
+
+# The strategies train-probe tries per class: the paper's three, and cheaper or cooler
+# variants of them (a small model may answer better greedy than sampled).
+CANDIDATES: dict[str, ClassStrategy] = {
+    "diffadapt-normal": DifficultyTable().normal,
+    "diffadapt-easy": DifficultyTable().easy,
+    "diffadapt-hard": DifficultyTable().hard,
+    "greedy": ClassStrategy(temperature=0.0, top_p=1.0, budget_fraction=1.0),
+    "greedy-0.4-budget": ClassStrategy(temperature=0.0, top_p=1.0, budget_fraction=0.4),
+    "greedy-direct-0.4-budget": ClassStrategy(
+        temperature=0.0, top_p=1.0, budget_fraction=0.4, instruction="Answer directly, without explanation."
+    ),
+    "cool-0.5": ClassStrategy(temperature=0.5, top_p=0.95, budget_fraction=1.0),
+}
+
+
+def choose_table(scores: dict[str, dict[str, tuple[float, float]]], tolerance: float) -> tuple[DifficultyTable, dict[str, str]]:
+    """`scores`: class -> candidate -> (accuracy, tokens per answer) on that class's
+    training problems. Per class, the fewest-token candidate whose accuracy is within
+    `tolerance` of the best (ties: the higher accuracy, then CANDIDATES' order); a class
+    without problems keeps the paper's strategy. Returns the table and each class's choice."""
+    paper = DifficultyTable()
+    chosen, names = {}, {}
+    for name in ("easy", "normal", "hard"):
+        by_candidate = scores.get(name) or {}
+        if not by_candidate:
+            chosen[name], names[name] = paper.for_class(name), f"{DIFFADAPT}-{name}"
+            continue
+        best = max(accuracy for accuracy, _ in by_candidate.values())
+        order = list(CANDIDATES)
+        eligible = [c for c, (accuracy, _) in by_candidate.items() if accuracy >= best - tolerance - 1e-12]
+        pick = min(eligible, key=lambda c: (by_candidate[c][1], -by_candidate[c][0], order.index(c)))
+        chosen[name], names[name] = CANDIDATES[pick], pick
+    return DifficultyTable(**chosen), names
+
+
+def load_table(path: str | Path | None, default: DifficultyTable | None = None) -> DifficultyTable:
+    """`default` (else the paper's table) with the file's classes and fields over it;
+    the name `diffadapt` is the paper's table."""
+    if path == DIFFADAPT:
         return DifficultyTable()
+    if path is None:
+        return default or DifficultyTable()
     try:
         overrides = json.loads(Path(path).read_text())
         defaults = DifficultyTable().model_dump()

@@ -33,7 +33,8 @@ class ServerConfig:
     entropy_profile: str | None = None
     # DiffAdapt difficulty probe folder (train-probe) and per-class strategy table (JSON).
     probe: str | None = None
-    difficulty_table: str | None = None
+    difficulty_table: str | None = None  # a JSON file, or "diffadapt" (None: the probe's learned table)
+    probe_min_confidence: float = 0.5  # below this top-class probability, route as Normal
     # tool_choice auto: vLLM's flags and parser names (required / named choices need neither).
     enable_auto_tool_choice: bool = False
     tool_call_parser: str | None = None

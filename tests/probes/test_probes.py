@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from entropy_serve.probes.labels import LabelRule, label_problems
-from entropy_serve.probes.probe import fit_probe, from_sklearn, load_probe
+from entropy_serve.probes.probe import Probe, fit_probe, from_sklearn, load_probe
 from entropy_serve.probes.table import DifficultyTable, load_table
 
 
@@ -102,3 +102,63 @@ def test_table_defaults_are_diffadapts_and_a_file_overrides_fields(tmp_path):
         path.write_text(json.dumps(bad))
         with pytest.raises(ValueError, match="cannot read difficulty table"):
             load_table(path)
+
+
+def test_the_learned_table_keeps_the_cheapest_candidate_within_tolerance():
+    from entropy_serve.probes.table import CANDIDATES, DIFFADAPT, choose_table
+
+    scores = {
+        "easy": {"diffadapt-normal": (0.90, 30.0), "greedy": (0.95, 14.0), "greedy-0.4-budget": (0.94, 9.0)},
+        "normal": {"diffadapt-normal": (0.50, 30.0), "greedy": (0.40, 14.0), "cool-0.5": (0.49, 20.0)},
+        "hard": {"diffadapt-normal": (0.0, 40.0), "greedy": (0.0, 12.0), "greedy-0.4-budget": (0.0, 12.0)},
+    }
+    table, chosen = choose_table(scores, tolerance=0.02)
+    # easy: 0.94 is within 0.02 of 0.95 and cheapest; normal: greedy gives up 10 points, cool-0.5 one;
+    # hard: a tie in accuracy and tokens goes to the candidate listed first.
+    assert chosen == {"easy": "greedy-0.4-budget", "normal": "cool-0.5", "hard": "greedy"}
+    assert table.easy == CANDIDATES["greedy-0.4-budget"] and table.normal == CANDIDATES["cool-0.5"]
+    assert choose_table(scores, tolerance=0.0)[1]["normal"] == "diffadapt-normal"
+    # a class without problems keeps the paper's strategy
+    _, chosen = choose_table({"easy": scores["easy"]}, tolerance=0.02)
+    assert chosen["hard"] == f"{DIFFADAPT}-hard"
+    assert load_table(DIFFADAPT) == DifficultyTable()
+
+
+def test_calibration_report_by_hand():
+    from entropy_serve.probes.probe import calibration_report
+
+    probabilities = np.array([[0.9, 0.05, 0.05], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.4, 0.35, 0.25]])
+    labels = np.array(["easy", "normal", "normal", "hard"])
+    report = calibration_report(probabilities, labels, ["easy", "normal", "hard"])
+    # Brier: (0.01+0.0025+0.0025) + (0.36+0.49+0.01) + (0.04+0.09+0.01) + (0.16+0.1225+0.5625) / 4
+    assert report["brier"] == pytest.approx((0.015 + 0.86 + 0.14 + 0.845) / 4)
+    assert report["log_loss"] == pytest.approx(-np.mean(np.log([0.9, 0.3, 0.7, 0.25])))
+    # bins: 0.9 (right), 0.6 (wrong), 0.7 (right), 0.4 (wrong) -> |0.9-1| + |0.6-0| + |0.7-1| + |0.4-0|, / 4
+    assert report["expected_calibration_error"] == pytest.approx((0.1 + 0.6 + 0.3 + 0.4) / 4)
+    assert report["by_min_confidence"]["0.6"] == {"coverage": 0.75, "accuracy": pytest.approx(2 / 3)}
+    assert report["by_min_confidence"]["0.8"] == {"coverage": 0.25, "accuracy": 1.0}
+
+
+def test_an_unsure_probe_routes_as_normal():
+    import asyncio
+
+    from entropy_serve.probes.router import DifficultyRouter
+    from entropy_serve.server.config import ServerConfig
+
+    probe = Probe(np.zeros(2), np.ones(2), [np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])], [np.zeros(3)],
+                  ["easy", "normal", "hard"], {})
+
+    class Features:
+        async def features(self, prompts):
+            return np.array([prompts[0]], dtype=np.float32)
+
+    def classify(min_confidence: float, x: float):
+        router = DifficultyRouter(ServerConfig(model="m", served_model_name="m", probe_min_confidence=min_confidence), probe, DifficultyTable())
+        router.features = Features()
+        return asyncio.run(router.classify([x, 0.0]))
+
+    sure = classify(0.5, 3.0)  # softmax(3, 0, 0): easy at 0.91
+    assert (sure.name, sure.fallback, sure.strategy) == ("easy", False, DifficultyTable().easy)
+    unsure = classify(0.95, 3.0)
+    assert (unsure.name, unsure.fallback, unsure.strategy) == ("normal", True, DifficultyTable().normal)
+    assert unsure.probabilities["easy"] == pytest.approx(sure.probabilities["easy"])

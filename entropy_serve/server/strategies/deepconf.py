@@ -148,6 +148,7 @@ def _report(strategy: DeepConf, threshold: float, leaves: list[Leaf], num_waves:
         "traces_sampled": len(leaves),
         "traces_stopped": num_stopped,
         "stopped_traces": [i for i, leaf in enumerate(leaves) if leaf.stopped],
+        "trace_tokens": [leaf.num_new_tokens for leaf in leaves],
         "traces_saved": num_unsampled,
         "reason": reason or "the trace budget was spent",
         "estimated_tokens_saved": saved,

@@ -23,6 +23,7 @@ def difficulty_extension(classification: Classification, max_tokens: int) -> dic
     """The response's `difficulty` field."""
     return {
         "class": classification.name,
+        "fallback": classification.fallback,
         "probabilities": classification.probabilities,
         "strategy": {**classification.strategy.model_dump(), "max_tokens": max_tokens},
         "probe_latency_s": round(classification.latency_s, 4),
