@@ -17,7 +17,7 @@ from conftest import API_KEY, MODEL
 from helpers import metric, wait_for
 
 from entropy_serve.probes.labels import CLASSES
-from entropy_serve.probes.table import DifficultyTable
+from entropy_serve.probes.table import CANDIDATES, TABLE_FILE, load_table
 from entropy_serve.server.process import ServerProcess
 
 pytestmark = pytest.mark.e2e  # drives a real server process
@@ -26,6 +26,7 @@ NUM_PROBLEMS = 36
 TRAIN = [
     sys.executable, "-m", "entropy_serve", "train-probe", "--problems", str(NUM_PROBLEMS), "--samples", "4",
     "--max-tokens", "32", "--max-model-len", "1024", "--hard-below-accuracy", "0.25", "--hidden-units", "32",
+    "--table-samples", "1",
 ]
 ENV = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
 
@@ -62,12 +63,28 @@ def test_trainer_resumes_labels_all_classes_and_reports_the_baseline(trained):
     assert metadata["hidden_size"] == 576 and metadata["fingerprint"].startswith("sha256:")
     assert metadata["num_train"] + metadata["num_held_out"] == NUM_PROBLEMS
     assert f"held-out accuracy {metadata['held_out_accuracy']:.3f} vs majority-class baseline" in stdout
+    calibration = metadata["held_out_calibration"]
+    assert calibration["log_loss"] > 0 and 0 <= calibration["expected_calibration_error"] <= 1
+    # The table search: every candidate but the labels' own answered every problem once.
+    searched = [json.loads(line) for line in (out / "table_samples.jsonl").read_text().splitlines()]
+    assert len(searched) == (len(CANDIDATES) - 1) * NUM_PROBLEMS
+    table = metadata["difficulty_table"]
+    assert set(table["chosen"]) == set(CLASSES) and set(table["chosen"].values()) <= set(CANDIDATES)
+    learned = load_table(out / TABLE_FILE)
+    for name, candidate in table["chosen"].items():
+        assert learned.for_class(name) == CANDIDATES[candidate]
+        scores = table["scores"][name]
+        best = max(accuracy for accuracy, _ in scores.values())
+        accuracy, tokens = scores[candidate]
+        assert accuracy >= best - 0.02 - 1e-9
+        assert tokens == min(t for a, t in scores.values() if a >= best - 0.02 - 1e-9)
 
 
 @pytest.fixture(scope="module")
 def probe_server(trained):
     out, _, _ = trained
     with ServerProcess("--api-key", API_KEY, "--max-model-len", "2048", "--probe", str(out), kv_cache_gib=1) as process:
+        process.probe = out
         yield process
 
 
@@ -87,8 +104,11 @@ def test_difficulty_routes_by_class_and_says_so(probe_server):
     assert name in CLASSES and raw.headers["x-entropy-serve-difficulty"] == name
     probabilities = difficulty["probabilities"]
     assert set(probabilities) == set(CLASSES) and abs(sum(probabilities.values()) - 1) < 1e-6
-    assert probabilities[name] == max(probabilities.values())
-    chosen = DifficultyTable().for_class(name)
+    if difficulty["fallback"]:  # unsure: routed as Normal
+        assert name == "normal" and max(probabilities.values()) < 0.5
+    else:
+        assert probabilities[name] == max(probabilities.values()) >= 0.5
+    chosen = load_table(probe_server.probe / TABLE_FILE).for_class(name)  # the table train-probe learned
     assert difficulty["strategy"]["temperature"] == chosen.temperature
     assert difficulty["strategy"]["max_tokens"] == chosen.max_tokens(40) >= response.usage.completion_tokens
     # The model saw the class's instruction as the system message.
