@@ -86,6 +86,7 @@ def calibration_report(probabilities: np.ndarray, labels: np.ndarray, classes: l
     from sklearn.metrics import log_loss
 
     probabilities = np.asarray(probabilities, dtype=np.float64)  # [n, classes]
+    probabilities = probabilities / probabilities.sum(axis=1, keepdims=True)  # float32 rows may miss 1 by an ulp
     onehot = (np.asarray(labels)[:, None] == np.asarray(classes)[None, :]).astype(np.float64)  # [n, classes]
     top = probabilities.max(axis=1)
     correct = (probabilities.argmax(axis=1) == onehot.argmax(axis=1)).astype(np.float64)
