@@ -34,6 +34,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from entropy_serve.server.extensions import EarlyStop
+from entropy_serve.server.strategies.voting import vote
 from entropy_serve.tasks.answers import equivalent
 
 CONFIDENCE_MEASURES = ("topk", "entropy")
@@ -54,17 +55,7 @@ def beta_majority_probability(a: int, b: int) -> float:
 
 def answer_counts(answers: Sequence[str | None]) -> list[int]:
     """Votes per group of equivalent answers, most first (leaves without one cast none)."""
-    groups: list[tuple[str, int]] = []
-    for answer in answers:
-        if answer is None:
-            continue
-        for i, (name, count) in enumerate(groups):
-            if equivalent(name, answer):
-                groups[i] = (name, count + 1)
-                break
-        else:
-            groups.append((answer, 1))
-    return sorted((count for _, count in groups), reverse=True)
+    return [round(count) for count in vote(list(answers)).table.values()]
 
 
 def beta_decided(answers: Sequence[str | None], confidence: float) -> str | None:
