@@ -26,8 +26,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import get_args
 
 from entropy_serve.server import metrics
+from entropy_serve.server.extensions import EntropyFork
 from entropy_serve.server.planning import RequestPlan
 from entropy_serve.server.protocol import SamplingRequest
 from entropy_serve.server.strategies.context import Reply, StrategyContext
@@ -42,6 +44,8 @@ from entropy_serve.server.strategies.leaves import (
 )
 from entropy_serve.server.strategies.stopping import vote_decided
 from entropy_serve.server.submission import Generated
+
+FORK_RULES = get_args(EntropyFork.model_fields["fork_rule"].annotation)  # the request field's values
 
 
 def fork_positions(entropies_nats: Sequence[float], num_forks: int, rule: str = "entropy", min_prefix: int = 0) -> list[int]:
@@ -59,9 +63,6 @@ def fork_positions(entropies_nats: Sequence[float], num_forks: int, rule: str = 
 
     candidates = sorted(range(min_prefix, len(entropies_nats)), key=lambda t: (-score(t), t))
     return sorted(candidates[:num_forks])
-
-
-FORK_RULES = ("entropy", "savings")
 
 
 @dataclass(frozen=True)
