@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"entropy-serve: interrupted; finished samples are kept in {args.out}: run the same command to resume",
               file=sys.stderr)
         return 130
-    print(json.dumps({k: metadata[k] for k in ("class_balance", "entropy_threshold_nats", "probe", "num_train", "num_held_out")}))
+    print(json.dumps({k: metadata[k] for k in ("class_balance", "entropy_threshold_nats", "feature_pooling", "probe", "num_train", "num_held_out")}))
     print(
         f"held-out accuracy {metadata['held_out_accuracy']:.3f} vs majority-class baseline "
         f"{metadata['majority_baseline_accuracy']:.3f} ({metadata['majority_class']})"

@@ -107,42 +107,47 @@ def calibration_report(probabilities: np.ndarray, labels: np.ndarray, classes: l
 
 
 def fit_probe(
-    features: np.ndarray, labels: list[str], hidden_units: int, held_out_fraction: float, seed: int
+    features: np.ndarray | dict[str, np.ndarray], labels: list[str], hidden_units: int, held_out_fraction: float, seed: int
 ) -> tuple[Probe, dict]:
-    """Choose a candidate by 5-fold cross-validation on the training split, refit it on
-    the whole split, report held-out accuracy against the majority-class baseline."""
+    """Choose a candidate, and with several feature poolings (pooling -> [n, d] array)
+    the pooling too, by 5-fold cross-validation on the training split; refit it on the
+    whole split; report held-out accuracy against the majority-class baseline. Every
+    pooling is split on the same problems."""
     from sklearn.base import clone
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import StratifiedKFold, cross_val_score, train_test_split
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    by_pooling = features if isinstance(features, dict) else {"last": features}
     y = np.asarray(labels)
     counts = {c: int((y == c).sum()) for c in CLASSES}
     if min(counts.values()) < 2:
         raise ValueError(
             f"the probe needs every class at least twice, got {counts}: sample more problems or change the label rule"
         )
-    x_train, x_test, y_train, y_test = train_test_split(
-        features, y, test_size=held_out_fraction, random_state=seed, stratify=y
-    )
+    train, test = train_test_split(np.arange(len(y)), test_size=held_out_fraction, random_state=seed, stratify=y)
+    y_train, y_test = y[train], y[test]
     num_folds = int(min(5, min(np.unique(y_train, return_counts=True)[1])))
     folds = StratifiedKFold(n_splits=max(num_folds, 2), shuffle=True, random_state=seed)
     scores = {}
+    models = candidates(hidden_units, seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        models = candidates(hidden_units, seed)
-        for name, model in models.items():
-            pipeline = make_pipeline(StandardScaler(), clone(model))
-            scores[name] = float(cross_val_score(pipeline, x_train, y_train, cv=folds).mean())
-        chosen = max(scores, key=scores.get)  # ties: the first, the MLP
+        for pooling, x in by_pooling.items():
+            for name, model in models.items():
+                pipeline = make_pipeline(StandardScaler(), clone(model))
+                scores[(pooling, name)] = float(cross_val_score(pipeline, x[train], y_train, cv=folds).mean())
+        pooling, chosen = max(scores, key=scores.get)  # ties: the first (last token, the MLP)
+        x_train, x_test = by_pooling[pooling][train], by_pooling[pooling][test]
         scaler = StandardScaler().fit(x_train)
         model = models[chosen].fit(scaler.transform(x_train), y_train)
     majority = max(set(y_train), key=list(y_train).count)
     probabilities = model.predict_proba(scaler.transform(x_test))
     report = {
         "probe": chosen,
-        "cross_validation_accuracy": scores,
+        "feature_pooling": pooling,
+        "cross_validation_accuracy": {f"{p} / {n}" if len(by_pooling) > 1 else n: v for (p, n), v in scores.items()},
         "num_train": int(len(y_train)),
         "num_held_out": int(len(y_test)),
         "held_out_accuracy": float((model.predict(scaler.transform(x_test)) == y_test).mean()),

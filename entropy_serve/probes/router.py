@@ -19,7 +19,7 @@ import torch
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.v1.engine.async_llm import AsyncLLM
 
-from entropy_serve.probes.features import FeatureEngine, pooling_engine_args
+from entropy_serve.probes.features import FeatureEngine, engine_pooling_type, pooling_engine_args
 from entropy_serve.probes.probe import Probe, load_probe
 from entropy_serve.probes.table import TABLE_FILE, ClassStrategy, DifficultyTable, load_table
 from entropy_serve.server.config import ServerConfig
@@ -35,12 +35,16 @@ class Classification:
     fallback: bool = False  # the probe was unsure (top probability below the minimum): routed as Normal
 
 
-def feature_engine_args(config: ServerConfig, dtype: torch.dtype | None = None) -> AsyncEngineArgs:
-    """The pooling engine of the probe's features, in the dtype the generation engine
-    resolves (`dtype`, or resolved here when no generation engine runs): for `auto`, vLLM
-    can pick differently for a pooling runner (float16 on CPU, 6x slower there than bfloat16)."""
+def feature_engine_args(config: ServerConfig, pooling: str, dtype: torch.dtype | None = None) -> AsyncEngineArgs:
+    """The pooling engine of the probe's features (`pooling`: features.POOLINGS), in the
+    dtype the generation engine resolves (`dtype`, or resolved here when no generation
+    engine runs): for `auto`, vLLM can pick differently for a pooling runner (float16 on
+    CPU, 6x slower there than bfloat16)."""
     dtype = dtype or engine_args(config).create_model_config().dtype
-    return pooling_engine_args(config.model, config.max_model_len, str(dtype).removeprefix("torch."), config.enforce_eager)
+    return pooling_engine_args(
+        config.model, config.max_model_len, str(dtype).removeprefix("torch."), config.enforce_eager,
+        pooling_type=engine_pooling_type(pooling),
+    )
 
 
 class DifficultyRouter:
@@ -68,10 +72,15 @@ class DifficultyRouter:
         self.features = await asyncio.to_thread(self._build, dtype)
 
     def _build(self, dtype: torch.dtype) -> FeatureEngine:
-        features = FeatureEngine.build(feature_engine_args(self.config, dtype), self.probe.metadata.get("feature_suffix", ""))
-        if features.hidden_size != self.probe.hidden_size:
+        pooling = self.probe.metadata.get("feature_pooling", "last")  # probes from before poolings were compared: last
+        features = FeatureEngine.build(
+            feature_engine_args(self.config, pooling, dtype), self.probe.metadata.get("feature_suffix", ""), pooling
+        )
+        if features.feature_size != self.probe.hidden_size:
             features.shutdown()
-            raise ValueError(f"the probe reads {self.probe.hidden_size}-wide hidden states, the model has {features.hidden_size}")
+            raise ValueError(
+                f"the probe reads {self.probe.hidden_size}-wide features, the model gives {features.feature_size} ({pooling})"
+            )
         return features
 
     async def classify(self, token_ids: list[int]) -> Classification:

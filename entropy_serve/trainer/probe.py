@@ -9,8 +9,10 @@ Order:
    `OUT/table_samples.jsonl` at once, so an interrupted run keeps its work and the same
    command resumes where it stopped;
 3. labels: accuracy and mean token entropy -> easy / normal / hard (probes/labels.py);
-4. features: the final hidden state of each rendered prompt (probes/features.py);
-5. probe: chosen by cross-validation, saved with its metadata to OUT (probes/probe.py),
+4. features: the final hidden states of each rendered prompt, pooled three ways (the
+   last token, the mean, both; probes/features.py);
+5. probe: pooling and classifier chosen by cross-validation, saved with its metadata
+   to OUT (probes/probe.py),
    and the held-out accuracy printed against the majority-class baseline;
 6. table: per class, the cheapest candidate within the tolerance of the class's best
    accuracy (`choose_table`), saved as `OUT/difficulty_table.json`, which `serve
@@ -29,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from entropy_serve.calibration import model_fingerprint
-from entropy_serve.probes.features import FeatureEngine
+from entropy_serve.probes.features import POOLINGS, FeatureEngine
 from entropy_serve.probes.labels import LabelRule, label_problems
 from entropy_serve.probes.probe import fit_probe
 from entropy_serve.probes.router import feature_engine_args
@@ -221,11 +223,14 @@ def table_scores(labels: list[str], normal_records: list[dict], candidates: dict
     return scores
 
 
-async def featurize(config: ServerConfig, prompts: list[list[int]], suffix: str) -> np.ndarray:
-    engine = await asyncio.to_thread(FeatureEngine.build, feature_engine_args(config), suffix)
+async def featurize(config: ServerConfig, prompts: list[list[int]], suffix: str) -> dict[str, np.ndarray]:
+    """Every pooling's features (features.POOLINGS), from one pass of an engine that
+    returns every token's state."""
+    engine = await asyncio.to_thread(FeatureEngine.build, feature_engine_args(config, "last+mean"), suffix, "last+mean")
     try:
         batches = [prompts[i : i + 64] for i in range(0, len(prompts), 64)]
-        return np.concatenate([await engine.features(batch) for batch in tqdm(batches, desc="features", unit="batch")])
+        parts = [await engine.features_by_pooling(batch) for batch in tqdm(batches, desc="features", unit="batch")]
+        return {pooling: np.concatenate([part[pooling] for part in parts]) for pooling in POOLINGS}
     finally:
         engine.shutdown()
 
@@ -259,8 +264,8 @@ def train_probe(config: ServerConfig, settings: TrainSettings, out: Path) -> dic
     probe.metadata = {
         "model": config.served_model_name,
         "fingerprint": model_fingerprint(config.model),
-        "hidden_size": int(features.shape[1]),
-        "feature": "final hidden state at the prompt's last token (vLLM pooling, LAST, no activation)",
+        "hidden_size": int(features[report["feature_pooling"]].shape[1]),
+        "feature": "final hidden states of the prompt, pooled as feature_pooling (vLLM pooling, no activation)",
         "feature_suffix": settings.feature_suffix,
         "task": settings.task,
         "num_problems": len(records),

@@ -31,9 +31,12 @@ RECORDS = [
 def scored(tmp_path_factory):
     folder = tmp_path_factory.mktemp("score")
     model = prepare_default_model()
+    # A probe of the last and the mean hidden state side by side (576 each): its engine
+    # returns every token's state, and the router pools them.
     probe = Probe(
-        mean=np.zeros(576), scale=np.ones(576), weights=[np.random.default_rng(0).normal(size=(576, 3)) / 10],
-        biases=[np.zeros(3)], classes=list(CLASSES), metadata={"fingerprint": model_fingerprint(str(model))},
+        mean=np.zeros(1152), scale=np.ones(1152), weights=[np.random.default_rng(0).normal(size=(1152, 3)) / 10],
+        biases=[np.zeros(3)], classes=list(CLASSES),
+        metadata={"fingerprint": model_fingerprint(str(model)), "feature_pooling": "last+mean"},
     )
     probe.save(folder / "probe")
     write_jsonl(folder / "in.jsonl", RECORDS)
@@ -84,12 +87,13 @@ def test_entropies_and_logprobs_equal_a_transformers_forward_pass(scored, refere
         assert window["end"] - window["start"] == min(3, len(ids) - first)
 
 
-def test_difficulty_is_the_probe_on_the_prompts_last_hidden_state(scored, reference, tokenizer):
+def test_difficulty_is_the_probe_on_the_prompts_pooled_hidden_states(scored, reference, tokenizer):
     records, probe = scored
     ids, first = full_sequence(tokenizer, RECORDS[0])
     with torch.no_grad():
-        hidden = reference(torch.tensor([ids[:first]]), output_hidden_states=True).hidden_states[-1][0, -1]
-    expected = probe.probabilities(hidden.numpy()[None])[0]
+        hidden = reference(torch.tensor([ids[:first]]), output_hidden_states=True).hidden_states[-1][0]  # [tokens, 576]
+    features = torch.cat([hidden[-1], hidden.mean(dim=0)])  # last+mean
+    expected = probe.probabilities(features.numpy()[None])[0]
     difficulty = records["sum"]["difficulty"]
     assert np.allclose([difficulty["probabilities"][c] for c in probe.classes], expected, atol=1e-3)
     assert difficulty["class"] == probe.classes[int(np.argmax(expected))]

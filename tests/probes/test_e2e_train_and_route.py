@@ -60,7 +60,10 @@ def test_trainer_resumes_labels_all_classes_and_reports_the_baseline(trained):
     assert sorted(line["index"] for line in lines) == list(range(NUM_PROBLEMS))
     metadata = json.loads((out / "probe.json").read_text())
     assert set(metadata["class_balance"]) == set(CLASSES) and min(metadata["class_balance"].values()) >= 2
-    assert metadata["hidden_size"] == 576 and metadata["fingerprint"].startswith("sha256:")
+    # The pooling cross-validation chose; the probe reads that pooling's width (SmolLM2-135M: 576).
+    assert metadata["feature_pooling"] in ("last", "mean", "last+mean")
+    assert metadata["hidden_size"] == 576 * (2 if metadata["feature_pooling"] == "last+mean" else 1)
+    assert metadata["fingerprint"].startswith("sha256:")
     assert metadata["num_train"] + metadata["num_held_out"] == NUM_PROBLEMS
     assert f"held-out accuracy {metadata['held_out_accuracy']:.3f} vs majority-class baseline" in stdout
     calibration = metadata["held_out_calibration"]

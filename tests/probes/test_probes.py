@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from entropy_serve.probes.labels import LabelRule, label_problems
-from entropy_serve.probes.probe import Probe, fit_probe, from_sklearn, load_probe
+from entropy_serve.probes.probe import Probe, candidates, fit_probe, from_sklearn, load_probe
 from entropy_serve.probes.table import DifficultyTable, load_table
 
 
@@ -162,3 +162,26 @@ def test_an_unsure_probe_routes_as_normal():
     unsure = classify(0.95, 3.0)
     assert (unsure.name, unsure.fallback, unsure.strategy) == ("normal", True, DifficultyTable().normal)
     assert unsure.probabilities["easy"] == pytest.approx(sure.probabilities["easy"])
+
+
+def test_poolings_by_hand():
+    from entropy_serve.probes.features import engine_pooling_type, pooled
+
+    hidden = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 9.0]])  # [tokens, hidden]
+    assert pooled(hidden, "last").tolist() == [5.0, 9.0]
+    assert pooled(hidden, "mean").tolist() == [3.0, 5.0]
+    assert pooled(hidden, "last+mean").tolist() == [5.0, 9.0, 3.0, 5.0]
+    assert [engine_pooling_type(p) for p in ("last", "mean", "last+mean")] == ["LAST", "ALL", "ALL"]
+    with pytest.raises(ValueError):
+        pooled(hidden, "max")
+
+
+def test_cross_validation_chooses_the_pooling_that_carries_the_classes():
+    rng = np.random.default_rng(3)
+    informative, labels = three_blobs(rng)
+    noise = rng.normal(0.0, 1.0, informative.shape)
+    probe, report = fit_probe({"last": noise, "mean": informative}, labels, hidden_units=8, held_out_fraction=0.25, seed=0)
+    assert report["feature_pooling"] == "mean"
+    assert report["held_out_accuracy"] > 0.9
+    assert set(report["cross_validation_accuracy"]) == {f"{p} / {n}" for p in ("last", "mean") for n in candidates(8, 0)}
+    assert probe.hidden_size == informative.shape[1]
