@@ -40,7 +40,13 @@ def sampled_lines(out) -> list[dict]:
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("probe")
     # Interrupted mid-sampling: what finished stays on disk.
-    first = subprocess.Popen([*TRAIN, "--out", str(out)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Ctrl-C as a terminal's foreground job gets it: SIGINT at its default disposition in
+    # the child, even when this run was started as a background job (which ignores it,
+    # and a child inherits that: Python then installs no KeyboardInterrupt).
+    first = subprocess.Popen(
+        [*TRAIN, "--out", str(out)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     assert wait_for(lambda: len(sampled_lines(out)) >= 4 or first.poll() is not None, timeout_s=600)
     first.send_signal(signal.SIGINT)
     first.communicate(timeout=120)
