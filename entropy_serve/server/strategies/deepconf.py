@@ -35,6 +35,7 @@ from entropy_serve.server.strategies.context import Reply, StrategyContext
 from entropy_serve.server.strategies.leaves import (
     Leaf,
     StrategyOutcome,
+    answers_agree,
     check_single_prompt,
     check_strategy_request,
     decide,
@@ -48,9 +49,8 @@ from entropy_serve.server.strategies.stopping import (
     topk_confidence,
     trace_weight,
 )
-from entropy_serve.server.strategies.voting import EXACT, vote
+from entropy_serve.server.strategies.voting import vote
 from entropy_serve.server.submission import Generated, Step
-from entropy_serve.tasks.answers import equivalent
 
 
 def token_confidences(choice: Generated, measure: str, top_k: int) -> list[float]:
@@ -96,7 +96,7 @@ async def run_deepconf(ctx: StrategyContext, request: SamplingRequest) -> Strate
     if strategy.confidence == "topk":
         plan = dataclasses.replace(plan, jobs=[with_top_logprobs(job, strategy.top_k) for job in plan.jobs])
     jobs = plan.jobs
-    same = equivalent if plan.constraint is None else EXACT
+    same = answers_agree(plan)
 
     def lowest(choice: Generated) -> float | None:
         return lowest_group_confidence(token_confidences(choice, strategy.confidence, strategy.top_k), strategy.window)

@@ -10,6 +10,7 @@ first leaf, in leaf order, whose answer won (leaf 0 when no leaf had an answer).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from entropy_serve.server import metrics, responses
@@ -145,6 +146,12 @@ def leaf_answers(plan: RequestPlan, leaves: list[Leaf]) -> list[str | None]:
     return [None if leaf.stopped else answer for leaf, answer in zip(leaves, answers)]
 
 
+def answers_agree(plan: RequestPlan) -> Callable[[str, str], bool]:
+    """When two leaves' answers are one vote: equivalent, or equal under a constraint
+    (the whole output is the answer)."""
+    return equivalent if plan.constraint is None else EXACT
+
+
 def decide(
     request: SamplingRequest,
     plan: RequestPlan,
@@ -157,7 +164,7 @@ def decide(
     reply; feed Prometheus."""
     strategy = request.strategy
     answers = leaf_answers(plan, leaves)
-    same = equivalent if plan.constraint is None else EXACT
+    same = answers_agree(plan)
     if weights is not None:
         votes = vote(answers, weights=weights, same=same)
     else:
