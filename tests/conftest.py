@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import openai
 import pytest
 
+from entropy_serve import host
 from entropy_serve.server.process import ServerProcess
+
+# Engines claim their cores host-wide (entropy_serve/host.py). The suite's shared server
+# lives through the tests that start engines of their own (one test at a time, so the
+# shared one is idle meanwhile): every engine the suite starts is told its cores, all of
+# them, instead of claiming them, and claims go to a folder of the suite's own, never
+# touching a user's servers on the same host. tests/test_e2e_host.py checks the claiming.
+os.environ[host.BIND_ENV] = host.cpu_list_text(host.usable_cpus())
+os.environ[host.CLAIMS_DIR_ENV] = tempfile.mkdtemp(prefix="entropy-serve-test-cores-")
 
 API_KEY = "test-key"
 MODEL = "SmolLM2-135M-Instruct"

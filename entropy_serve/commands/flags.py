@@ -8,13 +8,9 @@ ServerConfig that everything after reads.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from entropy_serve import calibration, model_store
-
-CPU_KV_CACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"
-DEFAULT_CPU_KV_CACHE_GIB = "4"
 
 
 def positive_int(text: str) -> int:
@@ -37,6 +33,29 @@ def fraction(text: str) -> float:
     if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
     return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def cpu_cores(text: str) -> str:
+    """argparse type: a CPU list ('0-3', '0,2'), or one per rank joined by '|'."""
+    from entropy_serve.host import parse_cpu_list
+
+    try:
+        for group in text.split("|"):
+            parse_cpu_list(group)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 def existing_path(text: str) -> Path:
@@ -70,7 +89,10 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="local HF model folder or hub id (default: the embedded SmolLM2-135M-Instruct)")
     parser.add_argument("--served-model-name", help="model name clients use (default: the folder name)")
     parser.add_argument("--max-model-len", type=positive_int, help="context length (default: the model's)")
-    parser.add_argument("--dtype", default="auto")
+    parser.add_argument(
+        "--dtype", default="auto",
+        help="auto: on CPU bfloat16 where the CPU has native bf16, else float32 (benchmarks/host.py); on GPU the model's",
+    )
     parser.add_argument(
         "--enforce-eager",
         action=argparse.BooleanOptionalAction,
@@ -82,6 +104,15 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-gpu-blocks-override", type=positive_int, help="KV cache blocks, overriding the sizing (as in vLLM)")
     parser.add_argument(
         "--block-size", type=positive_int, help="KV cache block size in tokens (default: vLLM's); prefix caching reuses whole blocks"
+    )
+    parser.add_argument(
+        "--cpu-cores", type=cpu_cores,
+        help="CPU engines: the cores their workers bind to, e.g. 0-3, or one list per rank joined by '|' "
+        "(default: every core no other entropy-serve engine on this host holds)",
+    )
+    parser.add_argument(
+        "--kv-cache-gib", type=positive_float,
+        help="CPU engines: KV-cache budget in GiB (default: VLLM_CPU_KVCACHE_SPACE, else what 4 whole contexts need)",
     )
     parallel = parser.add_argument_group("parallelism (vLLM's)")
     parallel.add_argument("--tensor-parallel-size", "-tp", type=positive_int, default=1, help="GPUs each layer is split over")
@@ -168,8 +199,6 @@ def _str(path: Path | None) -> str | None:
 
 def server_config(args: argparse.Namespace, **extra):
     """The frozen ServerConfig of these flags (the embedded model prepared if needed)."""
-    # CPU engines size their KV cache from this variable; set a sane default before vLLM loads.
-    os.environ.setdefault(CPU_KV_CACHE_ENV, DEFAULT_CPU_KV_CACHE_GIB)
     from vllm.platforms import current_platform
 
     from entropy_serve.server.config import ServerConfig
@@ -194,5 +223,7 @@ def server_config(args: argparse.Namespace, **extra):
         pipeline_parallel_size=args.pipeline_parallel_size,
         data_parallel_size=args.data_parallel_size,
         distributed_executor_backend=args.distributed_executor_backend,
+        cpu_cores=args.cpu_cores,
+        kv_cache_gib=args.kv_cache_gib,
         **extra,
     )

@@ -39,7 +39,7 @@ from entropy_serve.probes.features import pooling_engine_args
 from entropy_serve.probes.router import DifficultyRouter
 from entropy_serve.samplers.entropy import shifted_log_normalizer_and_entropy
 from entropy_serve.server.config import ServerConfig
-from entropy_serve.server.engine import engine_args
+from entropy_serve.server.engine import engine_args, pooling_kv_cache_bytes
 from entropy_serve.server.errors import APIError, validation_message
 from entropy_serve.server.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest
 from entropy_serve.server.rendering import Renderer
@@ -158,6 +158,7 @@ class Scorer:
         args = pooling_engine_args(
             config.model, config.max_model_len, str(dtype).removeprefix("torch."), config.enforce_eager,
             pooling_type="ALL", memory_fraction=config.gpu_memory_utilization,
+            kv_cache_memory_bytes=pooling_kv_cache_bytes(config),
         )
         scorer = cls(await asyncio.to_thread(AsyncLLM.from_engine_args, args), weight, config.served_model_name,
                      DifficultyRouter.load(config), window)

@@ -34,6 +34,7 @@ def pooling_engine_args(
     enforce_eager: bool,
     pooling_type: str = "LAST",
     memory_fraction: float = POOLING_MEMORY_FRACTION,
+    kv_cache_memory_bytes: int | None = None,
 ) -> AsyncEngineArgs:
     """A pooling engine of the model's final hidden states (after the final norm, no
     activation): at the last token (LAST) or every token (ALL, offline/score.py's)."""
@@ -45,6 +46,7 @@ def pooling_engine_args(
         dtype=dtype,
         enforce_eager=enforce_eager,
         gpu_memory_utilization=memory_fraction,
+        kv_cache_memory_bytes=kv_cache_memory_bytes,  # CPU: an explicit budget (server/engine.py)
         enable_prefix_caching=False,
         disable_log_stats=True,
         enable_log_requests=False,

@@ -23,7 +23,7 @@ from entropy_serve.probes.features import FeatureEngine, engine_pooling_type, po
 from entropy_serve.probes.probe import Probe, load_probe
 from entropy_serve.probes.table import TABLE_FILE, ClassStrategy, DifficultyTable, load_table
 from entropy_serve.server.config import ServerConfig
-from entropy_serve.server.engine import engine_args
+from entropy_serve.server.engine import engine_args, pooling_kv_cache_bytes
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def feature_engine_args(config: ServerConfig, pooling: str, dtype: torch.dtype |
     dtype = dtype or engine_args(config).create_model_config().dtype
     return pooling_engine_args(
         config.model, config.max_model_len, str(dtype).removeprefix("torch."), config.enforce_eager,
-        pooling_type=engine_pooling_type(pooling),
+        pooling_type=engine_pooling_type(pooling), kv_cache_memory_bytes=pooling_kv_cache_bytes(config),
     )
 
 

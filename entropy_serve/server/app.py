@@ -64,7 +64,7 @@ def create_app(service: Service) -> FastAPI:
 
     @router.get("/models")
     async def list_models() -> dict:
-        return {"object": "list", "data": [model_card(config, engine.max_model_len, started_at)]}
+        return {"object": "list", "data": [model_card(config, engine.max_model_len, started_at, engine.facts)]}
 
     @router.post("/completions")
     async def completions(raw: Request) -> Response:

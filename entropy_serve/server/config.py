@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from entropy_serve.host import parse_cpu_list
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -14,7 +16,7 @@ class ServerConfig:
     model: str
     served_model_name: str
     max_model_len: int | None = None
-    dtype: str = "auto"
+    dtype: str = "auto"  # auto: per host (server/engine.py, host.resolve_dtype)
     enforce_eager: bool = True
     gpu_memory_utilization: float = 0.9
     max_num_seqs: int = 64
@@ -26,6 +28,11 @@ class ServerConfig:
     pipeline_parallel_size: int = 1
     data_parallel_size: int = 1
     distributed_executor_backend: str | None = None  # mp, ray, uni, external_launcher (None: vLLM's choice)
+    # CPU engines: the cores their workers bind to (a CPU list, or one per rank joined by
+    # '|'; None: every core no other engine on the host holds) and the KV-cache budget
+    # (None: VLLM_CPU_KVCACHE_SPACE, else what the model and context need: server/engine.py).
+    cpu_cores: str | None = None
+    kv_cache_gib: float | None = None
     # What `logprobs` report (vLLM's flag): raw_logprobs (the model's, vLLM's default) or
     # processed_logprobs (the distribution the token was drawn from: the policy trainer's).
     logprobs_mode: str | None = None
@@ -68,6 +75,11 @@ class ServerConfig:
         for name, value in positive.items():
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.kv_cache_gib is not None and self.kv_cache_gib <= 0:
+            raise ValueError(f"kv_cache_gib must be positive, got {self.kv_cache_gib}")
+        if self.cpu_cores is not None and self.cpu_cores not in ("auto", "nobind"):
+            for group in self.cpu_cores.split("|"):
+                parse_cpu_list(group)  # a ValueError naming the text
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"

@@ -21,6 +21,12 @@ offset, which a CPU generator does not have). On CPU we therefore turn chunked p
 off and let one engine step hold a whole context (`max_num_batched_tokens >=
 max_model_len`): the scheduler then never splits a prompt, it waits for the next step
 instead, and a seed gives the same output every time without ever reaching that path.
+
+The host (entropy_serve/host.py), on CPU: `dtype auto` becomes the dtype this CPU computes
+fastest (bfloat16 with native bf16, else float32: vLLM's own `auto` picks bfloat16
+everywhere, 5.5x slower than float32 where it is emulated); the engine's workers bind to
+cores this process claimed host-wide, so two engines never share one; the KV cache gets
+an explicit budget (vLLM's CPU default sizes it from host memory).
 """
 
 from __future__ import annotations
@@ -30,11 +36,13 @@ import enum
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
 
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.platforms import current_platform
 from vllm.v1.engine.async_llm import AsyncLLM
 
+from entropy_serve import host
 from entropy_serve.server import metrics
 from entropy_serve.server.config import ServerConfig
 from entropy_serve.server.errors import EngineUnavailable
@@ -42,14 +50,28 @@ from entropy_serve.server.errors import EngineUnavailable
 logger = logging.getLogger(__name__)
 
 WATCH_INTERVAL_S = 0.5
+GIB = 1 << 30
+# The default KV-cache budget on CPU: room for this many whole contexts, or this many
+# tokens per batched sequence (--max-num-seqs), whichever is more. SmolLM2-135M in float32
+# at its 8192 context: 4 contexts = 32768 tokens = 1.4 GiB.
+KV_CACHE_CONTEXTS = 4
+KV_CACHE_TOKENS_PER_SEQ = 512
+LEGACY_KV_CACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"  # GiB; vLLM lets it override the budget
+# The cores of every engine this process starts (they run one after another, or, for a
+# server's companion pooling engine, take turns with it).
+CORE_CLAIMS = host.CoreClaims()
 
 
 def engine_args(config: ServerConfig) -> AsyncEngineArgs:
+    """vLLM's engine arguments for `config`; on CPU this also claims the engine's cores
+    (host-wide) and names them in VLLM_CPU_OMP_THREADS_BIND, which the engine's processes
+    inherit."""
+    on_cpu = current_platform.is_cpu()
     args = AsyncEngineArgs(
         model=config.model,
         served_model_name=[config.served_model_name],
         max_model_len=config.max_model_len,
-        dtype=config.dtype,
+        dtype=host.resolve_dtype(config.dtype, on_cpu=on_cpu),
         enforce_eager=config.enforce_eager,
         gpu_memory_utilization=config.gpu_memory_utilization,
         max_num_seqs=config.max_num_seqs,
@@ -64,11 +86,81 @@ def engine_args(config: ServerConfig) -> AsyncEngineArgs:
         disable_log_stats=False,  # feeds vLLM's own Prometheus gauges on /metrics
         enable_log_requests=False,
     )
-    if current_platform.is_cpu():
+    if on_cpu:
+        model_config = args.create_model_config()
         args.enable_chunked_prefill = False
-        # Resolved against the real context length in `_build_engine`.
-        args.max_num_batched_tokens = config.max_model_len or None
+        args.max_num_batched_tokens = model_config.max_model_len  # one step holds a whole prompt
+        args.kv_cache_memory_bytes = kv_cache_bytes(config, model_config)
+        num_ranks = config.tensor_parallel_size * config.pipeline_parallel_size * config.data_parallel_size
+        requested = config.cpu_cores or os.environ.get(host.BIND_ENV)
+        os.environ[host.BIND_ENV] = host.claim_engine_cores(CORE_CLAIMS, num_ranks, requested)
     return args
+
+
+def kv_cache_bytes(config: ServerConfig, model_config) -> int:
+    """The CPU engine's KV-cache budget: --kv-cache-gib, else VLLM_CPU_KVCACHE_SPACE (which
+    vLLM would apply anyway), else what KV_CACHE_CONTEXTS contexts or KV_CACHE_TOKENS_PER_SEQ
+    tokens per batched sequence take in this model and dtype."""
+    if config.kv_cache_gib is not None:
+        return int(config.kv_cache_gib * GIB)
+    if os.environ.get(LEGACY_KV_CACHE_ENV):
+        return int(os.environ[LEGACY_KV_CACHE_ENV]) * GIB
+    tokens = max(KV_CACHE_CONTEXTS * model_config.max_model_len, KV_CACHE_TOKENS_PER_SEQ * config.max_num_seqs)
+    return tokens * kv_bytes_per_token(model_config)
+
+
+def pooling_kv_cache_bytes(config: ServerConfig) -> int | None:
+    """A CPU pooling engine's KV-cache budget (it keeps no sequence between steps: room for
+    KV_CACHE_CONTEXTS contexts); None on GPU, where vLLM sizes it by memory fraction."""
+    if not current_platform.is_cpu():
+        return None
+    args = engine_args(config)
+    if config.kv_cache_gib is not None or os.environ.get(LEGACY_KV_CACHE_ENV):
+        return args.kv_cache_memory_bytes
+    model_config = args.create_model_config()
+    return KV_CACHE_CONTEXTS * model_config.max_model_len * kv_bytes_per_token(model_config)
+
+
+def kv_bytes_per_token(model_config) -> int:
+    """Keys and values of every layer for one token: 2 x layers x KV heads x head size x dtype bytes."""
+    layers = model_config.hf_text_config.num_hidden_layers
+    kv_heads = model_config.get_total_num_kv_heads()
+    return 2 * layers * kv_heads * model_config.get_head_size() * model_config.dtype.itemsize
+
+
+@dataclass(frozen=True)
+class EngineFacts:
+    """What the engine got, as the startup log and `/v1/models` report it."""
+
+    dtype: str  # the dtype it computes in
+    dtype_requested: str  # as asked (`auto` resolves per host: see the module doc)
+    model_runner: str  # "v1" (vLLM's CPU runner) or "v2" (model-runner-v2, CUDA's default)
+    cpu_cores: str | None  # VLLM_CPU_OMP_THREADS_BIND: one CPU list per worker rank ('|' between)
+    threads_per_worker: int | None
+    kv_cache_gib: float | None  # CPU: the explicit budget; GPU: vLLM's sizing (None)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        cores = f"cores {self.cpu_cores} ({self.threads_per_worker} threads per worker)" if self.cpu_cores else "GPU"
+        kv = f", KV cache {self.kv_cache_gib:.2f} GiB" if self.kv_cache_gib else ""
+        return f"dtype {self.dtype} (asked: {self.dtype_requested}), model runner {self.model_runner}, {cores}{kv}"
+
+
+def engine_facts(config: ServerConfig, engine) -> EngineFacts:
+    vllm_config = engine.vllm_config
+    on_cpu = current_platform.is_cpu()
+    bind = os.environ.get(host.BIND_ENV) if on_cpu else None
+    kv_bytes = vllm_config.cache_config.kv_cache_memory_bytes if on_cpu else None
+    return EngineFacts(
+        dtype=str(vllm_config.model_config.dtype).removeprefix("torch."),
+        dtype_requested=config.dtype,
+        model_runner="v2" if vllm_config.use_v2_model_runner else "v1",
+        cpu_cores=bind,
+        threads_per_worker=len(host.parse_cpu_list(bind.split("|")[0])) if bind else None,
+        kv_cache_gib=round(kv_bytes / GIB, 3) if kv_bytes else None,
+    )
 
 
 class EngineState(enum.Enum):
@@ -92,6 +184,7 @@ class EngineHolder:
         self.engine: AsyncLLM | None = None
         self.tokenizer = None
         self.max_model_len: int = 0
+        self.facts: EngineFacts | None = None
         self.failure: str | None = None
         self._watched: list[AsyncLLM] = []
 
@@ -129,9 +222,10 @@ class EngineHolder:
             return
         self.tokenizer = self.engine.get_tokenizer()
         self.max_model_len = self.engine.vllm_config.model_config.max_model_len
+        self.facts = engine_facts(self.config, self.engine)
         if self.state is EngineState.STARTING:
             self.state = EngineState.READY
-            logger.info("engine ready: %s (context %d tokens)", self.config.model, self.max_model_len)
+            logger.info("engine ready: %s (context %d tokens; %s)", self.config.model, self.max_model_len, self.facts)
 
     def death(self) -> str | None:
         """Why a watched engine has died, if one has."""
@@ -165,11 +259,6 @@ class EngineHolder:
 
 def _build_engine(config: ServerConfig) -> AsyncLLM:
     args = engine_args(config)
-    if current_platform.is_cpu() and args.max_num_batched_tokens is None:
-        # Without an explicit --max-model-len the context comes from the model config:
-        # resolve it first so one step can always hold a whole prompt (see module doc).
-        model_config = args.create_model_config()
-        args.max_num_batched_tokens = model_config.max_model_len
     args.logits_processors = [logits_processor_for(args)]
     return AsyncLLM.from_engine_args(args)
 

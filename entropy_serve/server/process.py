@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 
 STARTUP_TIMEOUT_S = 300
+KV_CACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"
 
 
 def free_port() -> int:
@@ -29,11 +30,15 @@ class ServerProcess:
     ServerProcess(*flags) as server:` waits until it is ready and terminates it on the
     way out, whatever happened inside."""
 
-    def __init__(self, *args: str, kv_cache_gib: int = 2, env: dict[str, str] | None = None):
+    def __init__(self, *args: str, kv_cache_gib: int | None = 2, env: dict[str, str] | None = None):
+        """`kv_cache_gib`: the engine's KV budget (None: the server's own default)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(tempfile.mkstemp(prefix="entropy-serve-", suffix=".log")[1])
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib), **(env or {})}
+        env = {**os.environ, **(env or {})}
+        env.pop(KV_CACHE_ENV, None)
+        if kv_cache_gib is not None:
+            env[KV_CACHE_ENV] = str(kv_cache_gib)
         command = [sys.executable, "-m", "entropy_serve", "serve", "--port", str(self.port), *args]
         self._log = self.log_path.open("w")
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env)

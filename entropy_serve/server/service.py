@@ -34,7 +34,7 @@ from entropy_serve.server import metrics
 from entropy_serve.server.adapters.channel import EntropyChannel
 from entropy_serve.server.adapters.spec import profile_to_env
 from entropy_serve.server.config import ServerConfig
-from entropy_serve.server.engine import EngineHolder
+from entropy_serve.server.engine import EngineFacts, EngineHolder
 from entropy_serve.server.errors import BadRequest, ModelNotFound, validation_message
 from entropy_serve.server.planning import Planner
 from entropy_serve.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
@@ -155,8 +155,9 @@ class Service:
         return self.planner.render(parse_request(body, Endpoint(endpoint)))
 
 
-def model_card(config: ServerConfig, max_model_len: int, created: int) -> dict:
-    """The served model, as `/v1/models` lists it: files are named, paths are not shown."""
+def model_card(config: ServerConfig, max_model_len: int, created: int, engine: EngineFacts | None = None) -> dict:
+    """The served model, as `/v1/models` lists it: files are named, paths are not shown;
+    `engine` says what the engine got on this host (dtype, model runner, cores, KV cache)."""
     return {
         "id": config.served_model_name,
         "object": "model",
@@ -166,6 +167,7 @@ def model_card(config: ServerConfig, max_model_len: int, created: int) -> dict:
         "max_model_len": max_model_len or None,
         "entropy_profile": _file_name(config.entropy_profile),
         "difficulty_probe": _file_name(config.probe),
+        "engine": engine.as_dict() if engine else None,
     }
 
 
