@@ -3,7 +3,9 @@
 #   make test    - install into .venv (with test tools), lint, run the whole test suite
 # Also: make test-fast (everything that starts no engine, under a minute), make lint,
 # make lm-eval (lm-evaluation-harness, a client the tests drive, in its own venv),
-# make test-docker (the CPU image and compose.yaml end to end; needs root, docker, prometheus).
+# make test-docker (the CPU image and compose.yaml end to end; needs root, docker, prometheus),
+# make test-gpu (on a machine with a CUDA GPU: scripts/gpu_check.sh, the `gpu` tests and the
+# entropy kernel's benchmark; needs CUDA PyTorch, Triton, transformers and pytest, no venv).
 # On a machine with an NVIDIA GPU (nvidia-smi present) the `gpu` extra is installed
 # instead of `cpu`.
 
@@ -18,7 +20,7 @@ LM_EVAL_STAMP := $(LM_EVAL_VENV)/.installed
 LM_EVAL_PACKAGES := "lm_eval[api]==0.4.13" "transformers>=4.45"
 SERVE_ARGS ?=
 
-.PHONY: install serve test test-fast test-docker lint lm-eval bench clean
+.PHONY: install serve test test-fast test-gpu test-docker lint lm-eval bench clean
 
 install: $(STAMP)
 
@@ -46,12 +48,16 @@ $(LM_EVAL_STAMP):
 
 test: lint lm-eval
 	$(BIN)/entropy-serve prepare-model
-	$(BIN)/python -m pytest -v --durations=15
+	$(BIN)/python -m pytest -v --durations=15 -m "not gpu"
 
-# Tests marked e2e start a real engine; the rest run in well under a minute.
+# Tests marked e2e start a real engine; the rest run in about a minute.
 test-fast: $(STAMP)
 	$(BIN)/entropy-serve prepare-model
-	$(BIN)/python -m pytest -q -m "not e2e"
+	$(BIN)/python -m pytest -q -m "not e2e and not gpu"
+
+# tests/gpu/ on a CUDA GPU (tests/test_gpu_lane.py runs the same lane on the CPU in `make test`).
+test-gpu:
+	bash scripts/gpu_check.sh
 
 test-docker: $(STAMP)
 	$(BIN)/python docker/smoke_test.py

@@ -1,13 +1,16 @@
 """What is fast on this host: bare `vllm.LLM.generate` tokens/s per dtype, per preloaded
-library and per thread binding, and the choice `dtype auto` makes here.
+library and per core binding, and the choice `dtype auto` makes here.
 
-Each combination runs in a fresh process (LD_PRELOAD and the OpenMP runtime are fixed
-when a process starts), with the project's engine settings, an explicit KV-cache budget
-and an explicit core binding, on the same prompts (ignore_eos, so every request
-generates exactly --max-tokens tokens). Prints one JSON report and a Markdown table.
+Three sweeps, each varying one thing from the project's defaults (dtype auto, vLLM's own
+preload, every core): every dtype; every preload choice (tcmalloc is Debian's
+libtcmalloc-minimal4, skipped with a note where it is not installed); every binding.
+Each run is a fresh process (LD_PRELOAD and the OpenMP runtime are fixed when a process
+starts) with the project's engine settings and an explicit KV budget, on the same
+prompts (ignore_eos: every request generates exactly --max-tokens tokens). A shared
+machine's speed drifts: compare rows of one report only, over several --rounds.
 
-    python benchmarks/host.py [--dtypes bfloat16,float32,float16] [--preloads default,iomp,tcmalloc]
-                              [--binds all] [--num-requests 64] [--max-tokens 64] [--rounds 2]
+    python benchmarks/host.py [--dtypes bfloat16,float32,float16] [--preloads iomp,tcmalloc,iomp+tcmalloc]
+                              [--binds '1'] [--num-requests 64] [--max-tokens 64] [--rounds 4]
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -68,11 +72,11 @@ def run_child(dtype: str, preload: str, bind: str, args: argparse.Namespace) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtypes", default="bfloat16,float32,float16")
-    parser.add_argument("--preloads", default="default,iomp,tcmalloc", help="default (vLLM's: PyTorch's libgomp), iomp, tcmalloc, iomp+tcmalloc")
-    parser.add_argument("--binds", default="", help="'|'-free VLLM_CPU_OMP_THREADS_BIND values to compare, ';'-separated (default: this host's cores)")
+    parser.add_argument("--preloads", default="iomp,tcmalloc,iomp+tcmalloc", help="beside vLLM's own (PyTorch's libgomp)")
+    parser.add_argument("--binds", default="", help="core lists beside all cores, ';'-separated (e.g. '1' leaves core 0 to the scheduler)")
     parser.add_argument("--num-requests", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -81,14 +85,20 @@ def main() -> None:
 
     from entropy_serve import host
 
-    binds = args.binds.split(";") if args.binds else [host.cpu_list_text(host.usable_cpus())]
+    every_core, auto = host.cpu_list_text(host.usable_cpus()), host.resolve_dtype("auto")
+    runs = [(dtype, "default", every_core) for dtype in args.dtypes.split(",")]
+    for preload in filter(None, args.preloads.split(",")):
+        try:
+            host.preload_env(preload)
+            runs.append((auto, preload, every_core))
+        except RuntimeError as error:
+            print(f"skipping preload {preload}: {error}", file=sys.stderr)
+    runs += [(auto, "default", bind) for bind in filter(None, args.binds.split(";"))]
     results = []
-    for bind in binds:
-        for preload in args.preloads.split(","):
-            for dtype in args.dtypes.split(","):
-                result = run_child(dtype, preload, bind, args)
-                results.append({"dtype": dtype, "preload": preload, "bind": bind, **result})
-                print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+    for dtype, preload, bind in runs:
+        result = run_child(dtype, preload, bind, args)
+        results.append({"dtype": dtype, "preload": preload, "bind": bind, **result})
+        print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     report = {
         "cpu": host.cpu_model(),
         "machine": platform.machine(),
@@ -99,9 +109,11 @@ def main() -> None:
         "results": results,
     }
     print(json.dumps(report, indent=2))
-    print("\n| dtype | preload | cores | tok/s (rounds) |\n| --- | --- | --- | --- |")
+    print("\n| dtype | preload | cores | tok/s, median (rounds) | engine load s |\n| --- | --- | --- | --- | --- |")
     for r in results:
-        print(f"| {r['dtype']} | {r['preload']} | {r['bind']} | {', '.join(map(str, r.get('tokens_per_s', ['failed'])))} |")
+        rounds = r.get("tokens_per_s")
+        speed = f"**{statistics.median(rounds):.0f}** ({', '.join(f'{x:.0f}' for x in rounds)})" if rounds else "failed"
+        print(f"| {r['dtype']} | {r['preload']} | {r['bind']} | {speed} | {r.get('load_s', '')} |")
 
 
 if __name__ == "__main__":  # vLLM spawns engine processes

@@ -23,8 +23,6 @@ from dataclasses import dataclass
 
 import torch
 
-from entropy_serve.server.strategies.voting import vote
-
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
@@ -136,6 +134,10 @@ def majority_rewards(answers: list[str | None], same: Callable[[str, str], bool]
     """TTRL's reward: 1 for a response whose answer agrees with the group's majority
     answer (voting.vote: grouped by the project's answer equivalence), 0 otherwise and
     for responses with no answer."""
+    # Imported here: the vote lives with the server's strategies (and vLLM); the losses
+    # above import torch alone, so the GPU lane runs them where no engine is installed.
+    from entropy_serve.server.strategies.voting import vote
+
     result = vote(answers) if same is None else vote(answers, same=same)
     winners = set(result.winner_leaves)
     return [1.0 if i in winners else 0.0 for i in range(len(answers))]

@@ -8,20 +8,26 @@
    entropy measured, then their grammar mask, if any, so vLLM's argmax obeys it; their
    sampled distribution is one-hot (entropy 0, temperature 0);
 3. every row's of ours (position, entropies, temperature) is published to the server.
+
+Imports torch and our samplers only (the channel's ZeroMQ and the grammar's xgrammar
+where a step needs them), so the GPU lane (tests/gpu/) runs this row logic on machines
+with CUDA PyTorch and no engine installed.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import torch
 
 from entropy_serve.samplers.chain import HAPO, EntropyProfile, RowParams, apply_chain
 from entropy_serve.samplers.entropy import entropy
-from entropy_serve.server.adapters.channel import EntropyPublisher, Record
-from entropy_serve.server.adapters.grammar import apply_bitmask
 from entropy_serve.server.adapters.spec import RowSpec
+
+if TYPE_CHECKING:
+    from entropy_serve.server.adapters.channel import EntropyPublisher, Record
 
 # This runs in vLLM's engine process, where only vLLM's logger tree has handlers.
 logger = logging.getLogger(f"vllm.{__name__}")
@@ -55,6 +61,8 @@ def process_rows(
     """Shape and measure our rows of `logits` [batch, vocab] in place; `positions`: row ->
     output index; `bitmask`: grammar masks [len(plan.specs), words], in plan.specs' order."""
     records: list[Record] = []
+    if bitmask is not None:
+        from entropy_serve.server.adapters.grammar import apply_bitmask
     if plan.shaped_params is not None:
         # Every row ours (rows are distinct, so in order 0..batch-1): shaped in place.
         every_row = len(plan.shaped_specs) == logits.shape[0] and logits.dtype == torch.float32
