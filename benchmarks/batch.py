@@ -35,7 +35,7 @@ def bare_vllm(model: str, texts: list[str], max_tokens: int, max_model_len: int)
     from vllm import LLM, SamplingParams
 
     from entropy_serve.server.config import ServerConfig
-    from entropy_serve.server.engine import engine_args
+    from entropy_serve.server.engine import CORE_CLAIMS, engine_args
 
     args = engine_args(ServerConfig(model=model, served_model_name="bench", max_model_len=max_model_len))
     llm = LLM(**{k: v for k, v in vars(args).items() if k != "enable_log_requests"})
@@ -43,6 +43,8 @@ def bare_vllm(model: str, texts: list[str], max_tokens: int, max_model_len: int)
     outputs = llm.generate(texts, SamplingParams(max_tokens=max_tokens, temperature=0.8, ignore_eos=True), use_tqdm=False)
     elapsed = time.perf_counter() - start
     llm.llm_engine.engine_core.shutdown()
+    # Its cores go to the server measured next (told the same ones: VLLM_CPU_OMP_THREADS_BIND).
+    CORE_CLAIMS.release()
     return sum(len(c.token_ids) for o in outputs for c in o.outputs) / elapsed
 
 

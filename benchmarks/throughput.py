@@ -38,7 +38,7 @@ def bare_vllm(model: str, texts: list[str], max_tokens: int, max_model_len: int,
     from vllm import LLM, SamplingParams
 
     from entropy_serve.server.config import ServerConfig
-    from entropy_serve.server.engine import engine_args
+    from entropy_serve.server.engine import CORE_CLAIMS, engine_args
 
     # The very engine settings the server uses.
     args = engine_args(ServerConfig(model=model, served_model_name="bench", max_model_len=max_model_len))
@@ -53,6 +53,8 @@ def bare_vllm(model: str, texts: list[str], max_tokens: int, max_model_len: int,
         elapsed = time.perf_counter() - start
         tokens_per_s.append(sum(len(c.token_ids) for o in outputs for c in o.outputs) / elapsed)
     llm.llm_engine.engine_core.shutdown()
+    # Its cores go to the server measured next (told the same ones: VLLM_CPU_OMP_THREADS_BIND).
+    CORE_CLAIMS.release()
     return tokens_per_s
 
 

@@ -83,7 +83,7 @@ def train_probe(data: Path) -> None:
         return
     run(sys.executable, "-m", "entropy_serve", "train-probe", "--out", str(data / "probe"), "--problems", "36", "--samples", "4",
         "--max-tokens", "32", "--max-model-len", "1024", "--hard-below-accuracy", "0.25", "--hidden-units", "32",
-        env={"VLLM_CPU_KVCACHE_SPACE": "1"})
+        env={"ENTROPY_SERVE_KV_CACHE_GIB": "1"})
 
 
 def wait_healthy(url: str, timeout_s: float = 600) -> float:
@@ -220,7 +220,7 @@ def main() -> None:
         "ENTROPY_SERVE_PROBE": "/data/probe",
         "ENTROPY_SERVE_API_KEY": api_key,
         "ENTROPY_SERVE_PORT": str(port),
-        "VLLM_CPU_KVCACHE_SPACE": "2",
+        "ENTROPY_SERVE_KV_CACHE_GIB": "2",
     }
     compose = ("docker", "compose", "-p", PROJECT)
     try:
