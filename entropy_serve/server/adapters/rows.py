@@ -66,23 +66,26 @@ def process_rows(
     if plan.shaped_params is not None:
         # Every row ours (rows are distinct, so in order 0..batch-1): shaped in place.
         every_row = len(plan.shaped_specs) == logits.shape[0] and logits.dtype == torch.float32
-        sub = logits if every_row else logits[plan.shaped_rows].float()
+        # index_select / index_copy_ rather than indexing: a third of the time on CPU.
+        sub = logits if every_row else logits.index_select(0, plan.shaped_rows).float()
         constrain = None
         if bitmask is not None:
             shaped_mask = bitmask[plan.shaped_index]
             constrain = lambda rows: apply_bitmask(rows, shaped_mask)  # noqa: E731
         result = apply_chain(sub, plan.shaped_params, profile, constrain)
         if not every_row:
-            logits[plan.shaped_rows] = sub.to(logits.dtype)
-        values = zip(result.model_entropy.tolist(), result.sampled_entropy.tolist(), result.temperature.tolist())
+            logits.index_copy_(0, plan.shaped_rows, sub.to(logits.dtype))
+        values = torch.stack([result.model_entropy, result.sampled_entropy, result.temperature], dim=-1).tolist()
         for row, spec, (h_model, h_sampled, t) in zip(plan.shaped_rows.tolist(), plan.shaped_specs, values):
             records.append((spec.key, positions[row], h_model, h_sampled, t))
     if plan.greedy_specs:
-        greedy = logits[plan.greedy_rows]
+        every_row = len(plan.greedy_specs) == logits.shape[0]
+        # Measured in place when every row is ours and none is masked (no copy at all).
+        greedy = logits if every_row and bitmask is None else logits.index_select(0, plan.greedy_rows)
         h_model = entropy(greedy).tolist()
         if bitmask is not None:
             apply_bitmask(greedy, bitmask[plan.greedy_index])
-            logits[plan.greedy_rows] = greedy
+            logits.index_copy_(0, plan.greedy_rows, greedy)
         for row, spec, h in zip(plan.greedy_rows.tolist(), plan.greedy_specs, h_model):
             records.append((spec.key, positions[row], h, 0.0, 0.0))
     publisher.publish(records)
