@@ -20,11 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
-import time
 
 import torch
+from sampler_step import median_time_s  # benchmarks/, this script's folder
 
 from entropy_serve.samplers.chain import HAPO, EntropyProfile, RowParams, SamplerParams, apply_chain
 from entropy_serve.samplers.entropy import entropy
@@ -37,14 +36,7 @@ ALL_ON = SamplerParams(temperature=0.8, method=HAPO, hapo_tau=0.5, typical_p=0.9
 
 
 def median_ms(fn, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return round(statistics.median(times) * 1e3, 3)
+    return round(median_time_s(fn, repeats) * 1e3, 3)
 
 
 def step_parts(batch: int, vocab: int, repeats: int, publisher: EntropyPublisher) -> dict:

@@ -26,6 +26,8 @@ def role(process: psutil.Process) -> str:
     if "entropy_serve" in command and "serve" in command:
         return "server (HTTP, tokenizer, strategies)"
     name = process.name()
+    if "resource_tracker" in command:
+        return "multiprocessing's resource tracker"
     if "EngineCore" in name or "EngineCore" in command:
         return "engine core (scheduler)"
     if "Worker" in name or "worker" in command.lower():
