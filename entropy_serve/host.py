@@ -5,6 +5,7 @@ here, the preloaded libraries, the cores. Pure reads of the machine, no vLLM imp
 from __future__ import annotations
 
 import ctypes.util
+import fcntl
 import os
 import platform
 import sys
@@ -140,6 +141,18 @@ def parse_cpu_list(text: str) -> list[int]:
     return sorted(set(cpus))
 
 
+VLLM_BINDINGS = ("auto", "nobind")  # vLLM's own values of VLLM_CPU_OMP_THREADS_BIND
+
+
+def parse_bind(text: str) -> list[list[int]] | None:
+    """VLLM_CPU_OMP_THREADS_BIND's syntax (`bind_text`'s inverse): '0-1|2-3' -> [[0, 1], [2, 3]],
+    one CPU list per rank; None for vLLM's own 'auto' and 'nobind'; a ValueError naming
+    the text otherwise."""
+    if text in VLLM_BINDINGS:
+        return None
+    return [parse_cpu_list(group) for group in text.split("|")]
+
+
 class CoreClaims:
     """The cores this process holds, by lock file; `claim` takes free ones without waiting."""
 
@@ -156,8 +169,6 @@ class CoreClaims:
         return self.folder / f"cpu{cpu}.lock"
 
     def try_claim(self, cpu: int) -> bool:
-        import fcntl
-
         if cpu in self._locks:
             return True
         fd = os.open(self._path(cpu), os.O_RDWR | os.O_CREAT, 0o666)
@@ -208,11 +219,10 @@ def claim_engine_cores(claims: CoreClaims, num_ranks: int, requested: str | None
     them; vLLM's own 'auto' and 'nobind' pass through unclaimed. Otherwise every usable core that no other engine holds is claimed (cores this
     process already holds are kept: its engines run one after another) and split evenly
     over the engine's `num_ranks` worker ranks."""
-    if requested in ("auto", "nobind"):
-        return requested
     if requested:
-        for cpu in parse_cpu_list(requested.replace("|", ",")):
-            claims.try_claim(cpu)
+        for group in parse_bind(requested) or []:
+            for cpu in group:
+                claims.try_claim(cpu)
         return requested
     if not claims.cpus:
         for cpu in usable_cpus():

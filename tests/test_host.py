@@ -46,6 +46,14 @@ def test_bad_cpu_lists_name_the_text(text):
         host.parse_cpu_list(text)
 
 
+def test_per_rank_bindings_parse_back():
+    assert host.parse_bind("0-1|2-3") == [[0, 1], [2, 3]]
+    assert host.parse_bind(host.bind_text([[0, 2, 3], [5]])) == [[0, 2, 3], [5]]
+    assert host.parse_bind("auto") is None and host.parse_bind("nobind") is None  # vLLM's own
+    with pytest.raises(ValueError, match="expected a CPU list"):
+        host.parse_bind("0|")
+
+
 def test_cpus_split_evenly_over_ranks():
     assert host.split_cpus([0, 1, 2, 3, 4], 2) == [[0, 1, 2], [3, 4]]
     assert host.bind_text(host.split_cpus([0, 1], 2)) == "0|1"

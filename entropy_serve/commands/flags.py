@@ -48,11 +48,10 @@ def positive_float(text: str) -> float:
 
 def cpu_cores(text: str) -> str:
     """argparse type: a CPU list ('0-3', '0,2'), or one per rank joined by '|'."""
-    from entropy_serve.host import parse_cpu_list
+    from entropy_serve.host import parse_bind
 
     try:
-        for group in text.split("|"):
-            parse_cpu_list(group)
+        parse_bind(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return text

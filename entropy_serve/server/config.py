@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from entropy_serve.host import parse_cpu_list
+from entropy_serve.host import parse_bind
 
 
 @dataclass(frozen=True)
@@ -77,9 +77,8 @@ class ServerConfig:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         if self.kv_cache_gib is not None and self.kv_cache_gib <= 0:
             raise ValueError(f"kv_cache_gib must be positive, got {self.kv_cache_gib}")
-        if self.cpu_cores is not None and self.cpu_cores not in ("auto", "nobind"):
-            for group in self.cpu_cores.split("|"):
-                parse_cpu_list(group)  # a ValueError naming the text
+        if self.cpu_cores is not None:
+            parse_bind(self.cpu_cores)  # a ValueError naming the text
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"

@@ -152,13 +152,14 @@ def engine_facts(config: ServerConfig, engine) -> EngineFacts:
     vllm_config = engine.vllm_config
     on_cpu = current_platform.is_cpu()
     bind = os.environ.get(host.BIND_ENV) if on_cpu else None
+    ranks = host.parse_bind(bind) if bind else None
     kv_bytes = vllm_config.cache_config.kv_cache_memory_bytes if on_cpu else None
     return EngineFacts(
         dtype=str(vllm_config.model_config.dtype).removeprefix("torch."),
         dtype_requested=config.dtype,
         model_runner="v2" if vllm_config.use_v2_model_runner else "v1",
         cpu_cores=bind,
-        threads_per_worker=len(host.parse_cpu_list(bind.split("|")[0])) if bind else None,
+        threads_per_worker=len(ranks[0]) if ranks else None,
         kv_cache_gib=round(kv_bytes / GIB, 3) if kv_bytes else None,
     )
 
