@@ -113,6 +113,7 @@ def preload_env(choice: str) -> dict[str, str]:
 CLAIMS_DIR_ENV = "ENTROPY_SERVE_CORE_CLAIMS"
 DEFAULT_CLAIMS_DIR = "/tmp/entropy-serve-cores"
 BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
+KV_CACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"  # vLLM's CPU KV-cache budget in GiB; it overrides the engine's
 
 
 class CoresUnavailable(RuntimeError):

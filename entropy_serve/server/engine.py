@@ -24,7 +24,7 @@ instead, and a seed gives the same output every time without ever reaching that 
 
 The host (entropy_serve/host.py), on CPU: `dtype auto` becomes the dtype this CPU computes
 fastest (bfloat16 with native bf16, else float32: vLLM's own `auto` picks bfloat16
-everywhere, 5.5x slower than float32 where it is emulated); the engine's workers bind to
+everywhere, several times slower than float32 where it is emulated); the engine's workers bind to
 cores this process claimed host-wide, so two engines never share one; the KV cache gets
 an explicit budget (vLLM's CPU default sizes it from host memory).
 """
@@ -56,7 +56,6 @@ GIB = 1 << 30
 # at its 8192 context: 4 contexts = 32768 tokens = 1.4 GiB.
 KV_CACHE_CONTEXTS = 4
 KV_CACHE_TOKENS_PER_SEQ = 512
-LEGACY_KV_CACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"  # GiB; vLLM lets it override the budget
 # The cores of every engine this process starts (they run one after another, or, for a
 # server's companion pooling engine, take turns with it).
 CORE_CLAIMS = host.CoreClaims()
@@ -97,28 +96,27 @@ def engine_args(config: ServerConfig) -> AsyncEngineArgs:
     return args
 
 
-def kv_cache_bytes(config: ServerConfig, model_config) -> int:
-    """The CPU engine's KV-cache budget: --kv-cache-gib, else VLLM_CPU_KVCACHE_SPACE (which
-    vLLM would apply anyway), else what KV_CACHE_CONTEXTS contexts or KV_CACHE_TOKENS_PER_SEQ
-    tokens per batched sequence take in this model and dtype."""
+def kv_cache_bytes(config: ServerConfig, model_config, pooling: bool = False) -> int:
+    """A CPU engine's KV-cache budget: --kv-cache-gib, else VLLM_CPU_KVCACHE_SPACE (which
+    vLLM would apply anyway), else what KV_CACHE_CONTEXTS contexts or, for a generating
+    engine, KV_CACHE_TOKENS_PER_SEQ tokens per batched sequence take in this model and
+    dtype, whichever is more (a pooling engine keeps no sequence between steps)."""
     if config.kv_cache_gib is not None:
         return int(config.kv_cache_gib * GIB)
-    if os.environ.get(LEGACY_KV_CACHE_ENV):
-        return int(os.environ[LEGACY_KV_CACHE_ENV]) * GIB
-    tokens = max(KV_CACHE_CONTEXTS * model_config.max_model_len, KV_CACHE_TOKENS_PER_SEQ * config.max_num_seqs)
+    if os.environ.get(host.KV_CACHE_ENV):
+        return int(os.environ[host.KV_CACHE_ENV]) * GIB
+    tokens = KV_CACHE_CONTEXTS * model_config.max_model_len
+    if not pooling:
+        tokens = max(tokens, KV_CACHE_TOKENS_PER_SEQ * config.max_num_seqs)
     return tokens * kv_bytes_per_token(model_config)
 
 
 def pooling_kv_cache_bytes(config: ServerConfig) -> int | None:
-    """A CPU pooling engine's KV-cache budget (it keeps no sequence between steps: room for
-    KV_CACHE_CONTEXTS contexts); None on GPU, where vLLM sizes it by memory fraction."""
+    """A CPU pooling engine's KV-cache budget (`kv_cache_bytes`); None on GPU, where vLLM
+    sizes it by memory fraction."""
     if not current_platform.is_cpu():
         return None
-    args = engine_args(config)
-    if config.kv_cache_gib is not None or os.environ.get(LEGACY_KV_CACHE_ENV):
-        return args.kv_cache_memory_bytes
-    model_config = args.create_model_config()
-    return KV_CACHE_CONTEXTS * model_config.max_model_len * kv_bytes_per_token(model_config)
+    return kv_cache_bytes(config, engine_args(config).create_model_config(), pooling=True)
 
 
 def kv_bytes_per_token(model_config) -> int:

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import httpx
 
+from entropy_serve import host
+
 STARTUP_TIMEOUT_S = 300
-KV_CACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"
 
 
 def free_port() -> int:
@@ -36,9 +37,9 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(tempfile.mkstemp(prefix="entropy-serve-", suffix=".log")[1])
         env = {**os.environ, **(env or {})}
-        env.pop(KV_CACHE_ENV, None)
+        env.pop(host.KV_CACHE_ENV, None)
         if kv_cache_gib is not None:
-            env[KV_CACHE_ENV] = str(kv_cache_gib)
+            env[host.KV_CACHE_ENV] = str(kv_cache_gib)
         command = [sys.executable, "-m", "entropy_serve", "serve", "--port", str(self.port), *args]
         self._log = self.log_path.open("w")
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env)
