@@ -23,12 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-TOPICS = ["the sea", "a robot", "autumn", "a city at night", "mathematics", "a cat", "rain", "the moon"]
+from throughput import prompts  # benchmarks/, this script's folder: the same prompts as the throughput benchmark
+
 SUMMARY = re.compile(r"(\d+) (?:generated|scored) tokens in ([\d.]+) s \(([\d.]+) tokens/s\)")
-
-
-def prompts(num_requests: int) -> list[str]:
-    return [f"Write a short story about {TOPICS[i % len(TOPICS)]} (#{i})." for i in range(num_requests)]
 
 
 def bare_vllm(model: str, texts: list[str], max_tokens: int, max_model_len: int) -> float:

@@ -24,11 +24,7 @@ import subprocess
 import sys
 import time
 
-TOPICS = ["the sea", "a robot", "autumn", "a city at night", "mathematics", "a cat", "rain", "the moon"]
-
-
-def prompts(num_requests: int) -> list[str]:
-    return [f"Write a short story about {TOPICS[i % len(TOPICS)]} (#{i})." for i in range(num_requests)]
+from throughput import prompts  # benchmarks/, this script's folder: the same prompts as the throughput benchmark
 
 
 def measure(dtype: str, num_requests: int, max_tokens: int, rounds: int) -> dict:
