@@ -36,6 +36,7 @@ from entropy_serve.server.strategies.context import Reply, StrategyContext
 from entropy_serve.server.strategies.leaves import (
     Leaf,
     StrategyOutcome,
+    answers_agree,
     check_single_prompt,
     check_strategy_request,
     decide,
@@ -82,7 +83,7 @@ async def run_entropy_fork(ctx: StrategyContext, request: SamplingRequest) -> St
     trees = await ctx.run(plan)
     tree_leaves = [Leaf(choice) for choice in trees.choices]
     answers = leaf_answers(plan, tree_leaves)
-    reason = None if rule is None else vote_decided(rule, answers)
+    reason = None if rule is None else vote_decided(rule, answers, answers_agree(plan))
     # 2. fork points.
     forks = [
         ForkPoint(tree, position, leaf.choice.entropies[position].model_entropy_nats)
@@ -103,7 +104,7 @@ async def run_entropy_fork(ctx: StrategyContext, request: SamplingRequest) -> St
         num_cached_tokens += num_cached
         num_branched, num_waves = wave.stop, num_waves + 1
         if rule is not None:
-            reason = vote_decided(rule, answers)
+            reason = vote_decided(rule, answers, answers_agree(plan))
     metrics.STRATEGY_FORKS.inc(num_branched)
     # 4. leaves: trees first, then branches in fork order.
     leaves = tree_leaves + branch_leaves

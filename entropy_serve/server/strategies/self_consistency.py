@@ -16,6 +16,7 @@ from entropy_serve.server.strategies.context import Reply, StrategyContext
 from entropy_serve.server.strategies.leaves import (
     Leaf,
     StrategyOutcome,
+    answers_agree,
     check_single_prompt,
     check_strategy_request,
     decide,
@@ -44,7 +45,7 @@ async def run_self_consistency(ctx: StrategyContext, request: SamplingRequest) -
         answers += leaf_answers(plan, new)
         first_plan, num_waves = first_plan or plan, num_waves + 1
         if rule is not None:
-            reason = vote_decided(rule, answers)
+            reason = vote_decided(rule, answers, answers_agree(plan))
     details = {}
     if rule is not None:
         mean_tokens = sum(leaf.num_new_tokens for leaf in leaves) / len(leaves)

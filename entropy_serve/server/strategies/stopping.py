@@ -29,7 +29,7 @@ trace by its lowest group confidence (`trace_weight`).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -53,13 +53,16 @@ def beta_majority_probability(a: int, b: int) -> float:
     return math.fsum(math.comb(n, i) for i in range(a + 1)) / 2**n
 
 
-def answer_counts(answers: Sequence[str | None]) -> list[int]:
-    """Votes per group of equivalent answers, most first (leaves without one cast none)."""
-    return [round(count) for count in vote(list(answers)).table.values()]
+Same = Callable[[str, str], bool]  # when two answers are one vote (leaves.answers_agree)
 
 
-def beta_decided(answers: Sequence[str | None], confidence: float) -> str | None:
-    counts = answer_counts(answers) + [0, 0]
+def answer_counts(answers: Sequence[str | None], same: Same = equivalent) -> list[int]:
+    """Votes per group of answers that are `same`, most first (leaves without one cast none)."""
+    return [round(count) for count in vote(list(answers), same=same).table.values()]
+
+
+def beta_decided(answers: Sequence[str | None], confidence: float, same: Same = equivalent) -> str | None:
+    counts = answer_counts(answers, same) + [0, 0]
     a, b = counts[0], counts[1]
     if a == 0:
         return None
@@ -69,11 +72,11 @@ def beta_decided(answers: Sequence[str | None], confidence: float) -> str | None
     return None
 
 
-def esc_decided(answers: Sequence[str | None], window: int) -> str | None:
+def esc_decided(answers: Sequence[str | None], window: int, same: Same = equivalent) -> str | None:
     latest = list(answers[-window:])
-    if len(latest) < window or latest[0] is None:
+    if len(latest) < window or any(answer is None for answer in latest):
         return None
-    if all(equivalent(latest[0], other) for other in latest[1:]):
+    if all(same(latest[0], other) for other in latest[1:]):
         return f"esc: the latest {window} answers agree"
     return None
 
@@ -160,10 +163,12 @@ class TraceWatch:
         return self.stopped_at is not None
 
 
-def vote_decided(rule: EarlyStop, answers: Sequence[str | None]) -> str | None:
-    """Why the vote over `answers` is decided under `rule`, or None to sample on."""
+def vote_decided(rule: EarlyStop, answers: Sequence[str | None], same: Same) -> str | None:
+    """Why the vote over `answers` is decided under `rule`, or None to sample on. `same`
+    is the final vote's comparison (leaves.answers_agree): a rule must not count two
+    answers as one vote that the vote itself would split."""
     if rule.rule == "beta":
-        return beta_decided(answers, rule.confidence)
+        return beta_decided(answers, rule.confidence, same)
     if rule.rule == "esc":
-        return esc_decided(answers, rule.window)
+        return esc_decided(answers, rule.window, same)
     raise ValueError(f"unknown early-stop rule {rule.rule!r}")

@@ -21,6 +21,8 @@ from entropy_serve.server.strategies.stopping import (
     topk_confidence,
     vote_decided,
 )
+from entropy_serve.server.strategies.voting import EXACT, vote
+from entropy_serve.tasks.answers import equivalent
 
 
 @pytest.mark.parametrize("a,b", [(0, 0), (1, 0), (3, 0), (4, 0), (4, 1), (5, 2), (7, 7), (2, 9), (30, 12)])
@@ -57,16 +59,16 @@ BETA = EarlyStop(rule="beta")
     ],
 )
 def test_beta_rule_on_vote_sequences(answers, decided):
-    reason = vote_decided(BETA, answers)
+    reason = vote_decided(BETA, answers, equivalent)
     assert (reason is not None) == decided
     if decided:
         assert reason.startswith("beta:")
 
 
 def test_beta_confidence_is_the_request_s():
-    assert vote_decided(EarlyStop(rule="beta", confidence=0.9), ["5", "5", "5"]) is not None
-    assert vote_decided(EarlyStop(rule="beta", confidence=0.99), ["5"] * 5) is None  # 1 - 2^-6 = 0.984
-    assert vote_decided(EarlyStop(rule="beta", confidence=0.99), ["5"] * 6) is not None  # 1 - 2^-7 = 0.992
+    assert vote_decided(EarlyStop(rule="beta", confidence=0.9), ["5", "5", "5"], equivalent) is not None
+    assert vote_decided(EarlyStop(rule="beta", confidence=0.99), ["5"] * 5, equivalent) is None  # 1 - 2^-6 = 0.984
+    assert vote_decided(EarlyStop(rule="beta", confidence=0.99), ["5"] * 6, equivalent) is not None  # 1 - 2^-7 = 0.992
 
 
 @pytest.mark.parametrize(
@@ -82,7 +84,18 @@ def test_beta_confidence_is_the_request_s():
     ],
 )
 def test_esc_rule_on_vote_sequences(answers, window, decided):
-    assert (vote_decided(EarlyStop(rule="esc", window=window), answers) is not None) == decided
+    assert (vote_decided(EarlyStop(rule="esc", window=window), answers, equivalent) is not None) == decided
+
+
+@pytest.mark.parametrize("rule", [EarlyStop(rule="beta"), EarlyStop(rule="esc", window=4)])
+def test_rules_group_answers_as_the_final_vote_does(rule):
+    """Under an output constraint the vote compares whole outputs exactly: "7" and "7.0"
+    are two answers there, and a rule that counted them as one would stop on a vote
+    the vote itself calls split."""
+    answers = ["7", "7.0", "7", "7.0"]
+    assert vote_decided(rule, answers, equivalent) is not None
+    assert vote_decided(rule, answers, EXACT) is None
+    assert vote(answers, same=EXACT).agreement == 0.5
 
 
 def test_consensus_reads_the_weighted_share():
