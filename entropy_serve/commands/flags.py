@@ -148,7 +148,23 @@ def add_answering_flags(parser: argparse.ArgumentParser) -> None:
         help="route as Normal when the probe's top class is less probable than this (its held-out calibration, "
         "in probe.json, shows what each threshold keeps)",
     )
+    parser.add_argument(
+        "--strategy-defaults", type=existing_path,
+        help="learned strategy settings (train-probe's strategy_defaults.json; default: the probe folder's, "
+        "else the entropy profile's)",
+    )
     add_tool_flags(parser)
+
+
+def strategy_defaults_path(args: argparse.Namespace, profile: Path | str | None) -> Path | str | None:
+    """--strategy-defaults, else the probe folder's learned ones, else the profile's."""
+    from entropy_serve.server.strategies import defaults
+
+    if args.strategy_defaults:
+        return args.strategy_defaults
+    if args.probe and (Path(args.probe) / defaults.DEFAULTS_FILE).is_file():
+        return Path(args.probe) / defaults.DEFAULTS_FILE
+    return profile if profile and defaults.has_defaults(profile) else None
 
 
 def tool_call_parser(name: str) -> str:
@@ -187,6 +203,7 @@ def answering_settings(args: argparse.Namespace) -> dict:
         probe=_str(args.probe),
         difficulty_table=_str(args.difficulty_table),
         probe_min_confidence=args.probe_min_confidence,
+        strategy_defaults=_str(strategy_defaults_path(args, profile)),
         enable_auto_tool_choice=args.enable_auto_tool_choice,
         tool_call_parser=args.tool_call_parser,
     )

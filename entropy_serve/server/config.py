@@ -42,6 +42,9 @@ class ServerConfig:
     probe: str | None = None
     difficulty_table: str | None = None  # a JSON file, or "diffadapt" (None: the probe's learned table)
     probe_min_confidence: float = 0.5  # below this top-class probability, route as Normal
+    # The model's learned strategy settings (strategies/defaults.py): a strategy_defaults.json
+    # or a profile carrying them (None: the strategies' own field defaults).
+    strategy_defaults: str | None = None
     # tool_choice auto: vLLM's flags and parser names (required / named choices need neither).
     enable_auto_tool_choice: bool = False
     tool_call_parser: str | None = None

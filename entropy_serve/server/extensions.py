@@ -132,6 +132,46 @@ class DeepConf(BaseModel):
         return self.n
 
 
+class Escalate(BaseModel):
+    """Entropy-gated escalation: answer greedily; keep that answer when its tokens' entropy
+    is low, else sample confidence-weighted traces until the weighted vote is decided
+    (strategies/escalate.py). Fields left out take the model's learned defaults
+    (strategies/defaults.py), else these."""
+
+    model_config = STRICT
+    votes: ClassVar[bool] = True
+    vote: ClassVar[str] = "confidence_weighted"
+
+    name: Literal["escalate"]
+    signal: Literal["answer", "mean", "lowest"] = Field(
+        "answer", description="the greedy trace's uncertainty: its answer tokens' mean entropy, all tokens', or the highest window mean"
+    )
+    threshold_nats: float = Field(0.5, ge=0.0, le=100.0, description="escalate when the signal's entropy exceeds this")
+    n: int = Field(16, ge=1, le=1024, description="sampled traces at most, after the greedy one")
+    wave: int = Field(4, ge=1, le=1024, description="traces per round")
+    stop_confidence: float = Field(0.95, gt=0.5, lt=1.0, description="stop when P(the leading answer is the majority) reaches this")
+    weighting: Literal["confidence", "uniform"] = Field(
+        "confidence", description="a trace's vote: exp(-its highest window mean entropy), or 1"
+    )
+    window: int = Field(16, ge=1, le=4096, description="tokens per window of the confidence")
+
+    @property
+    def num_leaves(self) -> int:
+        return self.n + 1
+
+
+class Auto(BaseModel):
+    """The model's learned answering: escalation with its learned settings, at its learned
+    temperature when the request sets none (strategies/escalate.py)."""
+
+    model_config = STRICT
+    votes: ClassVar[bool] = True
+    vote: ClassVar[str] = "confidence_weighted"
+    num_leaves: ClassVar[int] = 1  # the resolved Escalate's budget is checked
+
+    name: Literal["auto"]
+
+
 class Difficulty(BaseModel):
     """DiffAdapt: the difficulty probe picks the sampling (strategies/difficulty.py)."""
 
@@ -147,8 +187,10 @@ def _name_of(model: type[BaseModel]) -> str:
     return name
 
 
-STRATEGIES: dict[str, type[BaseModel]] = {_name_of(m): m for m in (SelfConsistency, EntropyFork, DeepConf, Difficulty)}
-Strategy = Annotated[SelfConsistency | EntropyFork | DeepConf | Difficulty, Field(discriminator="name")]
+STRATEGIES: dict[str, type[BaseModel]] = {
+    _name_of(m): m for m in (SelfConsistency, EntropyFork, DeepConf, Escalate, Auto, Difficulty)
+}
+Strategy = Annotated[SelfConsistency | EntropyFork | DeepConf | Escalate | Auto | Difficulty, Field(discriminator="name")]
 
 # Our sampler fields may also come inside vllm_xargs (for clients that only pass those).
 SAMPLER_XARGS = ("typical_p", "adaptive_temperature", "return_entropy")

@@ -66,6 +66,11 @@ STRATEGY_TOKENS_SAVED = Counter(
     "stopped traces up to the finished ones' mean length).",
     ["strategy"],
 )
+ESCALATIONS = Counter(
+    "entropy_serve_escalations",
+    "escalate/auto requests, by outcome: escalated to sampling, or answered greedily.",
+    ["outcome"],
+)
 STRATEGY_FORKS = Counter("entropy_serve_strategy_forks", "Fork points opened by entropy_fork.")
 STRATEGY_TOKENS = Counter(
     "entropy_serve_strategy_tokens",

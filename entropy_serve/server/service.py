@@ -28,7 +28,7 @@ from pathlib import Path
 from pydantic import ValidationError
 from vllm.v1.engine.async_llm import AsyncLLM
 
-from entropy_serve.calibration import load_profile
+from entropy_serve.calibration import load_profile, model_fingerprint
 from entropy_serve.probes.router import DifficultyRouter
 from entropy_serve.server import metrics
 from entropy_serve.server.adapters.channel import EntropyChannel
@@ -38,7 +38,7 @@ from entropy_serve.server.engine import EngineFacts, EngineHolder
 from entropy_serve.server.errors import BadRequest, ModelNotFound, validation_message
 from entropy_serve.server.planning import Planner
 from entropy_serve.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
-from entropy_serve.server.strategies import ANSWERS
+from entropy_serve.server.strategies import ANSWERS, defaults
 from entropy_serve.server.strategies.context import Reply, StrategyContext
 from entropy_serve.server.submission import Result
 
@@ -99,8 +99,12 @@ class Service:
         metrics.export_profile(loaded.data.get("summary") if loaded else None)
         self.router = DifficultyRouter.load(config)
         self.planner = Planner(config, self.engine, self.profile)
+        learned = (
+            defaults.load(config.strategy_defaults, model_fingerprint(config.model)) if config.strategy_defaults else None
+        )
         self.context = StrategyContext(
-            config=config, engine=self.engine, store=self.channel.store, planner=self.planner, router=self.router
+            config=config, engine=self.engine, store=self.channel.store, planner=self.planner, router=self.router,
+            defaults=learned,
         )
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -167,6 +171,7 @@ def model_card(config: ServerConfig, max_model_len: int, created: int, engine: E
         "max_model_len": max_model_len or None,
         "entropy_profile": _file_name(config.entropy_profile),
         "difficulty_probe": _file_name(config.probe),
+        "strategy_defaults": _file_name(config.strategy_defaults),
         "engine": engine.as_dict() if engine else None,
     }
 

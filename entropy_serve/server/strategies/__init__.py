@@ -4,18 +4,23 @@ Each strategy module has `answer(ctx, request) -> reply`; ANSWERS maps each stra
 field model (whose `name` is in the registry) to it, so a strategy added to the registry
 without an answer fails at import.
 Voting strategies sample leaves, vote over their answers (leaves.py, voting.py) and
-reply with a winning leaf, stopping early when their rules say so (stopping.py); `difficulty` routes the request and generates once.
+reply with a winning leaf, stopping early when their rules say so (stopping.py);
+`escalate` (and `auto`) answers greedily and samples only when that answer is
+uncertain; `difficulty` routes the request and generates once. Fields a client leaves
+out take the model's learned settings (defaults.py).
 """
 
 from __future__ import annotations
 
-from entropy_serve.server.extensions import STRATEGIES, DeepConf, Difficulty, EntropyFork, SelfConsistency
-from entropy_serve.server.strategies import deepconf, difficulty, entropy_fork, self_consistency
+from entropy_serve.server.extensions import STRATEGIES, Auto, DeepConf, Difficulty, EntropyFork, Escalate, SelfConsistency
+from entropy_serve.server.strategies import deepconf, difficulty, entropy_fork, escalate, self_consistency
 
 ANSWERS = {
     SelfConsistency: self_consistency.answer,
     EntropyFork: entropy_fork.answer,
     DeepConf: deepconf.answer,
+    Escalate: escalate.answer,
+    Auto: escalate.answer,
     Difficulty: difficulty.answer,
 }
 if set(ANSWERS) != set(STRATEGIES.values()):

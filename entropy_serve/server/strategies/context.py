@@ -2,7 +2,8 @@
 
 A strategy plans engine work (`planner`), runs it whole (`run`) or replies with an
 ordinary generation (`reply`: whole, or streamed as a ChunkStream), and reads the
-server's limits (`config`), the tokenizer (`engine`) and the difficulty router.
+server's limits (`config`), the tokenizer (`engine`), the difficulty router and the
+model's learned strategy settings (`resolved`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from entropy_serve.server.adapters.channel import EntropyStore
 from entropy_serve.server.config import ServerConfig
 from entropy_serve.server.engine import EngineHolder
 from entropy_serve.server.planning import Planner, RequestPlan
+from entropy_serve.server.protocol import SamplingRequest
+from entropy_serve.server.strategies import defaults
 
 if TYPE_CHECKING:
     from entropy_serve.probes.router import DifficultyRouter
@@ -56,6 +59,14 @@ class StrategyContext:
     store: EntropyStore
     planner: Planner
     router: DifficultyRouter | None  # when serving with --probe
+    defaults: defaults.StrategyDefaults | None = None  # the model's learned strategy settings
+
+    def resolved(self, request: SamplingRequest) -> SamplingRequest:
+        """The request with its strategy as it runs: fields the client left out learned
+        for this model (defaults.resolve); `auto` as escalate, at the learned temperature
+        when the request sets none."""
+        strategy, temperature = defaults.resolve(request.strategy, request.temperature, self.defaults)
+        return request.model_copy(update={"strategy": strategy, "temperature": temperature})
 
     async def run(self, plan: RequestPlan, watch: Callable[[submission.Step], Awaitable[None]] | None = None) -> submission.Result:
         return await submission.run(self.engine, self.store, plan, watch)

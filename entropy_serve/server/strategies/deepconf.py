@@ -2,6 +2,7 @@
 are generated, and weigh the vote by confidence.
 
 Order:
+0. the fields the client left out take the model's learned settings (defaults.py);
 1. plan the n traces (one engine job each, so each can be stopped alone), with
    per-token entropies, and the top_k log-probabilities when confidence is `topk`;
 2. warm-up: the first `warmup` traces, whole; the threshold is the percentile of
@@ -88,6 +89,7 @@ class WaveWatch:
 
 
 async def run_deepconf(ctx: StrategyContext, request: SamplingRequest) -> StrategyOutcome:
+    request = ctx.resolved(request)
     strategy = request.strategy
     check_strategy_request(request, ctx.config)
     # 1. every trace's job, planned once.

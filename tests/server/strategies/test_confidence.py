@@ -1,0 +1,97 @@
+"""Trace signals, the answer's token span, and the weighted vote's stopping, by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from scipy import stats
+
+from entropy_serve.server.strategies.confidence import (
+    WeightedVote,
+    answer_span,
+    confidence_weight,
+    highest_window_entropy,
+    majority_probability,
+    trace_signals,
+    uncertainty,
+)
+from entropy_serve.server.strategies.stopping import beta_majority_probability
+from entropy_serve.server.strategies.voting import EXACT
+
+
+def test_answer_span_is_the_last_occurrence_s_tokens():
+    texts = ["3", " +", " 4", " =", " 7", ".", " So", " 7", "!"]
+    assert answer_span(texts, "7") == range(7, 8)
+    assert answer_span(["The", " answer", " is", " 1", "2", "3"], "123") == range(3, 6)
+    assert answer_span(["x", "12", "3y"], "23") == range(1, 3)  # tokens that overlap the answer
+    assert answer_span(["no", " number"], "5") is None
+    assert answer_span(["5"], None) is None
+
+
+def test_signals_by_hand():
+    entropies = [0.0, 1.0, 3.0, 0.5, 0.5]
+    signals = trace_signals(entropies, range(3, 5), window=2, tail=2, top_logprobs=[[-0.1, -2.0], [-0.5, -1.5]], top_k=2)
+    assert signals["mean"] == pytest.approx(-1.0)
+    assert signals["lowest"] == pytest.approx(-2.0)  # windows: 0.5, 2.0, 1.75, 0.5
+    assert signals["tail"] == pytest.approx(-0.5)
+    assert signals["answer"] == pytest.approx(-0.5)
+    assert signals["topk"] == pytest.approx((2.1 / 2 + 2.0 / 2) / 2)
+    assert trace_signals(entropies, None, window=2)["answer"] is None
+    assert trace_signals(entropies, None, window=2)["topk"] is None
+
+
+def test_uncertainty_by_signal():
+    entropies = [0.0, 1.0, 3.0, 0.5, 0.5]
+    assert uncertainty("answer", entropies, range(2, 3), 2) == 3.0
+    assert uncertainty("answer", entropies, None, 2) == 1.0  # no span: the whole trace's mean
+    assert uncertainty("mean", entropies, range(2, 3), 2) == 1.0
+    assert uncertainty("lowest", entropies, None, 2) == 2.0
+    assert highest_window_entropy([0.2, 0.4], 8) == pytest.approx(0.3)  # shorter than the window: the mean
+    with pytest.raises(ValueError):
+        uncertainty("loudness", entropies, None, 2)
+
+
+def test_confidence_weight_is_in_zero_one():
+    assert confidence_weight([0.0, 0.0], 4) == 1.0
+    assert confidence_weight([1.0, 3.0, 1.0], 1) == pytest.approx(math.exp(-3.0))
+
+
+@pytest.mark.parametrize("a,b", [(0, 0), (3, 0), (4, 1), (7, 7), (2.5, 0.3), (0.9, 0.0), (12.25, 4.5)])
+def test_majority_probability_is_the_beta_tail(a, b):
+    assert majority_probability(a, b) == pytest.approx(stats.beta.sf(0.5, a + 1, b + 1), abs=1e-12)
+    if float(a).is_integer() and float(b).is_integer():
+        assert majority_probability(a, b) == pytest.approx(beta_majority_probability(int(a), int(b)), abs=1e-12)
+
+
+def test_weighted_vote_decides_on_weight_not_count():
+    tally = WeightedVote()
+    for answer, weight in [("5", 1.0), ("5", 1.0), ("5", 1.0), ("5", 1.0), ("6", 0.05)]:
+        tally.add(answer, weight)
+    assert tally.decided(0.95, num_left=8).startswith("decided")  # 4 : 0.05 -> 0.96
+    tally = WeightedVote()
+    for answer, weight in [("5", 0.2), ("5", 0.2), ("6", 1.0)]:
+        tally.add(answer, weight)
+    assert tally.result().winner == "6"
+    assert tally.decided(0.95, num_left=8) is None
+
+
+def test_futility_stops_when_the_traces_left_cannot_overturn():
+    tally = WeightedVote()
+    for answer, weight in [("5", 1.0), ("5", 1.0), ("5", 0.5), ("6", 0.9)]:
+        tally.add(answer, weight)
+    assert tally.decided(0.99, num_left=2) is None  # 2.5 - 0.9 = 1.6 < 2
+    assert tally.decided(0.99, num_left=1).startswith("futility")
+
+
+def test_weighted_vote_uses_the_given_comparison():
+    tally = WeightedVote(EXACT)
+    for answer in ["7", "7.0", "7", "7.0"]:
+        tally.add(answer, 1.0)
+    assert tally.result().agreement == 0.5
+    assert tally.decided(0.9, num_left=0) is None
+    with pytest.raises(ValueError):
+        tally.add("7", 1.5)
+    tally = WeightedVote()
+    tally.add(None, 1.0)
+    assert tally.decided(0.5 + 1e-9, num_left=0) is None  # no answer, no vote
