@@ -14,7 +14,16 @@ import os
 import sys
 
 from entropy_serve import model_store
-from entropy_serve.commands import batch, calibrate, prepare_model, score, serve, train_policy, train_probe
+from entropy_serve.commands import (
+    batch,
+    calibrate,
+    prepare_model,
+    score,
+    serve,
+    train_policy,
+    train_probe,
+    tune_strategies,
+)
 
 COMMANDS = {
     "serve": serve,
@@ -23,6 +32,7 @@ COMMANDS = {
     "prepare-model": prepare_model,
     "calibrate": calibrate,
     "train-probe": train_probe,
+    "tune-strategies": tune_strategies,
     "train-policy": train_policy,
 }
 

@@ -1,5 +1,6 @@
 """`entropy-serve train-probe`: sample a task, label difficulty, train the DiffAdapt probe
-(trainer/probe.py)."""
+(trainer/probe.py); then learn the model's strategy defaults beside it
+(trainer/tune_strategies.py; `--tune-temperatures ''` skips that)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 from entropy_serve.commands.flags import add_engine_flags, positive_int, server_config
+from entropy_serve.commands.tune_strategies import add_tuning_flags, summary, tune_settings
 
 HELP = "sample a task, label difficulty, train the DiffAdapt probe"
 
@@ -37,11 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--table-tolerance", type=float, default=0.02,
         help="accuracy a cheaper candidate may give up against its class's best (0.02: 2 points)",
     )
+    add_tuning_flags(parser, prefix="tune-")
 
 
 def run(args: argparse.Namespace) -> int:
     from entropy_serve.probes.labels import LabelRule
     from entropy_serve.trainer.probe import TrainSettings, train_probe
+    from entropy_serve.trainer.tune_strategies import learn
 
     settings = TrainSettings(
         task=args.task,
@@ -62,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
         print("entropy-serve train-probe: --table-tolerance must be in [0, 1)", file=sys.stderr)
         return 2
     try:
-        metadata = train_probe(server_config(args, max_n=args.samples), settings, args.out)
+        config = server_config(args, max_n=max(args.samples, args.tune_traces))
+        metadata = train_probe(config, settings, args.out)
+        learned = learn(config, tune_settings(args, "tune-"), args.out) if args.tune_temperatures else None
     except KeyboardInterrupt:
         print(f"entropy-serve: interrupted; finished samples are kept in {args.out}: run the same command to resume",
               file=sys.stderr)
@@ -75,5 +81,7 @@ def run(args: argparse.Namespace) -> int:
     if "difficulty_table" in metadata:
         print(f"difficulty table (per class, the cheapest strategy within {args.table_tolerance} of the best accuracy): "
               f"{metadata['difficulty_table']['chosen']}")
+    if learned is not None:
+        print(f"strategy defaults:\n{summary(learned)}")
     print(f"wrote {args.out}")
     return 0
