@@ -32,7 +32,7 @@ from entropy_serve.trainer.probe import TRAINING_LEVELS
 
 async def run_method(client, model: str, problems, fields: dict, args, label: str) -> list[dict]:
     rows = []
-    for problem, response in await answer_all(client, model, problems, fields, args, label):
+    for problem, response, _ in await answer_all(client, model, problems, fields, args, label):
         difficulty = (response.model_extra or {}).get("difficulty") or {}
         rows.append({
             "level": problem.level,

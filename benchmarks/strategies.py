@@ -1,26 +1,27 @@
-"""Accuracy against newly generated tokens for every answering method, on the same
-seeded problems, through one server: one table, and an accuracy-against-tokens plot.
+"""Accuracy against generated tokens, per temperature and task level, for every answering
+method on the same seeded problems, through one server started with the model's
+learned strategy defaults; and which confidence signals tell right traces from wrong.
 
-Methods (the voting ones with the same leaf budget L, `--leaves`, 16 by default):
-greedy; one sample; self-consistency (n = L); self-consistency stopped early by the
-Beta rule and by ESC's window; entropy_fork (M trees x (1 + N x B) = L) with ETTRL's
-fork points, with the savings rule, and stopped early by the Beta rule; deepconf
-(n = L) with top-k and with entropy confidence (DeepConf-high, the defaults), and
-DeepConf-low; and, with `--probe DIR`, always-Normal and difficulty routing. Tokens are `usage.completion_tokens`: newly generated ones (a
-branch's shared prefix is not counted again; a stopped trace counts what it generated).
+Per temperature (`--temperatures`, 0.5 and 0.8 by default):
+- plain decoding: greedy, and self-consistency's budget curve: one n = `--traces`
+  request per problem, voted over its first k samples (k = 1, 2, 4, ...), each
+  sample's own tokens counted. Its upper-left hull is the frontier a method must beat;
+- the methods (`METHODS`): self-consistency with Beta early stopping; deepconf with the
+  learned defaults and with the paper's fields sent explicitly; `auto` (escalate with
+  the learned settings) at the temperature. Each reports accuracy, tokens per problem
+  (`usage.completion_tokens`), wall time and p50/p95 request latency, per level too;
+- the signals: for every sample of the n-sample requests, each confidence signal of
+  strategies/confidence.py (mean, lowest window, tail, top-k, answer span), and its
+  AUROC separating right from wrong traces, over all problems and per level.
+The goal (issue 24): at every temperature, `auto` within 1 point of the best plain
+decoding (greedy or any self-consistency budget) with at most 50% of the full
+self-consistency's tokens (stretch: 25%), and above the frontier at its own cost.
 
-Goals (issue 12), against self-consistency with the same leaf budget: the best
-early-stopping method at >= its accuracy - 1 point with <= 50% of its tokens;
-difficulty routing with >= 20% fewer tokens than always-Normal at <= 1 point lower
-accuracy. The report says which were reached.
+Tune on one seed, report on another: the learned defaults come from `tune-strategies`
+(seed 0, its own problems); this reports `--seed 1` by default. `--out DIR` gets
+report.json, table.md and accuracy_vs_tokens_T{t}.png; the report also goes to stdout.
 
-Tune on one seed, report on another: `--seed` draws the problems and every sample's
-seed. On `--seed 0` (30 problems) were chosen: the temperature, 0.5 (self-consistency:
-36.7% at T 0.8, 53.3% at 0.3, 56.7% at 0.5) and DeepConf-low's settings; the README
-reports `--seed 1`. Progress goes to stderr; `--out DIR` gets report.json, table.md and
-accuracy_vs_tokens.png; the report also goes to stdout.
-
-    python benchmarks/strategies.py --out DIR [--seed 1] [--problems 60] [--probe DIR]
+    python benchmarks/strategies.py --out DIR [--problems 90] [--temperatures 0.5,0.8]
 """
 
 from __future__ import annotations
@@ -32,149 +33,204 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 from answering import answer_all
 
-from entropy_serve.probes.table import DifficultyTable
-from entropy_serve.tasks.answers import is_correct
+from entropy_serve.server.strategies.confidence import SIGNALS, answer_span, trace_signals
+from entropy_serve.server.strategies.voting import vote
+from entropy_serve.tasks.answers import equivalent, extract_answer, is_correct
 from entropy_serve.tasks.arithmetic import generate, levels_named
 
-SELF_CONSISTENCY = "self_consistency"
-EARLY_STOPPING = ("sc_beta", "sc_esc", "fork_beta", "deepconf_topk", "deepconf_entropy", "deepconf_low")
+WINDOW = 16  # the signals' window (deepconf's default)
+GOAL_METHOD = "auto"
 
 
-def methods(args: argparse.Namespace) -> dict[str, dict]:
-    """Method name -> request fields."""
-    sampled = {"temperature": args.temperature}
-    if args.leaves % 4:
-        raise SystemExit("--leaves must be a multiple of 4 (entropy_fork: 4 trees x (1 + 1 fork x B branches))")
-    fork = {"name": "entropy_fork", "trees": 4, "forks": 1, "branches": args.leaves // 4 - 1}
-
-    def strategy(**fields) -> dict:
-        return {**sampled, "extra_body": {"strategy": fields}}
-
-    table = {
-        "greedy": {"temperature": 0.0},
-        "single_sample": sampled,
-        SELF_CONSISTENCY: strategy(name="self_consistency", n=args.leaves),
-        "sc_beta": strategy(name="self_consistency", n=args.leaves, early_stop="beta"),
-        "sc_esc": strategy(name="self_consistency", n=args.leaves, early_stop="esc"),
-        "entropy_fork": strategy(**fork),
-        "fork_savings": strategy(**fork, fork_rule="savings"),
-        "fork_beta": strategy(**fork, early_stop="beta"),
-        "deepconf_topk": strategy(name="deepconf", n=args.leaves),
-        "deepconf_entropy": strategy(name="deepconf", n=args.leaves, confidence="entropy"),
-        # DeepConf-low (keep 0.1) with an 8-token window: the cheapest deepconf tried on seed 0.
-        "deepconf_low": strategy(name="deepconf", n=args.leaves, confidence="entropy", keep=0.1, window=8),
+def methods(traces: int) -> dict[str, dict]:
+    """Method name -> the strategy field (sent with the temperature)."""
+    return {
+        "sc_beta": {"name": "self_consistency", "n": traces, "early_stop": "beta"},
+        "deepconf_learned": {"name": "deepconf", "n": traces},
+        "deepconf_paper": {"name": "deepconf", "n": traces, "confidence": "topk", "window": 16, "keep": 0.9, "consensus": 0.95},
+        "auto": {"name": "auto"},
     }
-    if args.probe:
-        normal = DifficultyTable().normal
-        table["always_normal"] = {"temperature": normal.temperature, "top_p": normal.top_p}
-        table["difficulty"] = {"extra_body": {"strategy": "difficulty"}}
+
+
+def summarize(answered, wall_s: float, correct_of) -> dict:
+    """Accuracy, tokens, wall time and latency of one method's (problem, response, latency_s)."""
+    rows = [(p.level, correct_of(p, r), r.usage.completion_tokens, s) for p, r, s in answered]
+    levels = sorted({level for level, *_ in rows})
+
+    def part(level=None) -> dict:
+        mine = [r for r in rows if level is None or r[0] == level]
+        return {"accuracy": round(float(np.mean([r[1] for r in mine])), 4),
+                "tokens_per_problem": round(float(np.mean([r[2] for r in mine])), 1)}
+
+    latencies = [s for *_, s in rows]
+    return {
+        **part(),
+        "wall_s": round(wall_s, 1),
+        "latency_p50_s": round(float(np.percentile(latencies, 50)), 2),
+        "latency_p95_s": round(float(np.percentile(latencies, 95)), 2),
+        "by_level": {level: part(level) for level in levels},
+    }
+
+
+def sample_traces(answered) -> list[dict]:
+    """Every sample of the n-sample requests: its problem, answer, tokens and signals."""
+    traces = []
+    for problem, response, _ in answered:
+        for choice in response.choices:
+            entropies = choice.model_extra["entropy"]["model_entropy_nats"]
+            positions = choice.logprobs.content or []
+            answer = extract_answer(choice.message.content or "")
+            span = answer_span([p.token for p in positions], answer)
+            top = [[t.logprob for t in p.top_logprobs] for p in positions]
+            traces.append({
+                "level": problem.level,
+                "reference": problem.answer,
+                "answer": answer,
+                "correct": equivalent(answer, problem.answer),
+                "tokens": len(entropies),
+                "signals": trace_signals(entropies, span, WINDOW, top_logprobs=top),
+            })
+    return traces
+
+
+def budget_curve(traces: list[dict], num_problems: int, num_traces: int) -> dict[str, dict]:
+    """Self-consistency over the first k samples of each problem, k = 1, 2, 4, ..."""
+    by_problem = [traces[i * num_traces:(i + 1) * num_traces] for i in range(num_problems)]
+    curve, k = {}, 1
+    while k <= num_traces:
+        correct = [equivalent(vote([t["answer"] for t in mine[:k]]).winner, mine[0]["reference"]) for mine in by_problem]
+        tokens = [sum(t["tokens"] for t in mine[:k]) for mine in by_problem]
+        curve[f"self_consistency_{k}"] = {"accuracy": round(float(np.mean(correct)), 4),
+                                          "tokens_per_problem": round(float(np.mean(tokens)), 1)}
+        k *= 2
+    return curve
+
+
+def aurocs(traces: list[dict]) -> dict[str, dict[str, float | None]]:
+    """Per level (and all): each signal's AUROC for right against wrong traces (None
+    where a level has only one kind, or the signal is not defined on every trace)."""
+    from sklearn.metrics import roc_auc_score
+
+    table = {}
+    for level in ["all", *sorted({t["level"] for t in traces})]:
+        mine = [t for t in traces if level == "all" or t["level"] == level]
+        labels = [t["correct"] for t in mine]
+        row = {"traces": len(mine), "right": int(sum(labels))}
+        for signal in SIGNALS:
+            scores = [t["signals"][signal] for t in mine]
+            usable = len(set(labels)) == 2 and all(s is not None for s in scores)
+            row[signal] = round(float(roc_auc_score(labels, scores)), 3) if usable else None
+        table[level] = row
     return table
 
 
-async def run_method(client, model: str, problems, fields: dict, args, label: str) -> dict:
-    started = time.perf_counter()
-    answered = await answer_all(client, model, problems, fields, args, label)
-    wall_s = time.perf_counter() - started
-    rows = []
-    for problem, response in answered:
-        strategy = (response.model_extra or {}).get("strategy") or {}
-        rows.append({
-            "correct": is_correct(response.choices[0].message.content or "", problem.answer),
-            "tokens": response.usage.completion_tokens,
-            "leaves": strategy.get("num_leaves", 1),
-            "shared_prefix_tokens": strategy.get("shared_prefix_tokens", 0),
-            "level": problem.level,
-        })
-    num = len(rows)
-    levels = sorted({r["level"] for r in rows})
+def frontier_accuracy(plain: dict[str, dict], tokens: float) -> float:
+    """The best plain-decoding accuracy at no more than `tokens` per problem."""
+    return max((row["accuracy"] for row in plain.values() if row["tokens_per_problem"] <= tokens), default=0.0)
+
+
+def goal(plain: dict[str, dict], full: dict, row: dict) -> dict:
+    best = max(plain.values(), key=lambda r: r["accuracy"])
+    share = row["tokens_per_problem"] / full["tokens_per_problem"]
+    points = 100 * (row["accuracy"] - best["accuracy"])
     return {
-        "accuracy": round(sum(r["correct"] for r in rows) / num, 4),
-        "tokens_per_problem": round(sum(r["tokens"] for r in rows) / num, 1),
-        "leaves_per_problem": round(sum(r["leaves"] for r in rows) / num, 2),
-        "shared_prefix_tokens_per_problem": round(sum(r["shared_prefix_tokens"] for r in rows) / num, 1),
-        "wall_s": round(wall_s, 1),
-        "accuracy_by_level": {
-            level: round(sum(r["correct"] for r in rows if r["level"] == level) / sum(r["level"] == level for r in rows), 3)
-            for level in levels
-        },
-        "tokens_by_level": {
-            level: round(sum(r["tokens"] for r in rows if r["level"] == level) / sum(r["level"] == level for r in rows), 1)
-            for level in levels
-        },
+        "best_plain_accuracy": best["accuracy"],
+        "accuracy_minus_best_plain_points": round(points, 1),
+        "tokens_over_full_self_consistency": round(share, 3),
+        "frontier_accuracy_at_its_tokens": frontier_accuracy(plain, row["tokens_per_problem"]),
+        "above_frontier": row["accuracy"] > frontier_accuracy(plain, row["tokens_per_problem"]),
+        "goal_reached": points >= -1.0 and share <= 0.5,
+        "stretch_reached": points >= -1.0 and share <= 0.25,
     }
 
 
-async def run_all(url: str, problems, args: argparse.Namespace, chosen: dict[str, dict]) -> dict[str, dict]:
-    """Each method in turn, on one client (its connections belong to this event loop)."""
+async def run_temperature(client, model: str, problems, args, temperature: float, greedy: dict) -> dict:
+    def correct_of(problem, response) -> bool:
+        return is_correct(response.choices[0].message.content or "", problem.answer)
+
+    fields = {"temperature": temperature, "logprobs": True, "top_logprobs": 20, "n": args.traces,
+              "extra_body": {"return_entropy": True}}
+    answered = await answer_all(client, model, problems, fields, args, f"T {temperature}: {args.traces} samples")
+    answered.sort(key=lambda item: problems.index(item[0]))
+    traces = sample_traces(answered)
+    plain = {"greedy": greedy, **budget_curve(traces, len(problems), args.traces)}
+    full = plain[f"self_consistency_{2 ** int(np.log2(args.traces))}"]
+    results = {}
+    for name, strategy in methods(args.traces).items():
+        if args.only and name not in args.only:
+            continue
+        started = time.perf_counter()
+        done = await answer_all(client, model, problems, {"temperature": temperature, "extra_body": {"strategy": strategy}},
+                                args, f"T {temperature}: {name}")
+        results[name] = summarize(done, time.perf_counter() - started, correct_of)
+        if name == "auto":
+            escalated = [r.model_extra["strategy"]["escalation"]["escalated"] for _, r, _ in done]
+            results[name]["escalated_share"] = round(float(np.mean(escalated)), 3)
+    return {
+        "plain": plain,
+        "methods": results,
+        "goals": {name: goal(plain, full, row) for name, row in results.items()},
+        "auroc": aurocs(traces),
+    }
+
+
+async def run_all(url: str, problems, args) -> dict:
     import openai
 
-    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="x", timeout=1800, max_retries=0)
+    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="x", timeout=3600, max_retries=0)
     model = (await client.models.list()).data[0].id
-    return {name: await run_method(client, model, problems, fields, args, name) for name, fields in chosen.items()}
+    started = time.perf_counter()
+    answered = await answer_all(client, model, problems, {"temperature": 0.0}, args, "greedy")
+    greedy = summarize(answered, time.perf_counter() - started, lambda p, r: is_correct(r.choices[0].message.content or "", p.answer))
+    return {str(t): await run_temperature(client, model, problems, args, t, greedy) for t in args.temperatures}
 
 
-def goals(results: dict[str, dict]) -> dict:
-    """What issue 12 asks for, read off the results."""
-    sc = results[SELF_CONSISTENCY]
-    ratios = {}
-    for name in EARLY_STOPPING:
-        row = results[name]
-        ratios[name] = {
-            "tokens_over_self_consistency": round(row["tokens_per_problem"] / sc["tokens_per_problem"], 3),
-            "accuracy_minus_self_consistency_points": round(100 * (row["accuracy"] - sc["accuracy"]), 1),
-        }
-    eligible = [n for n, r in ratios.items() if r["accuracy_minus_self_consistency_points"] >= -1.0]
-    best = min(eligible, key=lambda n: ratios[n]["tokens_over_self_consistency"]) if eligible else None
-    report = {
-        "early_stopping": ratios,
-        "best_early_stopping_within_1_point": best,
-        "early_stopping_goal_reached": best is not None and ratios[best]["tokens_over_self_consistency"] <= 0.5,
-    }
-    if "difficulty" in results:
-        normal, routed = results["always_normal"], results["difficulty"]
-        fewer = 1 - routed["tokens_per_problem"] / normal["tokens_per_problem"]
-        points = 100 * (routed["accuracy"] - normal["accuracy"])
-        report["difficulty_routing"] = {
-            "fewer_tokens_than_always_normal": round(fewer, 3),
-            "accuracy_minus_always_normal_points": round(points, 1),
-            "goal_reached": fewer >= 0.2 and points >= -1.0,
-        }
-    return report
+def markdown(report: dict) -> str:
+    lines = []
+    for t, part in report["by_temperature"].items():
+        full = part["plain"][max(part["plain"], key=lambda k: part["plain"][k]["tokens_per_problem"])]
+        lines += [f"### T {t}", "", "| method | accuracy | tokens / problem | x full SC | wall s | p50 / p95 latency s |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for name, row in {**part["plain"], **part["methods"]}.items():
+            latency = f"{row['latency_p50_s']} / {row['latency_p95_s']}" if "latency_p50_s" in row else ""
+            lines.append(f"| {name} | {100 * row['accuracy']:.1f}% | {row['tokens_per_problem']} | "
+                         f"{row['tokens_per_problem'] / full['tokens_per_problem']:.3f} | {row.get('wall_s', '')} | {latency} |")
+        lines += ["", "| AUROC (right vs wrong traces) | traces (right) | " + " | ".join(SIGNALS) + " |",
+                  "| --- | --- |" + " --- |" * len(SIGNALS)]
+        for level, row in part["auroc"].items():
+            cells = " | ".join("" if row[s] is None else f"{row[s]:.3f}" for s in SIGNALS)
+            lines.append(f"| {level} | {row['traces']} ({row['right']}) | {cells} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
-def markdown_table(results: dict[str, dict]) -> str:
-    sc_tokens = results[SELF_CONSISTENCY]["tokens_per_problem"]
-    lines = [
-        "| method | accuracy | tokens / problem | x self-consistency | leaves / problem | wall s |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for name, row in results.items():
-        lines.append(
-            f"| {name} | {100 * row['accuracy']:.1f}% | {row['tokens_per_problem']} | "
-            f"{row['tokens_per_problem'] / sc_tokens:.3f} | {row['leaves_per_problem']} | {row['wall_s']} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def plot(results: dict[str, dict], path: Path, title: str) -> None:
+def plot(part: dict, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(8, 5.5))
-    for name, row in results.items():
-        marker = "s" if name in EARLY_STOPPING else "o"
+    plain = sorted(part["plain"].items(), key=lambda item: item[1]["tokens_per_problem"])
+    xs, ys, best = [], [], 0.0
+    for _, row in plain:  # the frontier: the best accuracy reached at each cost or less
+        best = max(best, 100 * row["accuracy"])
+        xs.append(row["tokens_per_problem"])
+        ys.append(best)
+    axes.step(xs, ys, where="post", color="grey", label="plain decoding frontier")
+    for name, row in [*plain, *part["methods"].items()]:
+        marker = "o" if name in part["plain"] else "s"
         axes.scatter(row["tokens_per_problem"], 100 * row["accuracy"], marker=marker)
-        axes.annotate(name, (row["tokens_per_problem"], 100 * row["accuracy"]), fontsize=8,
-                      xytext=(4, 3), textcoords="offset points")
+        axes.annotate(name, (row["tokens_per_problem"], 100 * row["accuracy"]), fontsize=8, xytext=(4, 3), textcoords="offset points")
     axes.set_xscale("log")
-    axes.set_xlabel("newly generated tokens per problem (log)")
+    axes.set_xlabel("generated tokens per problem (log)")
     axes.set_ylabel("accuracy (%)")
     axes.set_title(title, fontsize=10)
     axes.grid(alpha=0.3)
+    axes.legend(loc="lower right", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -182,19 +238,21 @@ def plot(results: dict[str, dict], path: Path, title: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, help="folder for report.json, table.md and accuracy_vs_tokens.png")
-    parser.add_argument("--problems", type=int, default=60)
+    parser.add_argument("--out", type=Path, help="folder for report.json, table.md and the plots")
+    parser.add_argument("--problems", type=int, default=90)
     parser.add_argument("--levels", default="add-1digit,add-2digit,work-1digit-2ops", help="arithmetic levels, comma-separated")
-    parser.add_argument("--leaves", type=int, default=16, help="leaf budget of every voting method")
-    parser.add_argument("--temperature", type=float, default=0.5, help="every sampled method's (chosen on seed 0)")
+    parser.add_argument("--traces", type=int, default=16, help="self-consistency's full budget, and every strategy's n")
+    parser.add_argument("--temperatures", default="0.5,0.8")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--concurrency", type=int, default=4, help="problems in flight at once")
-    parser.add_argument("--block-size", type=int, default=32, help="KV block size: prefix caching reuses whole blocks")
-    parser.add_argument("--probe", help="a train-probe folder: adds always-Normal and difficulty routing")
-    parser.add_argument("--only", help="comma-separated methods to run (default: all)")
-    parser.add_argument("--url", help="a server already running (its own flags apply), instead of starting one")
-    parser.add_argument("--seed", type=int, default=1, help="problems and samples (strategy defaults were tuned on 0)")
+    parser.add_argument("--only", help="comma-separated methods (default: all of " + ", ".join(methods(16)) + ")")
+    parser.add_argument("--url", help="a server already running (its own flags and defaults apply), instead of starting one")
+    parser.add_argument("--seed", type=int, default=1, help="problems and samples (the defaults were learned on seed 0)")
     args = parser.parse_args()
+    args.temperatures = [float(t) for t in args.temperatures.split(",")]
+    args.only = set(args.only.split(",")) if args.only else None
+    if args.only and args.only - set(methods(args.traces)):
+        parser.error(f"--only: unknown methods {sorted(args.only - set(methods(args.traces)))}")
 
     from entropy_serve.server.process import ServerProcess
 
@@ -203,41 +261,30 @@ def main() -> None:
     except ValueError as error:
         parser.error(f"--levels: {error}")
     problems = generate(args.problems, args.seed, levels)
-    chosen = methods(args)
-    if args.only:
-        names = args.only.split(",")
-        unknown = set(names) - set(chosen)
-        if unknown:
-            parser.error(f"--only: unknown methods {sorted(unknown)}; known: {list(chosen)}")
-        chosen = {name: chosen[name] for name in names}
     if args.url:
-        results = asyncio.run(run_all(args.url, problems, args, chosen))
+        by_temperature = asyncio.run(run_all(args.url, problems, args))
     else:
         kv_cache_gib = int(os.environ.get("VLLM_CPU_KVCACHE_SPACE", 4))
-        flags = ["--max-model-len", "2048", "--block-size", str(args.block_size), "--max-leaves", str(max(64, args.leaves))]
-        if args.probe:
-            flags += ["--probe", args.probe]
+        flags = ["--max-model-len", "2048", "--max-n", str(args.traces), "--max-leaves", str(max(64, args.traces + 1))]
         with ServerProcess(*flags, kv_cache_gib=kv_cache_gib) as server:
-            results = asyncio.run(run_all(server.url, problems, args, chosen))
+            by_temperature = asyncio.run(run_all(server.url, problems, args))
     report = {
         "problems": args.problems,
         "levels": [level.name for level in levels],
-        "leaf_budget": args.leaves,
+        "traces": args.traces,
         "max_tokens": args.max_tokens,
-        "temperature": args.temperature,
         "seed": args.seed,
-        "results": results,
+        "goal_method": GOAL_METHOD,
+        "by_temperature": by_temperature,
     }
-    if SELF_CONSISTENCY in results and all(name in results for name in EARLY_STOPPING):
-        report["goals"] = goals(results)
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "report.json").write_text(text + "\n")
-        if SELF_CONSISTENCY in results:
-            (args.out / "table.md").write_text(markdown_table(results))
-        plot(results, args.out / "accuracy_vs_tokens.png", f"{args.problems} problems ({', '.join(report['levels'])}), seed {args.seed}")
+        (args.out / "table.md").write_text(markdown(report))
+        for t, part in by_temperature.items():
+            plot(part, args.out / f"accuracy_vs_tokens_T{t}.png", f"T {t}: {args.problems} problems, seed {args.seed}")
 
 
 if __name__ == "__main__":  # vLLM spawns engine processes

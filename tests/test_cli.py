@@ -14,7 +14,7 @@ def test_every_command_has_help_flags_and_a_run_function():
     parser = build_parser()
     for name, command in COMMANDS.items():
         assert command.HELP and callable(command.add_arguments) and callable(command.run)
-        required = {"calibrate": ["--out", "x"], "train-probe": ["--out", "x"], "batch": ["-i", "a", "-o", "b"], "score": ["-i", "a", "-o", "b"]}
+        required = {"calibrate": ["--out", "x"], "train-probe": ["--out", "x"], "tune-strategies": ["--out", "x"], "batch": ["-i", "a", "-o", "b"], "score": ["-i", "a", "-o", "b"]}
         assert parser.parse_args([name, *required.get(name, [])]).command == name
 
 
@@ -27,6 +27,9 @@ def test_every_command_has_help_flags_and_a_run_function():
         (["serve", "--probe", "/no/such/probe"], "argument --probe: /no/such/probe does not exist"),
         (["train-probe", "--out", "x", "--samples", "-2"], "argument --samples: must be at least 1, got -2"),
         (["calibrate"], "the following arguments are required: --out"),
+        (["tune-strategies", "--out", "x", "--temperatures", "0.5,3"], "argument --temperatures: temperatures must be in (0, 2]"),
+        (["train-probe", "--out", "x", "--tune-temperatures", "hot"], "argument --tune-temperatures: expected comma-separated"),
+        (["serve", "--strategy-defaults", "/no/such.json"], "argument --strategy-defaults: /no/such.json does not exist"),
         (["batch", "-i", "in.jsonl"], "the following arguments are required: -o/--output-file"),
         (["batch", "-i", "a", "-o", "b", "--output-order", "random"], "argument --output-order: invalid choice: 'random'"),
         (["score", "-i", "a", "-o", "b", "--window", "0"], "argument --window: must be at least 1, got 0"),
@@ -38,6 +41,13 @@ def test_bad_flags_are_usage_errors_naming_the_flag(argv, message, capsys):
         build_parser().parse_args(argv)
     assert raised.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_tuning_temperatures_parse_and_train_probe_can_skip_the_tuning():
+    args = build_parser().parse_args(["train-probe", "--out", "x", "--tune-temperatures", ""])
+    assert args.tune_temperatures == ()
+    args = build_parser().parse_args(["tune-strategies", "--out", "x", "--temperatures", "0.3, 0.7"])
+    assert args.temperatures == (0.3, 0.7) and args.traces == 16 and args.token_share == 0.5
 
 
 def test_flag_types_by_hand():

@@ -150,6 +150,10 @@ class Escalate(BaseModel):
     n: int = Field(16, ge=1, le=1024, description="sampled traces at most, after the greedy one")
     wave: int = Field(4, ge=1, le=1024, description="traces per round")
     stop_confidence: float = Field(0.95, gt=0.5, lt=1.0, description="stop when P(the leading answer is the majority) reaches this")
+    min_agreement: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="after a wave, stop when the leading answer holds less than this share of the vote (no majority to find); 0: never",
+    )
     weighting: Literal["confidence", "uniform"] = Field(
         "confidence", description="a trace's vote: exp(-its highest window mean entropy), or 1"
     )

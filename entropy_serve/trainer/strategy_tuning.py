@@ -43,9 +43,11 @@ THRESHOLD_QUANTILES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 NEVER_NATS = 100.0  # escalate's largest threshold: answer greedily always
 ESCALATE_GRID = {
     "signal": ("answer", "mean", "lowest"),
-    "stop_confidence": (0.8, 0.9, 0.95),
+    "stop_confidence": (0.8, 0.9),
+    "min_agreement": (0.0, 0.4, 0.55, 0.7),
+    "wave": (4, 8),
     "weighting": ("confidence", "uniform"),
-    "window": (8, 16),
+    "window": (16,),
 }
 DEEPCONF_GRID = {"confidence": ("entropy",), "window": (8, 16, 32), "keep": (0.1, 0.5, 0.9), "consensus": (0.8, 0.9, 0.95)}
 
@@ -110,7 +112,7 @@ def replay_escalate(problem: ProblemTraces, strategy: Escalate) -> tuple[str | N
         for trace in wave:
             tally.add(trace.answer, weight(trace))
             tokens += trace.num_tokens
-        if tally.decided(strategy.stop_confidence, len(pool) - start - len(wave)) is not None:
+        if tally.decided(strategy.stop_confidence, len(pool) - start - len(wave), strategy.min_agreement) is not None:
             break
     return tally.result().winner, tokens
 

@@ -94,7 +94,7 @@ def test_tuning_chooses_learned_fields_and_records_its_scores():
     problems = [problem(SURE, [trace("7", [0.2] * 3)] * 4), problem(UNSURE, [trace("7", [0.2] * 3)] * 4)]
     entry = tune_temperature(problems, 0.5, token_share=1.0)  # budget: 12 tokens per problem
     fields = entry.strategies["escalate"]
-    assert set(fields) == {"signal", "threshold_nats", "stop_confidence", "weighting", "window"}
+    assert set(fields) == {"signal", "threshold_nats", "stop_confidence", "min_agreement", "wave", "weighting", "window"}
     assert entry.training["escalate"]["accuracy"] == 1.0  # escalate only the unsure one
     assert entry.training["self_consistency_4"] == {"accuracy": 1.0, "tokens_per_problem": 12.0}
     assert entry.training["escalate"]["tokens_per_problem"] == (3 + 3 + 4 * 3) / 2

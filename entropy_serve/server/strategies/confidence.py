@@ -17,8 +17,10 @@ over tokens may move the answer's span by a token.
 
 The weighted vote's stopping (escalate): with a and b the weights of the two leading
 answers, each trace weighing at most 1, stop when P(p > 1/2) under p ~ Beta(a+1, b+1)
-reaches the confidence (stopping.py's Beta rule over weighted counts), or when the
-traces left, at weight 1 each, cannot overturn the leader (futility).
+reaches the confidence (stopping.py's Beta rule over weighted counts); or when the
+traces left, at weight 1 each, cannot overturn the leader (futility); or when the
+leader holds less than `min_agreement` of the weight (the answers scatter: on problems
+a model cannot do, more samples rarely find a majority, and they cost the most).
 """
 
 from __future__ import annotations
@@ -128,9 +130,10 @@ class WeightedVote:
     def result(self) -> VoteResult:
         return vote(self.answers, weights=self.weights, same=self.same)
 
-    def decided(self, stop_confidence: float, num_left: int) -> str | None:
+    def decided(self, stop_confidence: float, num_left: int, min_agreement: float = 0.0) -> str | None:
         """Why sampling can stop, or None to sample on."""
-        weights = list(self.result().table.values()) + [0.0, 0.0]
+        result = self.result()
+        weights = list(result.table.values()) + [0.0, 0.0]
         a, b = weights[0], weights[1]
         if a <= 0:
             return None
@@ -139,4 +142,6 @@ class WeightedVote:
             return f"decided: P(leading answer is the majority) = {probability:.4f} >= {stop_confidence} (weights {a:.2f}:{b:.2f})"
         if a - b > num_left:
             return f"futility: the {num_left} traces left cannot overturn the leader (weights {a:.2f}:{b:.2f})"
+        if result.agreement < min_agreement:
+            return f"scattered: the leader holds {result.agreement:.3f} < {min_agreement} of the vote"
         return None

@@ -26,10 +26,10 @@ DEFAULTS_FILE = "strategy_defaults.json"
 OPENAI_TEMPERATURE = 1.0  # what a request that sets none samples at
 PROFILE_KEY = "strategy_defaults"
 TUNED = {"deepconf": DeepConf, "escalate": Escalate}  # strategy name -> request model
-# What tuning chooses; the rest (n, wave, warmup, top_k) stay the request's budget.
+# What tuning chooses; the rest (n; deepconf's warmup, wave, top_k) stay the request's budget.
 TUNED_FIELDS = {
     "deepconf": ("confidence", "window", "keep", "consensus"),
-    "escalate": ("signal", "threshold_nats", "stop_confidence", "weighting", "window"),
+    "escalate": ("signal", "threshold_nats", "stop_confidence", "min_agreement", "wave", "weighting", "window"),
 }
 
 

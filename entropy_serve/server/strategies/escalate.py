@@ -11,8 +11,9 @@ Order:
 3. escalation: waves of `wave` sampled traces (seeded as one n-sample request's would
    be), each voting with weight exp(-its highest window mean entropy) (or 1), the
    greedy trace included; after each wave, stop when the weighted vote is decided
-   (P(leading answer is the majority) >= `stop_confidence`) or futile (the traces
-   left cannot overturn the leader), else at `n` traces;
+   (P(leading answer is the majority) >= `stop_confidence`), futile (the traces left
+   cannot overturn the leader) or scattered (the leader holds under `min_agreement`),
+   else at `n` traces;
 4. reply: the first trace of the winning answer; `strategy.escalation` says whether and
    why it escalated and what each part spent; `usage` counts every generated token.
 """
@@ -76,7 +77,7 @@ async def run_escalate(ctx: StrategyContext, request: SamplingRequest) -> Strate
             for leaf, leaf_answer in zip(new, leaf_answers(plan, new), strict=True):
                 tally.add(leaf_answer, weight(strategy, leaf))
             leaves += new
-            reason = tally.decided(strategy.stop_confidence, strategy.n - (len(leaves) - 1))
+            reason = tally.decided(strategy.stop_confidence, strategy.n - (len(leaves) - 1), strategy.min_agreement)
     metrics.ESCALATIONS.labels(outcome="escalated" if why else "answered_greedily").inc()
     details = {"requested": requested, "escalation": _report(strategy, request.temperature, greedy_entropy, why, leaves, reason)}
     return decide(request, greedy_plan, len(greedy_plan.prompt_token_ids(0)), leaves, details, tally.weights)

@@ -95,3 +95,12 @@ def test_weighted_vote_uses_the_given_comparison():
     tally = WeightedVote()
     tally.add(None, 1.0)
     assert tally.decided(0.5 + 1e-9, num_left=0) is None  # no answer, no vote
+
+
+def test_a_scattered_vote_stops_at_min_agreement():
+    tally = WeightedVote()
+    for answer in ["1", "2", "3", "1", "4"]:
+        tally.add(answer, 1.0)
+    assert tally.decided(0.95, num_left=8) is None  # the leader holds 0.4
+    assert tally.decided(0.95, num_left=8, min_agreement=0.5).startswith("scattered")
+    assert tally.decided(0.95, num_left=8, min_agreement=0.4) is None
