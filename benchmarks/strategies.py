@@ -11,7 +11,8 @@ Per temperature (`--temperatures`, 0.5 and 0.8 by default):
   the learned settings) at the temperature. Each reports accuracy, tokens per problem
   (`usage.completion_tokens`), wall time and p50/p95 request latency, per level too;
 - the signals: for every sample of the n-sample requests, each confidence signal of
-  strategies/confidence.py (mean, lowest window, tail, top-k, answer span), and its
+  strategies/confidence.py (mean, lowest window, tail, answer span, top-k,
+  self-certainty), and its
   AUROC separating right from wrong traces, over all problems and per level.
 The goal (issue 24): at every temperature, `auto` within 1 point of the best plain
 decoding (greedy or any self-consistency budget) with at most 50% of the full
@@ -91,7 +92,8 @@ def sample_traces(answered) -> list[dict]:
                 "answer": answer,
                 "correct": equivalent(answer, problem.answer),
                 "tokens": len(entropies),
-                "signals": trace_signals(entropies, span, WINDOW, top_logprobs=top),
+                "signals": trace_signals(entropies, span, WINDOW, top_logprobs=top,
+                                         self_certainty_nats=choice.model_extra["entropy"]["self_certainty_nats"]),
             })
     return traces
 

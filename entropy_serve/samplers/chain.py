@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from entropy_serve.samplers.entropy import entropy
+from entropy_serve.samplers.entropy import entropy, entropy_and_self_certainty
 from entropy_serve.samplers.filters import min_p_mask, top_k_mask, top_p_mask
 from entropy_serve.samplers.temperature import dynatemp_temperature, edt_temperature, hapo_temperature
 from entropy_serve.samplers.typical import typical_filter_
@@ -111,6 +111,7 @@ class ChainResult:
     model_entropy: torch.Tensor  # [rows] nats
     sampled_entropy: torch.Tensor  # [rows] nats
     temperature: torch.Tensor  # [rows] the temperature actually used
+    model_self_certainty: torch.Tensor  # [rows] nats, KL(uniform || the model's distribution)
 
 
 def adaptive_temperature(
@@ -163,7 +164,7 @@ def apply_chain(
 ) -> ChainResult:
     """Shape `logits` [rows, vocab] (fp32) in place, following the module's order;
     `constrain` masks `logits` in place (step 1b)."""
-    model_entropy = entropy(logits)
+    model_entropy, model_self_certainty = entropy_and_self_certainty(logits)
     if constrain is not None:
         constrain(logits)
     temperature = adaptive_temperature(model_entropy, params, profile, logits.shape[-1])
@@ -172,4 +173,4 @@ def apply_chain(
     _filter_rows(logits, params.top_p < 1.0, _masking(top_p_mask), params.top_p)
     _filter_rows(logits, params.min_p > 0.0, _masking(min_p_mask), params.min_p)
     _filter_rows(logits, params.typical_p < 1.0, typical_filter_, params.typical_p)
-    return ChainResult(model_entropy, entropy(logits), temperature)
+    return ChainResult(model_entropy, entropy(logits), temperature, model_self_certainty)

@@ -154,9 +154,11 @@ class Escalate(BaseModel):
         0.0, ge=0.0, lt=1.0,
         description="after a wave, stop when the leading answer holds less than this share of the vote (no majority to find); 0: never",
     )
-    weighting: Literal["confidence", "uniform"] = Field(
-        "confidence", description="a trace's vote: exp(-its highest window mean entropy), or 1"
+    weighting: Literal["confidence", "uniform", "self_certainty"] = Field(
+        "confidence",
+        description="a trace's vote: exp(-its highest window mean entropy), 1, or CISC's softmax of its mean self-certainty",
     )
+    cisc_temperature: float = Field(1.0, gt=0.0, le=100.0, description="self_certainty weighting: softmax temperature (nats)")
     window: int = Field(16, ge=1, le=4096, description="tokens per window of the confidence")
 
     @property

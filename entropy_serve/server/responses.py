@@ -277,12 +277,15 @@ def entropy_field(tokens: list[TokenEntropy], summary: bool) -> dict:
 
     model_entropy_nats: entropy of the model's own distribution at each token;
     sampled_entropy_nats: entropy of the distribution the token was drawn from (after
-    temperature and filters; 0 for greedy); temperature: the temperature used.
+    temperature and filters; 0 for greedy); temperature: the temperature used;
+    self_certainty_nats: KL(uniform || the model's distribution) at each token (CISC's
+    confidence: large where the model is sure).
     """
     field = {
         "model_entropy_nats": [t.model_entropy_nats for t in tokens],
         "sampled_entropy_nats": [t.sampled_entropy_nats for t in tokens],
         "temperature": [t.temperature for t in tokens],
+        "self_certainty_nats": [t.self_certainty_nats for t in tokens],
     }
     if summary:
         field["summary"] = {
@@ -291,6 +294,7 @@ def entropy_field(tokens: list[TokenEntropy], summary: bool) -> dict:
             "max_model_entropy_nats": max(field["model_entropy_nats"], default=0.0),
             "mean_sampled_entropy_nats": _mean(field["sampled_entropy_nats"]),
             "mean_temperature": _mean(field["temperature"]),
+            "mean_self_certainty_nats": _mean(field["self_certainty_nats"]),
         }
     return field
 

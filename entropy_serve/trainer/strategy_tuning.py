@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from entropy_serve.server.extensions import DeepConf, Escalate
-from entropy_serve.server.strategies.confidence import WeightedVote, answer_span, confidence_weight, uncertainty
+from entropy_serve.server.strategies.confidence import answer_span, trace_score, uncertainty, weighted_vote
 from entropy_serve.server.strategies.defaults import TUNED_FIELDS, StrategyDefaults, TemperatureDefaults
 from entropy_serve.server.strategies.stopping import (
     TraceWatch,
@@ -46,9 +46,10 @@ ESCALATE_GRID = {
     "stop_confidence": (0.8, 0.9),
     "min_agreement": (0.0, 0.4, 0.55, 0.7),
     "wave": (4, 8),
-    "weighting": ("confidence", "uniform"),
+    "weighting": ("confidence", "uniform", "self_certainty"),
     "window": (16,),
 }
+CISC_TEMPERATURES = (0.1, 0.5)  # nats: traces' mean self-certainties differ by tenths of a nat
 DEEPCONF_GRID = {"confidence": ("entropy",), "window": (8, 16, 32), "keep": (0.1, 0.5, 0.9), "consensus": (0.8, 0.9, 0.95)}
 
 
@@ -57,6 +58,7 @@ class Trace:
     answer: str | None
     entropies_nats: tuple[float, ...]
     token_texts: tuple[str, ...]
+    self_certainty_nats: tuple[float, ...] = ()
 
     @property
     def num_tokens(self) -> int:
@@ -87,6 +89,7 @@ def trace_from_choice(choice: dict) -> Trace:
         extract_answer(text),
         tuple(choice["entropy"]["model_entropy_nats"]),
         tuple(position["token"] for position in (choice.get("logprobs") or {}).get("content") or ()),
+        tuple(choice["entropy"]["self_certainty_nats"]),
     )
 
 
@@ -98,9 +101,9 @@ def replay_escalate(problem: ProblemTraces, strategy: Escalate) -> tuple[str | N
     greedy = problem.greedy
 
     def weight(trace: Trace) -> float:
-        return confidence_weight(trace.entropies_nats, strategy.window) if strategy.weighting == "confidence" else 1.0
+        return trace_score(strategy, trace.entropies_nats, trace.self_certainty_nats)
 
-    tally = WeightedVote()
+    tally = weighted_vote(strategy)
     tally.add(greedy.answer, weight(greedy))
     tokens = greedy.num_tokens
     entropy = uncertainty(strategy.signal, greedy.entropies_nats, greedy.span, strategy.window)
@@ -176,7 +179,10 @@ def grid(fields: dict[str, tuple]) -> list[dict]:
 def escalate_candidates(problems: list[ProblemTraces], num_traces: int) -> list[Escalate]:
     """The grid, with thresholds at quantiles of the greedy answers' own uncertainty."""
     candidates = []
-    for fields in grid(ESCALATE_GRID):
+    weighings = [{"weighting": w} for w in ESCALATE_GRID["weighting"] if w != "self_certainty"]
+    weighings += [{"weighting": "self_certainty", "cisc_temperature": t} for t in CISC_TEMPERATURES]
+    other = {name: values for name, values in ESCALATE_GRID.items() if name != "weighting"}
+    for fields in (fields | weighing for fields in grid(other) for weighing in weighings):
         entropies = [uncertainty(fields["signal"], p.greedy.entropies_nats, p.greedy.span, fields["window"]) for p in problems]
         thresholds = sorted({round(float(np.quantile(entropies, q)), 6) for q in THRESHOLD_QUANTILES} | {NEVER_NATS})
         candidates += [

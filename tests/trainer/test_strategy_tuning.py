@@ -94,7 +94,9 @@ def test_tuning_chooses_learned_fields_and_records_its_scores():
     problems = [problem(SURE, [trace("7", [0.2] * 3)] * 4), problem(UNSURE, [trace("7", [0.2] * 3)] * 4)]
     entry = tune_temperature(problems, 0.5, token_share=1.0)  # budget: 12 tokens per problem
     fields = entry.strategies["escalate"]
-    assert set(fields) == {"signal", "threshold_nats", "stop_confidence", "min_agreement", "wave", "weighting", "window"}
+    assert set(fields) == {
+        "signal", "threshold_nats", "stop_confidence", "min_agreement", "wave", "weighting", "cisc_temperature", "window",
+    }
     assert entry.training["escalate"]["accuracy"] == 1.0  # escalate only the unsure one
     assert entry.training["self_consistency_4"] == {"accuracy": 1.0, "tokens_per_problem": 12.0}
     assert entry.training["escalate"]["tokens_per_problem"] == (3 + 3 + 4 * 3) / 2
@@ -106,10 +108,11 @@ def test_tuning_chooses_learned_fields_and_records_its_scores():
 def test_trace_from_a_chat_choice():
     choice = {
         "message": {"content": "3 + 4 = 7"},
-        "entropy": {"model_entropy_nats": [0.5, 0.1, 0.2]},
+        "entropy": {"model_entropy_nats": [0.5, 0.1, 0.2], "self_certainty_nats": [3.0, 9.0, 8.0]},
         "logprobs": {"content": [{"token": "3 + 4"}, {"token": " ="}, {"token": " 7"}]},
     }
     parsed = trace_from_choice(choice)
     assert parsed.answer == "7" and parsed.span == range(2, 3) and parsed.num_tokens == 3
+    assert parsed.self_certainty_nats == (3.0, 9.0, 8.0)
     with pytest.raises(KeyError):
         trace_from_choice({"message": {"content": "7"}})

@@ -6,7 +6,7 @@ IPC path in a private temporary folder, passed to the engine's processes through
 CHANNEL_ENV variable (spawned processes inherit the environment).
 
 A record is (engine request key, output position, model entropy, sampled entropy,
-temperature). Keying by output position makes it safe under preemption and discarded
+temperature, model self-certainty). Keying by output position makes it safe under preemption and discarded
 samples: a recomputed position simply overwrites the earlier record.
 
 Under tensor parallelism every TP rank's worker runs the logits processors on the same
@@ -35,7 +35,7 @@ from entropy_serve.server import metrics
 logger = logging.getLogger(__name__)
 
 CHANNEL_ENV = "ENTROPY_SERVE_CHANNEL"
-Record = tuple[str, int, float, float, float]
+Record = tuple[str, int, float, float, float, float]
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class TokenEntropy:
     model_entropy_nats: float
     sampled_entropy_nats: float
     temperature: float
+    self_certainty_nats: float = 0.0  # KL(uniform || the model's distribution) (samplers/entropy.py)
 
 
 def tensor_parallel_rank() -> int:
@@ -86,8 +87,8 @@ class EntropyStore:
 
     def add(self, records: list[Record]) -> None:
         metrics.ENTROPY_RECORDS.inc(len(records))
-        for key, position, model_entropy, sampled_entropy, temperature in records:
-            self._by_key[key][position] = TokenEntropy(model_entropy, sampled_entropy, temperature)
+        for key, position, *values in records:
+            self._by_key[key][position] = TokenEntropy(*values)
         self._arrived.set()
 
     async def take(self, key: str, positions: range, timeout_s: float = 5.0) -> list[TokenEntropy]:

@@ -7,7 +7,8 @@
 2. the other rows of ours (greedy ones: vLLM takes their argmax) get their model
    entropy measured, then their grammar mask, if any, so vLLM's argmax obeys it; their
    sampled distribution is one-hot (entropy 0, temperature 0);
-3. every row's of ours (position, entropies, temperature) is published to the server.
+3. every row's of ours (position, entropies, temperature, self-certainty) is published
+   to the server.
 
 Imports torch and our samplers only (the channel's ZeroMQ and the grammar's xgrammar
 where a step needs them), so the GPU lane (tests/gpu/) runs this row logic on machines
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from entropy_serve.samplers.chain import HAPO, EntropyProfile, RowParams, apply_chain
-from entropy_serve.samplers.entropy import entropy
+from entropy_serve.samplers.entropy import entropy_and_self_certainty
 from entropy_serve.server.adapters.spec import RowSpec
 
 if TYPE_CHECKING:
@@ -75,19 +76,21 @@ def process_rows(
         result = apply_chain(sub, plan.shaped_params, profile, constrain)
         if not every_row:
             logits.index_copy_(0, plan.shaped_rows, sub.to(logits.dtype))
-        values = torch.stack([result.model_entropy, result.sampled_entropy, result.temperature], dim=-1).tolist()
-        for row, spec, (h_model, h_sampled, t) in zip(plan.shaped_rows.tolist(), plan.shaped_specs, values):
-            records.append((spec.key, positions[row], h_model, h_sampled, t))
+        values = torch.stack(
+            [result.model_entropy, result.sampled_entropy, result.temperature, result.model_self_certainty], dim=-1
+        ).tolist()
+        for row, spec, (h_model, h_sampled, t, certainty) in zip(plan.shaped_rows.tolist(), plan.shaped_specs, values):
+            records.append((spec.key, positions[row], h_model, h_sampled, t, certainty))
     if plan.greedy_specs:
         every_row = len(plan.greedy_specs) == logits.shape[0]
         # Measured in place when every row is ours and none is masked (no copy at all).
         greedy = logits if every_row and bitmask is None else logits.index_select(0, plan.greedy_rows)
-        h_model = entropy(greedy).tolist()
+        h_model, certainty = (values.tolist() for values in entropy_and_self_certainty(greedy))
         if bitmask is not None:
             apply_bitmask(greedy, bitmask[plan.greedy_index])
             logits.index_copy_(0, plan.greedy_rows, greedy)
-        for row, spec, h in zip(plan.greedy_rows.tolist(), plan.greedy_specs, h_model):
-            records.append((spec.key, positions[row], h, 0.0, 0.0))
+        for row, spec, h, c in zip(plan.greedy_rows.tolist(), plan.greedy_specs, h_model, certainty):
+            records.append((spec.key, positions[row], h, 0.0, 0.0, c))
     publisher.publish(records)
     return logits
 

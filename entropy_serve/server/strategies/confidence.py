@@ -9,14 +9,17 @@ Trace signals, each a confidence (higher: surer), so that one AUROC convention h
 - tail: -mean H of the last `tail` tokens (DeepConf's tail confidence);
 - answer: -mean H of the tokens that spell the final answer (its last occurrence);
 - topk: the mean over tokens of DeepConf's C_t = -(1/k) sum of the k highest
-  log-probabilities (needs them from the engine), negated: a peaked distribution has
-  large C_t, and the signal is kept in that sense (higher: surer).
+  log-probabilities (needs them from the engine): a peaked distribution has large C_t;
+- self_certainty: the mean over tokens of KL(uniform || p) (Kang et al. 2025), which
+  the engine measures beside the entropy (samplers/entropy.py).
 Token offsets come from each token's own text (`token_texts`), which is exact when
 tokens are whole characters (byte-level BPE on ASCII); a multi-byte character split
 over tokens may move the answer's span by a token.
 
 The weighted vote's stopping (escalate): with a and b the weights of the two leading
-answers, each trace weighing at most 1, stop when P(p > 1/2) under p ~ Beta(a+1, b+1)
+answers, each trace weighing at most 1 (exp(-H) of its least sure window; or CISC's
+exp((c - c_max) / tau) over the traces' mean self-certainties c, Taubenfeld et al.
+2025, whose winner is softmax(c / tau)-weighted voting's), stop when P(p > 1/2) under p ~ Beta(a+1, b+1)
 reaches the confidence (stopping.py's Beta rule over weighted counts); or when the
 traces left, at weight 1 each, cannot overturn the leader (futility); or when the
 leader holds less than `min_agreement` of the weight (the answers scatter: on problems
@@ -35,7 +38,7 @@ from entropy_serve.server.strategies.stopping import group_confidences, topk_con
 from entropy_serve.server.strategies.voting import VoteResult, vote
 from entropy_serve.tasks.answers import equivalent
 
-SIGNALS = ("mean", "lowest", "tail", "answer", "topk")
+SIGNALS = ("mean", "lowest", "tail", "answer", "topk", "self_certainty")
 DEFAULT_TAIL_TOKENS = 16
 
 
@@ -86,6 +89,7 @@ def trace_signals(
     tail: int = DEFAULT_TAIL_TOKENS,
     top_logprobs: Sequence[Sequence[float]] | None = None,
     top_k: int = 20,
+    self_certainty_nats: Sequence[float] | None = None,
 ) -> dict[str, float | None]:
     """Every signal of one trace, as confidences (module doc); None where not defined."""
     signals: dict[str, float | None] = {
@@ -93,16 +97,30 @@ def trace_signals(
         "lowest": -highest_window_entropy(entropies_nats, window),
         "tail": -mean(entropies_nats[-tail:]),
         "answer": -mean([entropies_nats[i] for i in span]) if span is not None else None,
-        "topk": None,
+        "topk": mean([topk_confidence(position, top_k) for position in top_logprobs]) if top_logprobs else None,
+        "self_certainty": mean(self_certainty_nats) if self_certainty_nats else None,
     }
-    if top_logprobs:
-        signals["topk"] = mean([topk_confidence(position, top_k) for position in top_logprobs])
     return signals
 
 
 def confidence_weight(entropies_nats: Sequence[float], window: int) -> float:
     """A trace's vote weight in (0, 1]: exp(-its highest window mean entropy)."""
     return math.exp(-highest_window_entropy(entropies_nats, window))
+
+
+def trace_score(strategy, entropies_nats: Sequence[float], self_certainty_nats: Sequence[float]) -> float:
+    """A trace's score in an escalate strategy's weighted vote (`weighted_vote`)."""
+    if strategy.weighting == "confidence":
+        return confidence_weight(entropies_nats, strategy.window)
+    if strategy.weighting == "self_certainty":
+        return mean(self_certainty_nats)
+    return 1.0
+
+
+def weighted_vote(strategy, same: Callable[[str, str], bool] = equivalent) -> WeightedVote:
+    """The escalate strategy's vote: scores are weights, or CISC's confidences."""
+    relative = strategy.cisc_temperature if strategy.weighting == "self_certainty" else None
+    return WeightedVote(same, relative)
 
 
 def majority_probability(a: float, b: float) -> float:
@@ -114,18 +132,28 @@ def majority_probability(a: float, b: float) -> float:
 
 @dataclass
 class WeightedVote:
-    """The answers so far with their weights (each at most 1), and whether the vote is
-    decided (module doc). `same` is the final vote's comparison (leaves.answers_agree)."""
+    """The answers so far with their scores, and whether the vote is decided (module
+    doc). A score is the trace's weight, in [0, 1]; with `relative_temperature` tau it
+    is a confidence, and the weights are exp((score - max score) / tau), recomputed as
+    traces arrive. `same` is the final vote's comparison (leaves.answers_agree)."""
 
     same: Callable[[str, str], bool] = equivalent
+    relative_temperature: float | None = None
     answers: list[str | None] = field(default_factory=list)
-    weights: list[float] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
 
-    def add(self, answer: str | None, weight: float) -> None:
-        if not 0.0 <= weight <= 1.0:
-            raise ValueError(f"a trace weighs in [0, 1], got {weight}")
+    def add(self, answer: str | None, score: float) -> None:
+        if self.relative_temperature is None and not 0.0 <= score <= 1.0:
+            raise ValueError(f"a trace weighs in [0, 1], got {score}")
         self.answers.append(answer)
-        self.weights.append(weight)
+        self.scores.append(score)
+
+    @property
+    def weights(self) -> list[float]:
+        if self.relative_temperature is None:
+            return list(self.scores)
+        top = max(self.scores)
+        return [math.exp((score - top) / self.relative_temperature) for score in self.scores]
 
     def result(self) -> VoteResult:
         return vote(self.answers, weights=self.weights, same=self.same)

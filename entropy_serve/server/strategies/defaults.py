@@ -29,7 +29,9 @@ TUNED = {"deepconf": DeepConf, "escalate": Escalate}  # strategy name -> request
 # What tuning chooses; the rest (n; deepconf's warmup, wave, top_k) stay the request's budget.
 TUNED_FIELDS = {
     "deepconf": ("confidence", "window", "keep", "consensus"),
-    "escalate": ("signal", "threshold_nats", "stop_confidence", "min_agreement", "wave", "weighting", "window"),
+    "escalate": (
+        "signal", "threshold_nats", "stop_confidence", "min_agreement", "wave", "weighting", "cisc_temperature", "window",
+    ),
 }
 
 

@@ -9,8 +9,8 @@ Order:
    `signal` (confidence.py: by default the mean entropy of the tokens that spell its
    answer). At or under `threshold_nats` with an answer, that is the reply;
 3. escalation: waves of `wave` sampled traces (seeded as one n-sample request's would
-   be), each voting with weight exp(-its highest window mean entropy) (or 1), the
-   greedy trace included; after each wave, stop when the weighted vote is decided
+   be), each voting with weight exp(-its highest window mean entropy), 1, or CISC's
+   softmax of its mean self-certainty (`weighting`), the greedy trace included; after each wave, stop when the weighted vote is decided
    (P(leading answer is the majority) >= `stop_confidence`), futile (the traces left
    cannot overturn the leader) or scattered (the leader holds under `min_agreement`),
    else at `n` traces;
@@ -25,7 +25,7 @@ import dataclasses
 from entropy_serve.server import metrics
 from entropy_serve.server.extensions import Escalate
 from entropy_serve.server.protocol import SamplingRequest
-from entropy_serve.server.strategies.confidence import WeightedVote, answer_span, confidence_weight, uncertainty
+from entropy_serve.server.strategies.confidence import answer_span, trace_score, uncertainty, weighted_vote
 from entropy_serve.server.strategies.context import Reply, StrategyContext
 from entropy_serve.server.strategies.leaves import (
     Leaf,
@@ -42,8 +42,9 @@ def leaf_entropies(leaf: Leaf) -> list[float]:
     return [token.model_entropy_nats for token in leaf.choice.entropies]
 
 
-def weight(strategy: Escalate, leaf: Leaf) -> float:
-    return confidence_weight(leaf_entropies(leaf), strategy.window) if strategy.weighting == "confidence" else 1.0
+def vote_score(strategy: Escalate, leaf: Leaf) -> float:
+    """What a trace brings to the weighted vote (confidence.WeightedVote)."""
+    return trace_score(strategy, leaf_entropies(leaf), [t.self_certainty_nats for t in leaf.choice.entropies])
 
 
 async def run_escalate(ctx: StrategyContext, request: SamplingRequest) -> StrategyOutcome:
@@ -65,8 +66,8 @@ async def run_escalate(ctx: StrategyContext, request: SamplingRequest) -> Strate
     else:
         why = None
     leaves, reason = [greedy], None
-    tally = WeightedVote(answers_agree(greedy_plan))
-    tally.add(answer, weight(strategy, greedy))
+    tally = weighted_vote(strategy, answers_agree(greedy_plan))
+    tally.add(answer, vote_score(strategy, greedy))
     # 3. escalation, in waves.
     if why is not None:
         plan = ctx.planner.plan(request.model_copy(update={"n": strategy.n, "return_entropy": True}))
@@ -75,7 +76,7 @@ async def run_escalate(ctx: StrategyContext, request: SamplingRequest) -> Strate
             result = await ctx.run(dataclasses.replace(plan, jobs=wave))
             new = [Leaf(choice) for choice in result.choices]
             for leaf, leaf_answer in zip(new, leaf_answers(plan, new), strict=True):
-                tally.add(leaf_answer, weight(strategy, leaf))
+                tally.add(leaf_answer, vote_score(strategy, leaf))
             leaves += new
             reason = tally.decided(strategy.stop_confidence, strategy.n - (len(leaves) - 1), strategy.min_agreement)
     metrics.ESCALATIONS.labels(outcome="escalated" if why else "answered_greedily").inc()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -77,10 +78,13 @@ def test_v1_mixed_batch_shapes_only_its_rows_and_reports_positions():
     records = {r[0]: r for r in processor.publisher.records}
     assert set(records) == {"typical", "edt", "greedy"}
     assert records["typical"][1] == 0 and records["edt"][1] == 2 and records["greedy"][1] == 3
-    assert records["edt"][2:] == pytest.approx(
-        (result.model_entropy[1].item(), result.sampled_entropy[1].item(), result.temperature[1].item())
-    )
-    assert records["greedy"][3:] == (0.0, 0.0)
+    assert records["edt"][2:] == pytest.approx((
+        result.model_entropy[1].item(), result.sampled_entropy[1].item(), result.temperature[1].item(),
+        result.model_self_certainty[1].item(),
+    ))
+    assert records["greedy"][3:5] == (0.0, 0.0)
+    log_probs = torch.log_softmax(batch[3].double(), -1)
+    assert records["greedy"][5] == pytest.approx(-math.log(batch.shape[-1]) - log_probs.mean().item(), abs=1e-4)
     # Output lists are live references: one more token moves the position on.
     outputs[0].append(5)
     processor.publisher.records.clear()

@@ -19,13 +19,13 @@ def test_records_travel_and_wait_for_late_ones(tmp_path, monkeypatch):
         subscriber = EntropySubscriber(address, store)
         reader = asyncio.create_task(subscriber.run())
         publisher = EntropyPublisher()
-        publisher.publish([("req-a", 0, 1.5, 1.0, 0.8), ("req-b", 0, 0.2, 0.0, 0.0)])
+        publisher.publish([("req-a", 0, 1.5, 1.0, 0.8, 0.5), ("req-b", 0, 0.2, 0.0, 0.0, 0.5)])
         first = await store.take("req-a", range(0, 1))
         # Position 1 is published only after we start waiting for it.
-        asyncio.get_running_loop().call_later(0.05, publisher.publish, [("req-a", 1, 2.5, 2.0, 0.9)])
+        asyncio.get_running_loop().call_later(0.05, publisher.publish, [("req-a", 1, 2.5, 2.0, 0.9, 0.5)])
         both = await store.take("req-a", range(0, 2))
         # A recomputed position (preemption) overwrites the earlier record.
-        publisher.publish([("req-a", 1, 3.0, 2.5, 1.0)])
+        publisher.publish([("req-a", 1, 3.0, 2.5, 1.0, 4.25)])
         await asyncio.sleep(0.05)
         again = await store.take("req-a", range(1, 2))
         with pytest.raises(TimeoutError, match="req-b positions \\[1\\]"):
@@ -38,14 +38,14 @@ def test_records_travel_and_wait_for_late_ones(tmp_path, monkeypatch):
     first, both, again, store = asyncio.run(scenario())
     assert [t.model_entropy_nats for t in first] == [1.5]
     assert [(t.model_entropy_nats, t.sampled_entropy_nats, t.temperature) for t in both] == [(1.5, 1.0, 0.8), (2.5, 2.0, 0.9)]
-    assert again[0].model_entropy_nats == 3.0
+    assert (again[0].model_entropy_nats, again[0].self_certainty_nats) == (3.0, 4.25)
     assert "req-a" not in store._by_key
 
 
 def test_publisher_without_a_channel_is_silent(monkeypatch):
     monkeypatch.delenv(CHANNEL_ENV, raising=False)
     publisher = EntropyPublisher()
-    publisher.publish([("k", 0, 1.0, 1.0, 1.0)])  # no server: nothing to send to
+    publisher.publish([("k", 0, 1.0, 1.0, 1.0, 0.5)])  # no server: nothing to send to
     assert publisher.address is None and publisher._socket is None  # no socket was ever opened
 
 
@@ -54,7 +54,7 @@ def test_channel_hands_its_address_to_the_engine_and_cleans_up(monkeypatch):
         channel = EntropyChannel()
         env = channel.start()
         monkeypatch.setenv(CHANNEL_ENV, env[CHANNEL_ENV])
-        EntropyPublisher().publish([("job", 0, 0.5, 0.25, 0.7)])
+        EntropyPublisher().publish([("job", 0, 0.5, 0.25, 0.7, 0.5)])
         (record,) = await channel.store.take("job", range(0, 1))
         folder = Path(env[CHANNEL_ENV].removeprefix("ipc://")).parent
         assert folder.stat().st_mode & 0o777 == 0o700  # private to this user

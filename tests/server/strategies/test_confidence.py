@@ -104,3 +104,29 @@ def test_a_scattered_vote_stops_at_min_agreement():
     assert tally.decided(0.95, num_left=8) is None  # the leader holds 0.4
     assert tally.decided(0.95, num_left=8, min_agreement=0.5).startswith("scattered")
     assert tally.decided(0.95, num_left=8, min_agreement=0.4) is None
+
+
+def test_cisc_weights_are_a_softmax_of_self_certainty_scaled_to_the_surest():
+    tally = WeightedVote(relative_temperature=0.5)
+    for answer, certainty in [("5", 10.0), ("6", 10.5), ("6", 9.0), ("5", 10.5)]:
+        tally.add(answer, certainty)
+    expected = [math.exp(-1.0), 1.0, math.exp(-3.0), 1.0]
+    assert tally.weights == pytest.approx(expected)
+    # Softmax-weighted voting's winner (CISC): the same as these weights'.
+    softmax = [math.exp(c / 0.5) for c in (10.0, 10.5, 9.0, 10.5)]
+    assert tally.result().winner == ("5" if softmax[0] + softmax[3] > softmax[1] + softmax[2] else "6") == "5"
+    tally.add("6", 12.0)  # a surer trace rescales every weight
+    assert max(tally.weights) == 1.0 and tally.weights[1] == pytest.approx(math.exp(-3.0))
+
+
+def test_escalate_scores_by_weighting():
+    from entropy_serve.server.extensions import Escalate
+    from entropy_serve.server.strategies.confidence import trace_score, weighted_vote
+
+    entropies, certainties = [0.0, 1.0, 3.0], [9.0, 8.0, 4.0]
+    confidence = Escalate(name="escalate", window=1)
+    assert trace_score(confidence, entropies, certainties) == pytest.approx(math.exp(-3.0))
+    assert weighted_vote(confidence).relative_temperature is None
+    cisc = Escalate(name="escalate", weighting="self_certainty", cisc_temperature=0.25)
+    assert trace_score(cisc, entropies, certainties) == 7.0 and weighted_vote(cisc).relative_temperature == 0.25
+    assert trace_score(Escalate(name="escalate", weighting="uniform"), entropies, certainties) == 1.0
