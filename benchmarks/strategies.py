@@ -20,7 +20,8 @@ self-consistency's tokens (stretch: 25%), and above the frontier at its own cost
 
 Tune on one seed, report on another: the learned defaults come from `tune-strategies`
 (seed 0, its own problems); this reports `--seed 1` by default. `--out DIR` gets
-report.json, table.md and accuracy_vs_tokens_T{t}.png; the report also goes to stdout.
+report.json, table.md, accuracy_vs_tokens_T{t}.png and traces.jsonl (every sample's
+answer, correctness, tokens and signals); the report also goes to stdout.
 
     python benchmarks/strategies.py --out DIR [--problems 90] [--temperatures 0.5,0.8]
 """
@@ -112,19 +113,22 @@ def budget_curve(traces: list[dict], num_problems: int, num_traces: int) -> dict
 
 
 def aurocs(traces: list[dict]) -> dict[str, dict[str, float | None]]:
-    """Per level (and all): each signal's AUROC for right against wrong traces (None
-    where a level has only one kind, or the signal is not defined on every trace)."""
+    """Per level (and all): each signal's AUROC for right against wrong traces, over the
+    traces where the signal is defined (the answer span: traces that spell an answer;
+    `answer_traces` counts them); None where those are all right or all wrong."""
     from sklearn.metrics import roc_auc_score
 
     table = {}
     for level in ["all", *sorted({t["level"] for t in traces})]:
         mine = [t for t in traces if level == "all" or t["level"] == level]
-        labels = [t["correct"] for t in mine]
-        row = {"traces": len(mine), "right": int(sum(labels))}
+        row = {"traces": len(mine), "right": sum(t["correct"] for t in mine)}
         for signal in SIGNALS:
-            scores = [t["signals"][signal] for t in mine]
-            usable = len(set(labels)) == 2 and all(s is not None for s in scores)
-            row[signal] = round(float(roc_auc_score(labels, scores)), 3) if usable else None
+            defined = [t for t in mine if t["signals"][signal] is not None]
+            labels = [t["correct"] for t in defined]
+            usable = len(set(labels)) == 2
+            row[signal] = round(float(roc_auc_score(labels, [t["signals"][signal] for t in defined])), 3) if usable else None
+            if signal == "answer":
+                row["answer_traces"] = len(defined)
         table[level] = row
     return table
 
@@ -172,6 +176,7 @@ async def run_temperature(client, model: str, problems, args, temperature: float
             escalated = [r.model_extra["strategy"]["escalation"]["escalated"] for _, r, _ in done]
             results[name]["escalated_share"] = round(float(np.mean(escalated)), 3)
     return {
+        "traces": traces,
         "plain": plain,
         "methods": results,
         "goals": {name: goal(plain, full, row) for name, row in results.items()},
@@ -205,6 +210,8 @@ def markdown(report: dict) -> str:
         for level, row in part["auroc"].items():
             cells = " | ".join("" if row[s] is None else f"{row[s]:.3f}" for s in SIGNALS)
             lines.append(f"| {level} | {row['traces']} ({row['right']}) | {cells} |")
+        lines.append("(answer: over the traces that spell their answer: "
+                     + ", ".join(f"{level} {row['answer_traces']}" for level, row in part["auroc"].items()) + ")")
         lines.append("")
     return "\n".join(lines)
 
@@ -279,11 +286,16 @@ def main() -> None:
         "goal_method": GOAL_METHOD,
         "by_temperature": by_temperature,
     }
+    traces = {t: part.pop("traces") for t, part in by_temperature.items()}
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "report.json").write_text(text + "\n")
+        with (args.out / "traces.jsonl").open("w") as out:  # every sample with its signals: the AUROCs' data
+            for t, part in traces.items():
+                for trace in part:
+                    out.write(json.dumps({"temperature": float(t), **trace}) + "\n")
         (args.out / "table.md").write_text(markdown(report))
         for t, part in by_temperature.items():
             plot(part, args.out / f"accuracy_vs_tokens_T{t}.png", f"T {t}: {args.problems} problems, seed {args.seed}")

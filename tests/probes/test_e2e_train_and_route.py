@@ -19,6 +19,7 @@ from helpers import metric, wait_for
 from entropy_serve.probes.labels import CLASSES
 from entropy_serve.probes.table import CANDIDATES, TABLE_FILE, load_table
 from entropy_serve.server.process import ServerProcess
+from entropy_serve.server.strategies import defaults
 
 pytestmark = pytest.mark.e2e  # drives a real server process
 
@@ -26,7 +27,7 @@ NUM_PROBLEMS = 36
 TRAIN = [
     sys.executable, "-m", "entropy_serve", "train-probe", "--problems", str(NUM_PROBLEMS), "--samples", "4",
     "--max-tokens", "32", "--max-model-len", "1024", "--hard-below-accuracy", "0.25", "--hidden-units", "32",
-    "--table-samples", "1",
+    "--table-samples", "1", "--tune-problems", "6", "--tune-traces", "4", "--tune-temperatures", "0.7",
 ]
 ENV = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
 
@@ -89,6 +90,17 @@ def test_trainer_resumes_labels_all_classes_and_reports_the_baseline(trained):
         assert tokens == min(t for a, t in scores.values() if a >= best - 0.02 - 1e-9)
 
 
+def test_trainer_learns_strategy_defaults_beside_the_probe(trained):
+    out, _, stdout = trained
+    learned = defaults.load(out / defaults.DEFAULTS_FILE)
+    (entry,) = learned.temperatures
+    assert entry.temperature == 0.7 and set(entry.strategies) == {"escalate", "deepconf"}
+    assert {"greedy", "self_consistency_1", "self_consistency_2", "self_consistency_4"} <= set(entry.training)
+    traces = (out / "tuning_traces.jsonl").read_text().splitlines()
+    assert len(traces) == 6 * 2  # per problem: the greedy answer, and the 4 traces at T 0.7
+    assert "strategy defaults:\nT 0.7:" in stdout
+
+
 @pytest.fixture(scope="module")
 def probe_server(trained):
     out, _, _ = trained
@@ -143,6 +155,18 @@ def test_difficulty_by_model_prefix_and_streaming(probe_server):
     assert text
     models = client.models.list().data[0]
     assert models.model_extra["difficulty_probe"]
+    assert models.model_extra["strategy_defaults"] == defaults.DEFAULTS_FILE
+
+
+def test_auto_runs_with_the_defaults_learned_beside_the_probe(probe_server):
+    (entry,) = defaults.load(probe_server.probe / defaults.DEFAULTS_FILE).temperatures
+    response = probe_client(probe_server).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Compute 2 + 5."}], max_tokens=12, seed=1,
+        extra_body={"strategy": "auto"},
+    )
+    escalation = response.model_extra["strategy"]["escalation"]
+    assert escalation["temperature"] == 0.7
+    assert {field: escalation[field] for field in entry.strategies["escalate"]} == entry.strategies["escalate"]
 
 
 def test_without_a_probe_difficulty_is_a_400_saying_how_to_get_one(server):

@@ -57,8 +57,10 @@ async def run_escalate(ctx: StrategyContext, request: SamplingRequest) -> Strate
     check_single_prompt(greedy_plan)
     greedy = Leaf((await ctx.run(greedy_plan)).choices[0])
     (answer,) = leaf_answers(greedy_plan, [greedy])
-    texts = [ctx.engine.tokenizer.decode([token]) for token in greedy.choice.token_ids]
-    greedy_entropy = uncertainty(strategy.signal, leaf_entropies(greedy), answer_span(texts, answer), strategy.window)
+    span = None
+    if strategy.signal == "answer":  # each token's own text: where the answer is spelled
+        span = answer_span([ctx.engine.tokenizer.decode([token]) for token in greedy.choice.token_ids], answer)
+    greedy_entropy = uncertainty(strategy.signal, leaf_entropies(greedy), span, strategy.window)
     if answer is None:
         why = "the greedy answer has no extractable answer"
     elif greedy_entropy > strategy.threshold_nats:
