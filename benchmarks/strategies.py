@@ -254,14 +254,15 @@ def main() -> None:
     parser.add_argument("--temperatures", default="0.5,0.8")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--concurrency", type=int, default=4, help="problems in flight at once")
-    parser.add_argument("--only", help="comma-separated methods (default: all of " + ", ".join(methods(16)) + ")")
+    parser.add_argument("--only", help="comma-separated methods (default: all of " + ", ".join(methods(16))
+                        + "); 'plain' alone runs greedy, the budget curve and the AUROCs")
     parser.add_argument("--url", help="a server already running (its own flags and defaults apply), instead of starting one")
     parser.add_argument("--seed", type=int, default=1, help="problems and samples (the defaults were learned on seed 0)")
     args = parser.parse_args()
     args.temperatures = [float(t) for t in args.temperatures.split(",")]
     args.only = set(args.only.split(",")) if args.only else None
-    if args.only and args.only - set(methods(args.traces)):
-        parser.error(f"--only: unknown methods {sorted(args.only - set(methods(args.traces)))}")
+    if args.only and args.only - {"plain", *methods(args.traces)}:
+        parser.error(f"--only: unknown methods {sorted(args.only - {'plain', *methods(args.traces)})}")
 
     from entropy_serve.server.process import ServerProcess
 

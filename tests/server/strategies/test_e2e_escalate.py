@@ -35,7 +35,7 @@ def test_a_sure_greedy_answer_is_the_reply(server, client):
     report = response.model_extra["strategy"]
     escalation = report["escalation"]
     assert not escalation["escalated"] and escalation["traces_sampled"] == 0 and escalation["stop_reason"] is None
-    assert escalation["why"].startswith("the greedy answer's answer entropy is at or under 100.0")
+    assert escalation["why"] == f"the greedy answer's {escalation['signal']} entropy is at or under 100.0 nats"
     assert 0.0 <= escalation["greedy_entropy_nats"] <= 100.0
     assert response.choices[0].message.content == plain.choices[0].message.content
     assert response.usage.completion_tokens == escalation["greedy_tokens"] == plain.usage.completion_tokens
