@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,22 +87,29 @@ def load_problems(task: str, num_problems: int, seed: int, levels: tuple[str, ..
     return [TrainingProblem(item.question, item.answer) for item in items[:num_problems]]
 
 
-def read_finished(path: Path, problems: list[TrainingProblem]) -> dict[int, dict]:
-    """Problems already sampled by an earlier run of the same command."""
+def read_records(path: Path, problems: list[TrainingProblem], key: Callable[[dict], Hashable], what: str) -> dict:
+    """key(record) -> record for the requests an earlier run of the same command finished
+    and appended to `path` (sample_to); `what` names them in the error when they answer
+    other problems. A line cut by an interrupt is skipped: that request runs again."""
     if not path.exists():
         return {}
     finished = {}
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by an interrupt: that problem is sampled again
-            logger.warning("%s:%d: unreadable, sampling that problem again", path, number)
+        except json.JSONDecodeError:
+            logger.warning("%s:%d: unreadable, sampling it again", path, number)
             continue
         index = record["index"]
         if index >= len(problems) or record["question"] != problems[index].question:
-            raise ValueError(f"{path} holds samples of other problems (line {number}); use a new --out")
-        finished[index] = record
+            raise ValueError(f"{path} holds {what} of other problems (line {number}); use a new --out")
+        finished[key(record)] = record
     return finished
+
+
+def read_finished(path: Path, problems: list[TrainingProblem]) -> dict[int, dict]:
+    """Problems already sampled by an earlier run of the same command."""
+    return read_records(path, problems, lambda record: record["index"], "samples")
 
 
 def answer_body(config: ServerConfig, problem: TrainingProblem, strategy: ClassStrategy, settings: TrainSettings,
@@ -192,19 +200,7 @@ async def sample_problems(
 
 def read_candidates(path: Path, problems: list[TrainingProblem]) -> dict[tuple[str, int], dict]:
     """(candidate, problem) pairs already answered by an earlier run of the same command."""
-    finished = {}
-    if not path.exists():
-        return finished
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # cut by an interrupt: answered again
-            continue
-        index = record["index"]
-        if index >= len(problems) or record["question"] != problems[index].question:
-            raise ValueError(f"{path} holds answers to other problems; use a new --out")
-        finished[(record["candidate"], index)] = record
-    return finished
+    return read_records(path, problems, lambda record: (record["candidate"], record["index"]), "answers")
 
 
 def table_scores(labels: list[str], normal_records: list[dict], candidates: dict[tuple[str, int], dict]) -> dict:

@@ -34,7 +34,7 @@ from entropy_serve.server.strategies.stopping import (
     consensus_decided,
     lowest_group_confidence,
     stop_threshold,
-    trace_weight,
+    trace_weights,
 )
 from entropy_serve.server.strategies.voting import vote
 from entropy_serve.tasks.answers import equivalent, extract_answer
@@ -143,11 +143,9 @@ def replay_deepconf(problem: ProblemTraces, strategy: DeepConf) -> tuple[str | N
                 answers.append(trace.answer)
                 lowest_of.append(lowest_group_confidence(confidences(trace), strategy.window))
                 tokens += trace.num_tokens
-        weights = [0.0 if c is None else trace_weight(c, "entropy") for c in lowest_of]
-        if consensus_decided(vote(answers, weights=weights).table, strategy.consensus) is not None:
+        if consensus_decided(vote(answers, weights=trace_weights(lowest_of, "entropy")).table, strategy.consensus) is not None:
             break
-    weights = [0.0 if c is None else trace_weight(c, "entropy") for c in lowest_of]
-    return vote(answers, weights=weights).winner, tokens
+    return vote(answers, weights=trace_weights(lowest_of, "entropy")).winner, tokens
 
 
 def score(problems: list[ProblemTraces], answer: Callable[[ProblemTraces], tuple[str | None, int]]) -> Score:

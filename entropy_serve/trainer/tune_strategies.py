@@ -15,7 +15,6 @@ beside the probe (serve --probe DIR then uses both). Order:
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from entropy_serve.calibration import model_fingerprint
 from entropy_serve.server.config import ServerConfig
 from entropy_serve.server.service import running_service
 from entropy_serve.server.strategies.defaults import DEFAULTS_FILE, StrategyDefaults
-from entropy_serve.trainer.probe import TrainingProblem, load_problems, sample_to
+from entropy_serve.trainer.probe import TrainingProblem, load_problems, read_records, sample_to
 from entropy_serve.trainer.strategy_tuning import ProblemTraces, trace_from_choice, tune
 
 TRACES_FILE = "tuning_traces.jsonl"
@@ -60,21 +59,8 @@ def trace_body(config: ServerConfig, problem: TrainingProblem, kind: str, settin
 
 
 def read_traces(path: Path, problems: list[TrainingProblem]) -> dict[tuple[str, int], dict]:
-    """(kind, problem index) -> record, from an earlier run; a line cut by an interrupt is
-    sampled again."""
-    finished = {}
-    if not path.exists():
-        return finished
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        index = record["index"]
-        if index >= len(problems) or record["question"] != problems[index].question:
-            raise ValueError(f"{path} holds traces of other problems; use a new --out")
-        finished[(record["kind"], index)] = record
-    return finished
+    """(kind, problem index) -> record, from an earlier run (probe.read_records)."""
+    return read_records(path, problems, lambda record: (record["kind"], record["index"]), "traces")
 
 
 async def sample_traces(config: ServerConfig, problems: list[TrainingProblem], todo: list[tuple[str, int]],

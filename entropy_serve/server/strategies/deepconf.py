@@ -48,7 +48,7 @@ from entropy_serve.server.strategies.stopping import (
     lowest_group_confidence,
     stop_threshold,
     topk_confidence,
-    trace_weight,
+    trace_weights,
 )
 from entropy_serve.server.strategies.voting import vote
 from entropy_serve.server.submission import Generated, Step
@@ -119,16 +119,11 @@ async def run_deepconf(ctx: StrategyContext, request: SamplingRequest) -> Strate
             lowest_of.append(None if job.key in watch.stopped else lowest(choice))
         metrics.STRATEGY_TRACES_STOPPED.inc(len(watch.stopped))
         num_sampled, num_waves = num_sampled + len(wave), num_waves + 1
-        votes = vote(leaf_answers(plan, leaves), weights=_weights(lowest_of, strategy.confidence), same=same)
+        votes = vote(leaf_answers(plan, leaves), weights=trace_weights(lowest_of, strategy.confidence), same=same)
         reason = consensus_decided(votes.table, strategy.consensus)
     # 4. the confidence-weighted vote.
     details = {"deepconf": _report(strategy, threshold, leaves, num_waves, reason)}
-    return decide(request, plan, len(plan.prompt_token_ids(0)), leaves, details, _weights(lowest_of, strategy.confidence))
-
-
-def _weights(lowest_of: list[float | None], measure: str) -> list[float]:
-    """Each trace's vote weight (a stopped trace's is 0: it has no answer anyway)."""
-    return [0.0 if c is None else trace_weight(c, measure) for c in lowest_of]
+    return decide(request, plan, len(plan.prompt_token_ids(0)), leaves, details, trace_weights(lowest_of, strategy.confidence))
 
 
 def _report(strategy: DeepConf, threshold: float, leaves: list[Leaf], num_waves: int, reason: str | None) -> dict:

@@ -142,6 +142,12 @@ def trace_weight(lowest_confidence: float, measure: str) -> float:
     raise ValueError(f"unknown confidence measure {measure!r}; one of {CONFIDENCE_MEASURES}")
 
 
+def trace_weights(lowest_of: Sequence[float | None], measure: str) -> list[float]:
+    """Each trace's vote weight from its lowest group confidence; a stopped trace (None)
+    weighs 0: it has no answer anyway."""
+    return [0.0 if c is None else trace_weight(c, measure) for c in lowest_of]
+
+
 class TraceWatch:
     """One trace's online check: `add` token confidences as they stream; it returns True
     once the group confidence (mean of the last `window`) falls below `threshold`. No
