@@ -21,6 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from entropy_serve.json_input import MalformedJSON, parse_json
+
 Key = str | int  # a custom_id, or the line number of a line without one
 
 
@@ -61,8 +63,8 @@ def read_input(path: Path) -> list[InputLine]:
             if not text.strip():
                 continue
             try:
-                line = InputLine(number, json.loads(text), None)
-            except json.JSONDecodeError as error:
+                line = InputLine(number, parse_json(text), None)
+            except MalformedJSON as error:
                 line = InputLine(number, None, f"line {number}: not JSON ({error})")
             custom_id = line.custom_id
             if custom_id is not None:

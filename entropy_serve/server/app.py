@@ -23,6 +23,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from entropy_serve.json_input import MalformedJSON, parse_json
 from entropy_serve.server.errors import APIError, BadRequest, ClientDisconnected, Unauthorized, error_body, install_error_handlers
 from entropy_serve.server.middleware import BodySizeLimit, ErrorCounter
 from entropy_serve.server.service import Endpoint, Service, model_card
@@ -89,9 +90,9 @@ async def answer(service: Service, raw: Request, endpoint: Endpoint) -> Response
 
 async def json_body(raw: Request) -> object:
     try:
-        return json.loads(await raw.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise BadRequest(f"malformed JSON body: {error}") from error
+        return parse_json(await raw.body())
+    except MalformedJSON as error:
+        raise BadRequest(f"malformed JSON body: {error}", param=error.field) from None
 
 
 def extension_headers(fields: dict) -> dict[str, str]:

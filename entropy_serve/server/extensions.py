@@ -9,10 +9,11 @@ one registry of strategy names: validation, the model-name prefix and dispatch
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from entropy_serve.json_input import MalformedJSON, parse_json
 
 STRICT = ConfigDict(extra="forbid", strict=True)
 
@@ -207,8 +208,8 @@ def _adaptive_from_string(value: str) -> dict:
     if not value.lstrip().startswith("{"):
         return {"method": value}
     try:
-        return json.loads(value)
-    except json.JSONDecodeError as error:
+        return parse_json(value)
+    except MalformedJSON as error:
         raise ValueError(f"vllm_xargs.adaptive_temperature: not valid JSON ({error})") from error
 
 

@@ -14,12 +14,12 @@ sampler runs the request and what vLLM is asked for is decided later, once, in p
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from entropy_serve.json_input import MalformedJSON, parse_json
 from entropy_serve.server.constraints import (
     NamedToolChoice,
     OutputConstraint,
@@ -245,8 +245,8 @@ class MessageToolCall(BaseModel):
     def for_template(self) -> dict:
         """As chat templates expect it: arguments as an object where they parse as one."""
         try:
-            arguments = json.loads(self.function.arguments)
-        except json.JSONDecodeError:
+            arguments = parse_json(self.function.arguments)
+        except MalformedJSON:
             arguments = self.function.arguments
         return {"id": self.id, "type": "function", "function": {"name": self.function.name, "arguments": arguments}}
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Literal
 from openai.types.chat import ChatCompletionMessageToolCall
 from openai.types.chat.chat_completion_chunk import ChoiceDeltaToolCall
 
+from entropy_serve.json_input import MalformedJSON, decode_prefix, parse_json
 from entropy_serve.server.errors import BadRequest
 
 if TYPE_CHECKING:
@@ -110,8 +111,8 @@ class ToolReader:
 def required_calls(text: str) -> list[ChatCompletionMessageToolCall] | None:
     """`required`'s array [{name, parameters}] as tool calls; None when it does not parse."""
     try:
-        items = json.loads(text)
-    except json.JSONDecodeError:
+        items = parse_json(text)
+    except MalformedJSON:
         return None
     return [tool_call(item["name"], json.dumps(item["parameters"], ensure_ascii=False)) for item in items]
 
@@ -119,15 +120,14 @@ def required_calls(text: str) -> list[ChatCompletionMessageToolCall] | None:
 def complete_items(text: str, start: int) -> tuple[list[dict], int]:
     """The items of a JSON array written so far in `text` that are complete from offset
     `start` on (skipping `[`, commas and whitespace), and the offset after the last one."""
-    decoder = json.JSONDecoder()
     items = []
     position = start
     while True:
         while position < len(text) and text[position] in "[, \n\r\t":
             position += 1
         try:
-            item, end = decoder.raw_decode(text, position)
-        except json.JSONDecodeError:
+            item, end = decode_prefix(text, position)
+        except MalformedJSON:
             return items, position
         items.append(item)
         position = end

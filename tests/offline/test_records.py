@@ -26,6 +26,15 @@ def test_lines_are_keyed_by_custom_id_else_line_number(tmp_path):
     assert lines[2].record_key_fields() == {"custom_id": None, "line": 4}
 
 
+def test_lines_past_the_parsers_bounds_are_error_lines_not_a_crash(tmp_path):
+    path = tmp_path / "in.jsonl"
+    write_lines(path, '{"custom_id": "big", "body": {"n": ' + "1" * 5000 + "}}", "[" * 100_000 + "]" * 100_000, '{"custom_id": "ok"}')
+    lines = read_input(path)
+    assert lines[0].error == "line 1: not JSON (an integer of 5000 digits in 'n'; at most 1000 are accepted)"
+    assert lines[1].error == "line 2: not JSON (nested deeper than 128 levels)"
+    assert lines[2].key == "ok" and lines[2].error is None
+
+
 def test_a_repeated_custom_id_is_refused_before_any_work(tmp_path):
     path = tmp_path / "in.jsonl"
     write_lines(path, '{"custom_id": "a"}', '{"custom_id": "b"}', '{"custom_id": "a"}')

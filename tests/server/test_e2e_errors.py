@@ -127,6 +127,30 @@ def test_malformed_json_is_400(server):
     assert_openai_error(response, 400, "json")
 
 
+BASES = {
+    "/v1/completions": f'"model": "{MODEL}", "prompt": "Hi", "max_tokens": 1',
+    "/v1/chat/completions": f'"model": "{MODEL}", "messages": [{{"role": "user", "content": "Hi"}}], "max_tokens": 1',
+}
+DIGITS = "1" * 5000  # past Python's 4,300-digit int-string limit
+
+
+@pytest.mark.parametrize("path", list(BASES))
+@pytest.mark.parametrize(
+    ("extra", "mentions", "param"),
+    [
+        (f'"n": {DIGITS}', "an integer of 5000 digits in 'n'", "n"),
+        (f'"not_a_field": {{"x": -{DIGITS}}}', "an integer of 5000 digits in 'x'", "x"),
+        ('"not_a_field": ' + "[" * 100_000 + "]" * 100_000, "nested deeper than 128 levels", None),
+        ('"metadata": ' + '{"a": ' * 200 + "1" + "}" * 200, "nested deeper than 128 levels", None),
+    ],
+)
+def test_json_past_the_parsers_bounds_is_400(server, client, path, extra, mentions, param):
+    response = post(server, path, content=f"{{{BASES[path]}, {extra}}}".encode(), headers={"Content-Type": "application/json"})
+    error = assert_openai_error(response, 400, f"malformed JSON body: {mentions}")
+    assert error["param"] == param
+    assert client.completions.create(model=MODEL, prompt="Hi", max_tokens=1).usage.prompt_tokens == 1  # server fine
+
+
 def test_missing_required_field_is_400(server):
     assert_openai_error(post(server, "/v1/completions", json={"model": MODEL}), 400, "prompt")
 

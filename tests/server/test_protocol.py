@@ -153,6 +153,18 @@ def test_chat_content_parts_are_joined():
     ]
 
 
+@pytest.mark.parametrize(
+    ("arguments", "for_template"),
+    [('{"x": 1}', {"x": 1}), ('{"x": ' + "1" * 5000 + "}", None), ("[" * 5000 + "]" * 5000, None), ("{not json", None)],
+)
+def test_tool_call_arguments_go_to_the_template_parsed_else_as_written(arguments, for_template):
+    """A history's arguments too long or deep for the parser stay the string they are, no 500."""
+    message = {"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": arguments}}]}
+    request = ChatCompletionRequest(model="m", messages=[message, {"role": "user", "content": "go on"}])
+    (call,) = request.chat_messages()[0]["tool_calls"]
+    assert call["function"]["arguments"] == (arguments if for_template is None else for_template)
+
+
 def test_strategies_by_object_by_name_and_by_model_prefix():
     fork = completion(strategy={"name": "entropy_fork", "trees": 3, "forks": 1, "branches": 2})
     assert (fork.strategy.trees, fork.strategy.forks, fork.strategy.branches) == (3, 1, 2)

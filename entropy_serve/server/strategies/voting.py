@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from vllm.sampling_params import StructuredOutputsParams
 
+from entropy_serve.json_input import MalformedJSON, parse_json
 from entropy_serve.tasks.answers import equivalent
 
 VOTE_MODES = ("majority", "entropy_weighted")
@@ -43,8 +44,8 @@ def constrained_answer(text: str, params: StructuredOutputsParams) -> str | None
     if params.json is None and not params.json_object:
         return text.strip()
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
+        value = parse_json(text)
+    except MalformedJSON:
         return None
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
