@@ -100,6 +100,12 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--gpu-memory-utilization", type=fraction, default=0.9)
     parser.add_argument("--max-num-seqs", type=positive_int, default=64, help="sequences the engine batches at once")
+    parser.add_argument(
+        "--max-num-batched-tokens",
+        type=positive_int,
+        help="tokens one engine step holds; longer prompts are prefilled in chunks beside other requests "
+        "(default: 512 on CPU, vLLM's on GPU)",
+    )
     parser.add_argument("--num-gpu-blocks-override", type=positive_int, help="KV cache blocks, overriding the sizing (as in vLLM)")
     parser.add_argument(
         "--block-size", type=positive_int, help="KV cache block size in tokens (default: vLLM's); prefix caching reuses whole blocks"
@@ -233,6 +239,7 @@ def server_config(args: argparse.Namespace, **extra):
         enforce_eager=enforce_eager,
         gpu_memory_utilization=args.gpu_memory_utilization,
         max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
         num_gpu_blocks_override=args.num_gpu_blocks_override,
         block_size=args.block_size,
         tensor_parallel_size=args.tensor_parallel_size,

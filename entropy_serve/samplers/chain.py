@@ -6,6 +6,7 @@ Order of operations, per row, equal to the order transformers applies the same w
 1. model entropy H of softmax(logits)  (the model's own uncertainty, reported back)
 1b. the caller's constraint, if any (a grammar mask: the filters below then choose among
    the tokens it allows, as they do after vLLM's own grammar mask)
+1c. repetition, frequency and presence penalties (penalties.py), on rows that have any
 2. temperature: fixed T, or adaptive T(H) (hapo / edt / dynatemp, see temperature.py);
    logits /= T
 3. top-k   (filters.py; transformers' TopKLogitsWarper: ties with the k-th value are kept)
@@ -16,6 +17,10 @@ Order of operations, per row, equal to the order transformers applies the same w
 
 Each step runs only on the rows that enable it: a row with no filter pays for none.
 Filtered tokens become -inf. The caller's logits tensor is modified in place.
+
+Rows with `vllm_order` (the server's plain seeded requests on CPU, which our adapter
+draws for vLLM: samplers/draw.py) take min-p before top-k and top-p instead, the order
+of vLLM's sampler, so their distribution is the one vLLM itself would sample.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import torch
 
 from entropy_serve.samplers.entropy import entropy, entropy_and_self_certainty
 from entropy_serve.samplers.filters import min_p_mask, top_k_mask, top_p_mask
+from entropy_serve.samplers.penalties import TokenHistory, apply_penalties_
 from entropy_serve.samplers.temperature import dynatemp_temperature, edt_temperature, hapo_temperature
 from entropy_serve.samplers.typical import typical_filter_
 
@@ -61,6 +67,10 @@ class SamplerParams:
     top_p: float = 1.0  # 1.0: off
     min_p: float = 0.0  # 0.0: off
     typical_p: float = 1.0  # 1.0: off
+    repetition_penalty: float = 1.0  # 1.0: off
+    frequency_penalty: float = 0.0  # 0.0: off
+    presence_penalty: float = 0.0  # 0.0: off
+    vllm_order: int = 0  # 1: min-p before top-k and top-p, as vLLM's sampler (see the module doc)
 
 
 PARAM_DTYPES = {f.name: torch.int64 if f.type == "int" else torch.float32 for f in fields(SamplerParams)}
@@ -82,6 +92,13 @@ class RowParams:
     top_p: torch.Tensor
     min_p: torch.Tensor
     typical_p: torch.Tensor
+    repetition_penalty: torch.Tensor
+    frequency_penalty: torch.Tensor
+    presence_penalty: torch.Tensor
+    vllm_order: torch.Tensor
+
+    def has_penalties(self) -> bool:
+        return bool(((self.repetition_penalty != 1.0) | (self.frequency_penalty != 0.0) | (self.presence_penalty != 0.0)).any())
 
     @classmethod
     def stack(cls, rows: list[SamplerParams], device: torch.device | None = None) -> RowParams:
@@ -161,16 +178,24 @@ def apply_chain(
     params: RowParams,
     profile: EntropyProfile | None = None,
     constrain: Callable[[torch.Tensor], None] | None = None,
+    history: TokenHistory | None = None,
 ) -> ChainResult:
     """Shape `logits` [rows, vocab] (fp32) in place, following the module's order;
-    `constrain` masks `logits` in place (step 1b)."""
+    `constrain` masks `logits` in place (step 1b); `history` is what penalties read
+    (needed when a row has any)."""
     model_entropy, model_self_certainty = entropy_and_self_certainty(logits)
     if constrain is not None:
         constrain(logits)
+    if params.has_penalties():
+        if history is None:
+            raise ValueError("penalties need the rows' token history")
+        apply_penalties_(logits, history, params.repetition_penalty, params.frequency_penalty, params.presence_penalty)
     temperature = adaptive_temperature(model_entropy, params, profile, logits.shape[-1])
     logits.div_(temperature.unsqueeze(-1))
+    min_p_first = params.vllm_order.bool()
+    _filter_rows(logits, (params.min_p > 0.0) & min_p_first, _masking(min_p_mask), params.min_p)
     _filter_rows(logits, params.top_k > 0, _masking(top_k_mask), params.top_k)
     _filter_rows(logits, params.top_p < 1.0, _masking(top_p_mask), params.top_p)
-    _filter_rows(logits, params.min_p > 0.0, _masking(min_p_mask), params.min_p)
+    _filter_rows(logits, (params.min_p > 0.0) & ~min_p_first, _masking(min_p_mask), params.min_p)
     _filter_rows(logits, params.typical_p < 1.0, typical_filter_, params.typical_p)
     return ChainResult(model_entropy, entropy(logits), temperature, model_self_certainty)

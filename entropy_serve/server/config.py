@@ -20,6 +20,9 @@ class ServerConfig:
     enforce_eager: bool = True
     gpu_memory_utilization: float = 0.9
     max_num_seqs: int = 64
+    # Tokens one engine step holds (vLLM's flag): a longer prompt is prefilled in chunks,
+    # beside the other requests' decoding. None: 512 on CPU (server/engine.py), vLLM's on GPU.
+    max_num_batched_tokens: int | None = None
     num_gpu_blocks_override: int | None = None  # KV cache blocks (vLLM's flag; tests use it)
     # KV cache block size in tokens (None: vLLM's, 128 on CPU); prefix caching reuses whole blocks.
     block_size: int | None = None
@@ -68,6 +71,7 @@ class ServerConfig:
             "max_leaves": self.max_leaves,
             "block_size": self.block_size,
             "max_num_seqs": self.max_num_seqs,
+            "max_num_batched_tokens": self.max_num_batched_tokens,
             "max_tokens_limit": self.max_tokens_limit,
             "max_prompt_tokens": self.max_prompt_tokens,
             "max_model_len": self.max_model_len,

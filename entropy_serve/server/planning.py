@@ -24,6 +24,14 @@ fields; vLLM samples as usual and our adapter never sees the request.
 vLLM's V1 runner applies penalties after custom logits processors, which would make
 the reported sampled entropy wrong, so penalties cannot be combined with our chain.
 
+Seeds, where the adapter draws them (on CPU: engine.py's `seeds_drawn_by_adapter`):
+vLLM gets no seed, and the adapter draws the row's token with the request's seed
+(samplers/draw.py). A seeded OURS row is drawn after our chain; a seeded request with
+none of our fields is SEEDED: vLLM still applies what it applies before logits
+processors (allowed_token_ids, bad_words, min_tokens, logit_bias, structured outputs),
+and our adapter applies the rest of vLLM's sampling in vLLM's order (penalties,
+temperature, min-p, top-k, top-p), then draws. Its entropy is measured, not reported.
+
 A structured-output constraint (constraints.py) is resolved here too: vLLM's own
 `structured_outputs` where vLLM samples (chain VLLM); the grammar's text in the row
 spec where our adapter shapes or measures the row, which applies it after measuring the
@@ -47,7 +55,7 @@ from entropy_serve.samplers.chain import METHODS, EntropyProfile, SamplerParams
 from entropy_serve.server.adapters.spec import RowSpec
 from entropy_serve.server.config import ServerConfig
 from entropy_serve.server.constraints import OutputConstraint
-from entropy_serve.server.engine import EngineHolder
+from entropy_serve.server.engine import EngineHolder, seeds_drawn_by_adapter
 from entropy_serve.server.errors import BadRequest
 from entropy_serve.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
 from entropy_serve.server.rendering import PromptEcho, Renderer
@@ -60,6 +68,7 @@ class Chain(enum.Enum):
     VLLM = "vllm"  # vLLM samples; our adapter never sees the request
     OURS = "ours"  # our adapter shapes the distribution and measures it
     GREEDY = "greedy"  # vLLM takes the argmax; our adapter measures the entropy
+    SEEDED = "seeded"  # a plain seeded request our adapter draws for vLLM (the module doc)
 
 
 @dataclass(frozen=True)
@@ -67,19 +76,34 @@ class SamplerPlan:
     chain: Chain
     params: SamplerParams  # what our chain applies (neutral unless chain is OURS)
     labels: tuple[str, ...]  # the tokens-by-sampler counter's labels
+    draws_seed: bool = False  # the adapter draws with the request's seed; vLLM gets none
+
+    @property
+    def vllm_samples(self) -> bool:
+        """vLLM applies the request's temperature, filters and penalties itself."""
+        return self.chain in (Chain.VLLM, Chain.GREEDY)
+
+    @property
+    def vllm_constrains(self) -> bool:
+        """vLLM applies the request's structured-output constraint itself."""
+        return self.chain in (Chain.VLLM, Chain.SEEDED)
 
 
 def is_greedy(request: SamplingRequest) -> bool:
     return request.temperature is not None and request.temperature < GREEDY_EPS
 
 
-def plan_sampler(request: SamplingRequest, profile: EntropyProfile | None) -> SamplerPlan:
-    """Which chain samples `request`, with what; 400s for what our chain cannot honour."""
+def plan_sampler(request: SamplingRequest, profile: EntropyProfile | None, draws_seeds: bool = False) -> SamplerPlan:
+    """Which chain samples `request`, with what; 400s for what our chain cannot honour.
+    `draws_seeds`: whether the adapter draws seeded requests (see the module doc)."""
     typical = request.typical_p is not None and request.typical_p < 1.0
     adaptive = request.adaptive_temperature
     labels = (("typical",) if typical else ()) + ((adaptive.method,) if adaptive is not None else ())
     labels = labels or ("vllm",)
+    draws_seed = draws_seeds and request.seed is not None and not is_greedy(request)
     if not (typical or adaptive is not None or request.return_entropy):
+        if draws_seed:
+            return SamplerPlan(Chain.SEEDED, vllm_sampling(request), labels, draws_seed=True)
         return SamplerPlan(Chain.VLLM, SamplerParams(), labels)
     constraints = request.token_constraints()
     if constraints:
@@ -105,13 +129,9 @@ def plan_sampler(request: SamplingRequest, profile: EntropyProfile | None) -> Sa
             "`entropy-serve calibrate --model ... --out PROFILE.json` and serve with --entropy-profile",
             param="adaptive_temperature",
         )
-    # vLLM's defaults where the request leaves a field out (temperature 1, filters off).
     temperature = 1.0 if request.temperature is None else request.temperature
     fields = dict(
-        temperature=temperature,
-        top_k=max(request.top_k or 0, 0),
-        top_p=1.0 if request.top_p is None else request.top_p,
-        min_p=request.min_p or 0.0,
+        **_filters(request),
         typical_p=1.0 if request.typical_p is None else request.typical_p,
     )
     if adaptive is not None:
@@ -124,30 +144,53 @@ def plan_sampler(request: SamplingRequest, profile: EntropyProfile | None) -> Sa
             dynatemp_max=temperature + adaptive.range,
             dynatemp_exponent=adaptive.exponent,
         )
-    return SamplerPlan(Chain.OURS, SamplerParams(**fields), labels)
+    return SamplerPlan(Chain.OURS, SamplerParams(**fields), labels, draws_seed=draws_seed)
+
+
+def _filters(request: SamplingRequest) -> dict:
+    """Temperature and filters, vLLM's defaults where the request leaves a field out."""
+    return dict(
+        temperature=1.0 if request.temperature is None else request.temperature,
+        top_k=max(request.top_k or 0, 0),
+        top_p=1.0 if request.top_p is None else request.top_p,
+        min_p=request.min_p or 0.0,
+    )
+
+
+def vllm_sampling(request: SamplingRequest) -> SamplerParams:
+    """vLLM's own sampling of `request` as our chain's parameters, in vLLM's order (a
+    SEEDED row: the module doc)."""
+    return SamplerParams(
+        **_filters(request),
+        repetition_penalty=1.0 if request.repetition_penalty is None else request.repetition_penalty,
+        frequency_penalty=request.frequency_penalty or 0.0,
+        presence_penalty=request.presence_penalty or 0.0,
+        vllm_order=1,
+    )
 
 
 def engine_sampling_params(
     request: SamplingRequest, sampler: SamplerPlan, max_tokens: int, constraint: OutputConstraint | None = None
 ) -> SamplingParams:
     """vLLM's parameters for `request`, built once: temperature and filters are vLLM's
-    own only where our chain does not apply them, and so is the constraint."""
-    vllm_samples = sampler.chain is not Chain.OURS
+    own only where our chain does not apply them, and so is the constraint; the seed is
+    vLLM's only where our adapter does not draw with it."""
+    vllm_samples = sampler.vllm_samples
     optional = {
         "temperature": request.temperature if vllm_samples else 1.0,
         "top_p": request.top_p if vllm_samples else 1.0,
         "top_k": request.top_k if vllm_samples else 0,
         "min_p": request.min_p if vllm_samples else 0.0,
-        "presence_penalty": request.presence_penalty,
-        "frequency_penalty": request.frequency_penalty,
-        "repetition_penalty": request.repetition_penalty,
+        "presence_penalty": request.presence_penalty if vllm_samples else 0.0,
+        "frequency_penalty": request.frequency_penalty if vllm_samples else 0.0,
+        "repetition_penalty": request.repetition_penalty if vllm_samples else 1.0,
     }
     try:
         return SamplingParams(
             n=request.n,
             max_tokens=max_tokens,
             stop=request.stop_sequences(),
-            seed=request.seed,
+            seed=None if sampler.draws_seed else request.seed,
             min_tokens=request.min_tokens,
             ignore_eos=request.ignore_eos,
             logprobs=request.num_top_logprobs(),
@@ -155,7 +198,7 @@ def engine_sampling_params(
             logit_bias={int(token): bias for token, bias in request.logit_bias.items()} if request.logit_bias else None,
             allowed_token_ids=request.allowed_token_ids,
             bad_words=request.bad_words,
-            structured_outputs=constraint.params if constraint and sampler.chain is Chain.VLLM else None,
+            structured_outputs=constraint.params if constraint and sampler.vllm_constrains else None,
             # vLLM's tool parsers need the special tokens some models mark their calls with.
             skip_special_tokens=not (isinstance(request, ChatCompletionRequest) and request.tool_mode() == "auto"),
             extra_args=request.vllm_xargs,
@@ -208,7 +251,7 @@ class RequestPlan:
 
     @property
     def measures_entropy(self) -> bool:
-        return self.sampler.chain is not Chain.VLLM
+        return self.sampler.chain in (Chain.OURS, Chain.GREEDY)
 
     def prompt_token_ids(self, prompt_index: int) -> list[int]:
         return next(job.token_ids for job in self.jobs if job.prompt_index == prompt_index)
@@ -221,10 +264,15 @@ class RequestPlan:
 class Planner:
     """Plans requests against the running engine (tokenizer, context length) and the config."""
 
-    def __init__(self, config: ServerConfig, engine: EngineHolder, profile: EntropyProfile | None):
+    def __init__(
+        self, config: ServerConfig, engine: EngineHolder, profile: EntropyProfile | None, draws_seeds: bool | None = None
+    ):
+        """`draws_seeds`: whether our adapter draws seeded requests (default: where the
+        engine needs it, engine.seeds_drawn_by_adapter)."""
         self.config = config
         self.engine = engine
         self.profile = profile
+        self.draws_seeds = seeds_drawn_by_adapter() if draws_seeds is None else draws_seeds
         self.renderer = Renderer(engine)
         self.render = self.renderer.render
 
@@ -232,7 +280,7 @@ class Planner:
         """Either endpoint's request."""
         if request.strategy is None and request.n > self.config.max_n:  # a strategy's samples: --max-leaves
             raise BadRequest(f"n: at most {self.config.max_n} is allowed, got {request.n}", param="n")
-        sampler = plan_sampler(request, self.profile)
+        sampler = plan_sampler(request, self.profile, self.draws_seeds)
         constraint = checked_constraint(request)
         grammar = self._grammar(sampler, constraint)
         prompts = self.render(request)
@@ -243,7 +291,9 @@ class Planner:
         max_tokens = self.resolve_max_tokens(1 if echo_only else request.requested_max_tokens(), longest)
         params = engine_sampling_params(request, sampler, max_tokens, constraint)
         request_id = f"{'chatcmpl' if isinstance(request, ChatCompletionRequest) else 'cmpl'}-{uuid.uuid4().hex}"
-        jobs = [job for p, ids in enumerate(prompts) for job in self._jobs(sampler, request_id, p, ids, params, grammar)]
+        jobs = [
+            job for p, ids in enumerate(prompts) for job in self._jobs(sampler, request_id, p, ids, params, request.seed, grammar)
+        ]
         plan = self._plan(request, request_id, jobs, len(prompts), sampler, constraint)
         return dataclasses.replace(
             plan,
@@ -266,7 +316,7 @@ class Planner:
         each continuation gets what its prefix left of them. Prefix p's samples are
         seeded seeds[p] + i."""
         self.engine.require_engine()
-        sampler = plan_sampler(request, self.profile)
+        sampler = plan_sampler(request, self.profile, self.draws_seeds)
         constraint = checked_constraint(request)
         grammar = self._grammar(sampler, constraint)
         if constraint is not None and grammar is None:
@@ -280,7 +330,7 @@ class Planner:
             budget = self.resolve_max_tokens(max_tokens - len(prefix), len(token_ids))
             owed = request.model_copy(update={"seed": seed, "min_tokens": max(0, request.min_tokens - len(prefix))})
             params = engine_sampling_params(owed, sampler, budget, constraint)
-            jobs += self._jobs(sampler, request_id, p, token_ids, params, grammar, grammar_prefix=prefix)
+            jobs += self._jobs(sampler, request_id, p, token_ids, params, seed, grammar, grammar_prefix=prefix)
         return self._plan(request, request_id, jobs, len(prefixes), sampler, constraint)
 
     # -- bounds and jobs -------------------------------------------------------------
@@ -313,7 +363,7 @@ class Planner:
         so a constraint no grammar can hold is the same 400 naming its field on every chain."""
         if constraint is None:
             return None
-        if sampler.chain is Chain.VLLM:
+        if sampler.vllm_constrains:
             if constraint.params.structural_tag is None:
                 constraint.grammar_text()
             return None
@@ -326,12 +376,14 @@ class Planner:
         p: int,
         token_ids: list[int],
         params: SamplingParams,
+        seed: int | None,
         grammar: str | None = None,
         grammar_prefix: list[int] | None = None,
     ) -> list[EngineJob]:
-        """Prompt p's engine jobs: one, or one per sample when our adapter measures n > 1.
-        `grammar_prefix`: tokens of the prompt the grammar must accept first (a
-        continuation's prefix of an output it already constrained)."""
+        """Prompt p's engine jobs: one, or one per sample when our adapter sees the rows
+        (sample i seeded seed + i, as vLLM seeds n > 1). `grammar_prefix`: tokens of the
+        prompt the grammar must accept first (a continuation's prefix of an output it
+        already constrained)."""
         if sampler.chain is Chain.VLLM:
             return [EngineJob(prompt_index=p, first_sample=0, token_ids=token_ids, params=params, key=f"{request_id}-{p}-0")]
         jobs = []
@@ -339,10 +391,11 @@ class Planner:
             key = f"{request_id}-{p}-{i}"
             spec = RowSpec(
                 key=key,
-                shape=sampler.chain is Chain.OURS,
+                shape=sampler.chain in (Chain.OURS, Chain.SEEDED),
                 params=sampler.params,
                 grammar=grammar,
                 grammar_prefix=list(grammar_prefix or ()) if grammar else [],
+                seed=seed + i if sampler.draws_seed else None,
             )
             job_params = copy.copy(params)  # SamplingParams is a msgspec Struct: copy, then set
             job_params.n = 1

@@ -34,8 +34,9 @@ def request(**fields) -> CompletionRequest:
     return CompletionRequest(model="m", prompt="p", **fields)
 
 
-def plan(req: CompletionRequest, profile: EntropyProfile | None = PROFILE):
-    return Planner(ServerConfig(model="m", served_model_name="m"), FakeEngine(), profile).plan(req)
+def plan(req: CompletionRequest, profile: EntropyProfile | None = PROFILE, draws_seeds: bool = False):
+    """As on GPU (vLLM draws seeds) unless `draws_seeds`, as on CPU."""
+    return Planner(ServerConfig(model="m", served_model_name="m"), FakeEngine(), profile, draws_seeds).plan(req)
 
 
 def specs(req: CompletionRequest) -> list[RowSpec]:
@@ -96,6 +97,45 @@ def test_n_samples_of_ours_are_one_job_each_with_seeds_and_choice_indices():
     assert [planned.choice_index(j.prompt_index, j.first_sample) for j in planned.jobs] == list(range(6))
     vllm_plan = plan(req.model_copy(update={"return_entropy": False}))
     assert [(j.params.n, j.params.seed) for j in vllm_plan.jobs] == [(3, 10), (3, 10)]
+
+
+def test_where_the_adapter_draws_seeds_vllm_gets_none():
+    req = CompletionRequest(model="m", prompt=["a", "bc"], n=2, seed=10, return_entropy=True, temperature=0.7)
+    planned = plan(req, draws_seeds=True)
+    assert [j.params.seed for j in planned.jobs] == [None] * 4
+    assert [RowSpec.from_extra_args(j.params.extra_args).seed for j in planned.jobs] == [10, 11, 10, 11]
+    greedy = plan(req.model_copy(update={"temperature": 0.0, "n": 1}), draws_seeds=True)  # a seed changes nothing: no draw
+    assert [RowSpec.from_extra_args(j.params.extra_args).seed for j in greedy.jobs] == [None] * 2
+
+
+def test_a_plain_seeded_request_is_drawn_by_the_adapter_with_vllms_sampling():
+    fields = dict(seed=5, n=2, temperature=0.8, top_p=0.9, top_k=7, min_p=0.05, frequency_penalty=0.4, presence_penalty=0.2,
+                  repetition_penalty=1.1, logit_bias={"3": 2.0})  # fmt: skip
+    req = request(**fields)
+    sampler = plan_sampler(req, PROFILE, draws_seeds=True)
+    assert (sampler.chain, sampler.labels, sampler.draws_seed) == (Chain.SEEDED, ("vllm",), True)
+    planned = plan(req, draws_seeds=True)
+    assert not planned.measures_entropy
+    for i, job in enumerate(planned.jobs):
+        params = job.params
+        assert (params.n, params.seed, params.temperature, params.top_p, params.top_k, params.min_p) == (1, None, 1.0, 1.0, 0, 0.0)
+        assert (params.frequency_penalty, params.presence_penalty, params.repetition_penalty) == (0.0, 0.0, 1.0)
+        assert params.logit_bias == {3: 2.0}  # vLLM applies it before our adapter, as it would anyway
+        assert RowSpec.from_extra_args(params.extra_args) == RowSpec(
+            key=job.key, shape=True, seed=5 + i,
+            params=SamplerParams(temperature=0.8, top_k=7, top_p=0.9, min_p=0.05, repetition_penalty=1.1,
+                                 frequency_penalty=0.4, presence_penalty=0.2, vllm_order=1),
+        )  # fmt: skip
+    unseeded = plan(req.model_copy(update={"seed": None}), draws_seeds=True)
+    assert plan_sampler(req.model_copy(update={"seed": None}), PROFILE, True).chain is Chain.VLLM
+    assert [(j.params.n, j.params.temperature) for j in unseeded.jobs] == [(2, 0.8)]
+
+
+def test_a_seeded_constraint_stays_with_vllm_where_the_adapter_draws():
+    req = request(seed=1, response_format={"type": "json_object"})
+    (job,) = plan(req, draws_seeds=True).jobs
+    assert job.params.structured_outputs is not None
+    assert RowSpec.from_extra_args(job.params.extra_args).grammar is None
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,8 @@
    gathered copy written back in place (the other rows' logits are never touched), or
    on the logits themselves when every row is ours; a row with a grammar is masked
    inside the chain, after its model entropy is measured (grammar.py);
+1b. shaped rows with a seed get their token drawn here, with that seed
+   (samplers/draw.py): the row becomes one finite logit, which vLLM then samples;
 2. the other rows of ours (greedy ones: vLLM takes their argmax) get their model
    entropy measured, then their grammar mask, if any, so vLLM's argmax obeys it; their
    sampled distribution is one-hot (entropy 0, temperature 0);
@@ -19,15 +21,18 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
 
 from entropy_serve.samplers.chain import HAPO, EntropyProfile, RowParams, apply_chain
+from entropy_serve.samplers.draw import draw_
 from entropy_serve.samplers.entropy import entropy_and_self_certainty
 from entropy_serve.server.adapters.spec import RowSpec
 
 if TYPE_CHECKING:
+    from entropy_serve.samplers.penalties import TokenHistory
     from entropy_serve.server.adapters.channel import EntropyPublisher, Record
 
 # This runs in vLLM's engine process, where only vLLM's logger tree has handlers.
@@ -47,6 +52,10 @@ class RowPlan:
         self.shaped_rows = torch.tensor([rows[i] for i in shaped], dtype=torch.int64, device=device)
         self.shaped_specs = [specs[i] for i in shaped]
         self.shaped_params = RowParams.stack([s.params for s in self.shaped_specs], device) if shaped else None
+        self.shaped_penalized = self.shaped_params is not None and self.shaped_params.has_penalties()
+        # positions in shaped_rows of the rows the adapter draws, and their seeds
+        self.seeded_index = [j for j, s in enumerate(self.shaped_specs) if s.seed is not None]
+        self.seeds = [self.shaped_specs[j].seed for j in self.seeded_index]
         self.greedy_rows = torch.tensor([rows[i] for i in measured], dtype=torch.int64, device=device)
         self.greedy_specs = [specs[i] for i in measured]
 
@@ -58,9 +67,11 @@ def process_rows(
     publisher: EntropyPublisher,
     profile: EntropyProfile | None,
     bitmask: torch.Tensor | None = None,
+    history: Callable[[list[int]], TokenHistory] | None = None,
 ) -> torch.Tensor:
     """Shape and measure our rows of `logits` [batch, vocab] in place; `positions`: row ->
-    output index; `bitmask`: grammar masks [len(plan.specs), words], in plan.specs' order."""
+    output index; `bitmask`: grammar masks [len(plan.specs), words], in plan.specs' order;
+    `history`: batch rows -> their TokenHistory, for rows with penalties."""
     records: list[Record] = []
     if bitmask is not None:
         from entropy_serve.server.adapters.grammar import apply_bitmask
@@ -73,13 +84,22 @@ def process_rows(
         if bitmask is not None:
             shaped_mask = bitmask[plan.shaped_index]
             constrain = lambda rows: apply_bitmask(rows, shaped_mask)  # noqa: E731
-        result = apply_chain(sub, plan.shaped_params, profile, constrain)
+        shaped_rows = plan.shaped_rows.tolist()
+        if plan.shaped_penalized and history is None:
+            raise ValueError("this adapter cannot apply penalties (it has no token history)")
+        tokens = history(shaped_rows) if plan.shaped_penalized else None
+        result = apply_chain(sub, plan.shaped_params, profile, constrain, tokens)
+        if plan.seeded_index:
+            seeded = torch.tensor(plan.seeded_index, dtype=torch.int64, device=sub.device)
+            drawn = sub.index_select(0, seeded)
+            draw_(drawn, plan.seeds, [positions[shaped_rows[j]] for j in plan.seeded_index])
+            sub.index_copy_(0, seeded, drawn)
         if not every_row:
             logits.index_copy_(0, plan.shaped_rows, sub.to(logits.dtype))
         values = torch.stack(
             [result.model_entropy, result.sampled_entropy, result.temperature, result.model_self_certainty], dim=-1
         ).tolist()
-        for row, spec, (h_model, h_sampled, t, certainty) in zip(plan.shaped_rows.tolist(), plan.shaped_specs, values):
+        for row, spec, (h_model, h_sampled, t, certainty) in zip(shaped_rows, plan.shaped_specs, values):
             records.append((spec.key, positions[row], h_model, h_sampled, t, certainty))
     if plan.greedy_specs:
         every_row = len(plan.greedy_specs) == logits.shape[0]

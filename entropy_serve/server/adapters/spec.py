@@ -25,6 +25,7 @@ class RowSpec:
     params: SamplerParams = SamplerParams()
     grammar: str | None = None  # xgrammar EBNF the row's output must match (adapters/grammar.py)
     grammar_prefix: list[int] = field(default_factory=list)  # prompt tokens the grammar accepts first
+    seed: int | None = None  # the adapter draws the row's token with this seed (samplers/draw.py); shaped rows only
 
     def to_extra_args(self) -> dict:
         return {EXTRA_ARGS_KEY: asdict(self)}

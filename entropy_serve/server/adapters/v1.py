@@ -13,6 +13,7 @@ import torch
 from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
+from entropy_serve.samplers.penalties import TokenHistory
 from entropy_serve.server.adapters.channel import EntropyPublisher
 from entropy_serve.server.adapters.grammar import GrammarRows
 from entropy_serve.server.adapters.rows import RowPlan, process_rows, warm_up
@@ -26,8 +27,8 @@ class EntropyLogitsProcessorV1(LogitsProcessor):
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool) -> None:
         self.device = device
-        # batch row -> (spec, the request's live list of output token ids)
-        self.rows: dict[int, tuple[RowSpec, list[int]]] = {}
+        # batch row -> (spec, the request's live list of output token ids, its prompt's ids)
+        self.rows: dict[int, tuple[RowSpec, list[int], list[int] | None]] = {}
         self.publisher = EntropyPublisher()
         self.profile = profile_from_env()  # the server's, fixed for the engine's life
         self.plan: RowPlan | None = None
@@ -46,12 +47,12 @@ class EntropyLogitsProcessorV1(LogitsProcessor):
             removed = self.rows.pop(index, None)
             if removed is not None and self.grammars is not None:
                 self.grammars.forget(removed[0].key)
-        for index, params, _prompt_ids, output_ids in batch_update.added:
+        for index, params, prompt_ids, output_ids in batch_update.added:
             spec = RowSpec.from_extra_args(params.extra_args)
             if spec is None:
                 self.rows.pop(index, None)
             else:
-                self.rows[index] = (spec, output_ids)
+                self.rows[index] = (spec, output_ids, prompt_ids)
         for source, target, direction in batch_update.moved:
             moving = self.rows.pop(source, None)
             replaced = self.rows.pop(target, None)
@@ -68,8 +69,15 @@ class EntropyLogitsProcessorV1(LogitsProcessor):
             rows = sorted(self.rows)
             self.plan = RowPlan(rows, [self.rows[r][0] for r in rows], self.device)
         # The token sampled now lands at index len(output ids so far).
-        positions = {row: len(output_ids) for row, (_, output_ids) in self.rows.items()}
+        positions = {row: len(output_ids) for row, (_, output_ids, _) in self.rows.items()}
         bitmask = None
         if self.grammars is not None:
             bitmask = self.grammars.bitmask(self.plan.specs, [self.rows[r][1] for r in self.plan.rows])
-        return process_rows(logits, self.plan, positions, self.publisher, self.profile, bitmask)
+        history = lambda rows: self._history(rows, logits.shape[-1])  # noqa: E731
+        return process_rows(logits, self.plan, positions, self.publisher, self.profile, bitmask, history)
+
+    def _history(self, rows: list[int], vocab_size: int) -> TokenHistory:
+        """What penalties read for batch `rows` (built only on steps with a penalized row)."""
+        prompts = [self.rows[r][2] or () for r in rows]
+        outputs = [self.rows[r][1] for r in rows]
+        return TokenHistory.of(prompts, outputs, vocab_size, self.device)

@@ -13,6 +13,8 @@ from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext
 
 from entropy_serve.samplers.chain import EDT, EntropyProfile, RowParams, SamplerParams, apply_chain
+from entropy_serve.samplers.draw import draw_
+from entropy_serve.samplers.penalties import TokenHistory
 from entropy_serve.server.adapters.spec import RowSpec
 from entropy_serve.server.adapters.v1 import EntropyLogitsProcessorV1
 from entropy_serve.server.adapters.v2 import EntropyLogitsProcessorV2
@@ -104,6 +106,26 @@ def test_v1_batch_of_only_our_rows_is_shaped_in_place():
     assert [r[0] for r in processor.publisher.records] == ["edt", "typical", "min_p"]
 
 
+def test_v1_seeded_rows_are_drawn_with_their_penalties_and_seed():
+    """A SEEDED row (planning.py): penalties from its prompt and output, vLLM's order,
+    then one finite logit at the token the seed draws at its position."""
+    seeded = RowSpec(key="seeded", shape=True, seed=7,
+                     params=SamplerParams(temperature=0.8, repetition_penalty=1.5, presence_penalty=0.5, vllm_order=1))  # fmt: skip
+    processor = v1_processor()
+    prompt, output = [3, 4], [5, 5, 6]
+    processor.update_state(update(added=[(0, params(TYPICAL), [1], []), (1, params(seeded), prompt, output)], size=2))
+    batch = logits(2, seed=4)
+    out = processor.apply(batch.clone())
+
+    expected = batch[[1]].clone()
+    apply_chain(expected, RowParams.stack([seeded.params]), history=TokenHistory.of([prompt], [output], VOCAB))
+    token = draw_(expected.clone(), [7], [len(output)])[0]
+    assert out[1].isfinite().sum() == 1 and out[1].argmax() == token
+    assert out[0].equal(expected_rows(batch[[0]], [TYPICAL])[0][0])  # the other row shaped as ever
+    (record,) = [r for r in processor.publisher.records if r[0] == "seeded"]
+    assert record[1] == len(output)
+
+
 def test_v1_remove_then_add_then_move_and_swap():
     processor = v1_processor()
     processor.update_state(update(added=[(0, params(TYPICAL), [1], []), (1, params(MIN_P), [1], []), (2, params(GREEDY), [1], [])]))
@@ -116,7 +138,7 @@ def test_v1_remove_then_add_then_move_and_swap():
             moved=[(2, 0, MoveDirectionality.UNIDIRECTIONAL), (0, 1, MoveDirectionality.SWAP)],
         )
     )
-    assert {row: spec.key for row, (spec, _) in processor.rows.items()} == {1: "greedy", 0: "min_p"}
+    assert {row: spec.key for row, (spec, *_) in processor.rows.items()} == {1: "greedy", 0: "min_p"}
     batch = logits(4, seed=1)
     out = processor.apply(batch.clone())
     shaped, _ = expected_rows(batch[[0]], [MIN_P])
