@@ -21,13 +21,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV), help=f"require this bearer key on /v1 (env {API_KEY_ENV})")
     parser.add_argument("--max-body-bytes", type=positive_int, default=4 * 1024 * 1024)
+    parser.add_argument(
+        "--drain-timeout-s",
+        type=non_negative_float,
+        default=30.0,
+        help="on SIGTERM, seconds in-flight requests may finish before they are ended with an error",
+    )
     add_answering_flags(parser)
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from entropy_serve.server.app import create_app
+    from entropy_serve.server.drain import CUT_GRACE_S, DRAIN_CUT_EXIT, Drain, DrainingServer
     from entropy_serve.server.service import Service
 
     config = server_config(
@@ -36,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         api_key=args.api_key or None,
         max_body_bytes=args.max_body_bytes,
+        drain_timeout_s=args.drain_timeout_s,
         **answering_settings(args),
     )
     server: uvicorn.Server | None = None
@@ -45,21 +60,28 @@ def run(args: argparse.Namespace) -> int:
         asyncio.get_running_loop().call_later(DEAD_EXIT_DELAY_S, setattr, server, "should_exit", True)
 
     service = Service(config, on_dead=stop_on_engine_death)
-    server = uvicorn.Server(
+    drain = Drain(config.drain_timeout_s)
+    server = DrainingServer(
         uvicorn.Config(
-            create_app(service),
+            create_app(service, drain),
             host=config.host,
             port=config.port,
             log_level=args.log_level,
-            timeout_graceful_shutdown=int(config.shutdown_timeout_s),
-        )
+            # Our drain has answered every request by the time uvicorn shuts down.
+            timeout_graceful_shutdown=int(CUT_GRACE_S),
+        ),
+        drain,
     )
-    # uvicorn drains in-flight requests on SIGTERM/SIGINT, restores the handlers it found,
-    # then re-raises the signal. A drained shutdown is a clean exit: make those no-ops.
+    # uvicorn restores the signal handlers it found after shutting down, then re-raises
+    # the signal. A drained shutdown is a clean exit: make those no-ops.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
     server.run()
     if service.engine.failure:
         print(f"entropy-serve: {service.engine.failure}", file=sys.stderr)
         return 1
+    if drain.cut:
+        print(f"entropy-serve: the drain ran out after {config.drain_timeout_s:g} s; open requests were ended", file=sys.stderr)
+        return DRAIN_CUT_EXIT
     return 0
+

@@ -17,13 +17,14 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from entropy_serve.json_input import MalformedJSON, parse_json
+from entropy_serve.server.drain import Drain, Ticket
 from entropy_serve.server.errors import APIError, BadRequest, ClientDisconnected, Unauthorized, error_body, install_error_handlers
 from entropy_serve.server.middleware import BodySizeLimit, ErrorCounter
 from entropy_serve.server.service import Endpoint, Service, model_card
@@ -34,8 +35,10 @@ logger = logging.getLogger(__name__)
 SSE_DONE = "data: [DONE]\n\n"
 
 
-def create_app(service: Service) -> FastAPI:
+def create_app(service: Service, drain: Drain | None = None) -> FastAPI:
+    """The app; `drain` is SIGTERM's (commands/serve.py), a new one where not given."""
     config, engine = service.config, service.engine
+    drain = drain or Drain(config.drain_timeout_s)
 
     async def lifespan(_: FastAPI):
         tasks = [asyncio.create_task(service.start()), asyncio.create_task(engine.watch())]
@@ -52,6 +55,9 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/health")
     async def health() -> Response:
+        if drain.draining:
+            message = f"draining: shutting down, {drain.num_in_flight} request(s) in flight"
+            return JSONResponse(error_body(503, message, "service_unavailable"), status_code=503)
         if engine.ready:
             return JSONResponse({"status": "ok"})
         message = engine.failure or f"the engine is {engine.state.value}"
@@ -69,23 +75,31 @@ def create_app(service: Service) -> FastAPI:
 
     @router.post("/completions")
     async def completions(raw: Request) -> Response:
-        return await answer(service, raw, Endpoint.COMPLETIONS)
+        return await answer(service, drain, raw, Endpoint.COMPLETIONS)
 
     @router.post("/chat/completions")
     async def chat_completions(raw: Request) -> Response:
-        return await answer(service, raw, Endpoint.CHAT_COMPLETIONS)
+        return await answer(service, drain, raw, Endpoint.CHAT_COMPLETIONS)
 
     app.include_router(router)
     return app
 
 
-async def answer(service: Service, raw: Request, endpoint: Endpoint) -> Response:
-    """Parse, call, serialize."""
-    reply = await until_disconnected(raw, service.answer(await json_body(raw), endpoint))
-    if isinstance(reply, ChunkStream):
-        return StreamingResponse(sse_events(reply), media_type="text/event-stream", headers=extension_headers(reply.extensions))
-    body = reply.model_dump(exclude_unset=True)
-    return JSONResponse(body, headers=extension_headers(body))
+async def answer(service: Service, drain: Drain, raw: Request, endpoint: Endpoint) -> Response:
+    """Parse, call, serialize; in flight for the drain until answered (a stream: until its
+    last event)."""
+    ticket = drain.enter()
+    try:
+        reply = await until_disconnected(raw, drain.until_cut(service.answer(await json_body(raw), endpoint)))
+        if isinstance(reply, ChunkStream):
+            events = sse_events(drain.cut_short(reply), ticket)
+            ticket = None  # the stream releases it
+            return StreamingResponse(events, media_type="text/event-stream", headers=extension_headers(reply.extensions))
+        body = reply.model_dump(exclude_unset=True)
+        return JSONResponse(body, headers=extension_headers(body))
+    finally:
+        if ticket is not None:
+            ticket.release()
 
 
 async def json_body(raw: Request) -> object:
@@ -106,19 +120,22 @@ def extension_headers(fields: dict) -> dict[str, str]:
     }
 
 
-async def sse_events(stream: ChunkStream) -> AsyncIterator[str]:
+async def sse_events(stream: AsyncIterable, ticket: Ticket | None = None) -> AsyncIterator[str]:
+    """Server-sent events of `stream`'s chunks, then [DONE]; an error ends it with an error
+    event instead. `ticket`: released when the last event is out."""
     try:
         async for chunk in stream:
             yield f"data: {chunk.model_dump_json(exclude_unset=True)}\n\n"
+        yield SSE_DONE
     except APIError as error:
         logger.warning("stream ended with an error: %s", error.message)
         yield sse_error(error_body(error.status_code, error.message, error.error_type, error.param, error.code))
-        return
     except Exception as error:
         logger.exception("stream ended with an unexpected error")
         yield sse_error(error_body(500, f"internal error: {type(error).__name__}", "server_error"))
-        return
-    yield SSE_DONE
+    finally:
+        if ticket is not None:
+            ticket.release()
 
 
 def sse_error(body: dict) -> str:

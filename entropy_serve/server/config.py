@@ -61,8 +61,9 @@ class ServerConfig:
     max_leaves: int = 64  # samples one strategy request may generate (entropy_fork: M * (1 + N * B))
     max_tokens_limit: int | None = None
     max_prompt_tokens: int | None = None
-    # Seconds SIGTERM waits for in-flight requests before closing them.
-    shutdown_timeout_s: float = 30.0
+    # Seconds SIGTERM's drain waits for in-flight requests before ending them with an
+    # error (server/drain.py).
+    drain_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         positive = {
