@@ -50,6 +50,7 @@ from entropy_serve import host
 from entropy_serve.server import metrics
 from entropy_serve.server.config import ServerConfig
 from entropy_serve.server.errors import EngineUnavailable
+from entropy_serve.server.grammar_warmup import GrammarWarmup
 
 logger = logging.getLogger(__name__)
 
@@ -204,6 +205,7 @@ class EngineHolder:
         self.facts: EngineFacts | None = None
         self.failure: str | None = None
         self._watched: list[AsyncLLM] = []
+        self.grammars = GrammarWarmup()  # grammars compiled in this engine's workers (grammar_warmup.py)
 
     @property
     def state(self) -> EngineState:

@@ -38,6 +38,10 @@ SAMPLING_TEMPERATURE = Histogram(
     "Temperature each token was sampled at (0: greedy; requests with return_entropy).",
     buckets=TEMPERATURE_BUCKETS,
 )
+ENTROPY_STORE_KEYS = Gauge(
+    "entropy_serve_entropy_store_keys",
+    "Engine requests whose entropy records the server holds now (0 when idle: a growing value is a leak).",
+)
 ENTROPY_RECORDS = Counter(
     "entropy_serve_entropy_records",
     "Per-token entropy records received from the engine: one per measured token (more: a rank published twice).",

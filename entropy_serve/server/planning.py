@@ -227,6 +227,7 @@ class EngineJob:
     token_ids: list[int]
     params: SamplingParams
     key: str  # engine request id, and the key its entropies are published under
+    grammar: str | None = None  # the grammar our adapter constrains it with (compiled before submission)
 
 
 @dataclass(frozen=True)
@@ -401,7 +402,7 @@ class Planner:
             job_params.n = 1
             job_params.seed = None if params.seed is None else params.seed + i
             job_params.extra_args = {**(params.extra_args or {}), **spec.to_extra_args()}
-            jobs.append(EngineJob(prompt_index=p, first_sample=i, token_ids=token_ids, params=job_params, key=key))
+            jobs.append(EngineJob(prompt_index=p, first_sample=i, token_ids=token_ids, params=job_params, key=key, grammar=grammar))
         return jobs
 
     def _plan(

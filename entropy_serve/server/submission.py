@@ -89,9 +89,13 @@ async def stream(engine: EngineHolder, store: EntropyStore, plan: RequestPlan) -
     first_token_at: float | None = None
     unfinished = {job.key for job in plan.jobs}
     num_streamed: dict[tuple[str, int], int] = {}  # (job, vLLM's sample index) -> tokens so far
+    if plan.measures_entropy:
+        for job in plan.jobs:
+            store.open(job.key)
     streams = [llm.generate({"prompt_token_ids": job.token_ids}, job.params, job.key) for job in plan.jobs]
     metrics.REQUESTS_RUNNING.inc()
     try:
+        await engine.grammars.compiled(llm, store, {job.grammar for job in plan.jobs if job.grammar})
         async for job_index, output in merge_async_iterators(*streams):
             job = plan.jobs[job_index]
             choices = []

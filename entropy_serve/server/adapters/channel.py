@@ -7,7 +7,11 @@ CHANNEL_ENV variable (spawned processes inherit the environment).
 
 A record is (engine request key, output position, model entropy, sampled entropy,
 temperature, model self-certainty). Keying by output position makes it safe under preemption and discarded
-samples: a recomputed position simply overwrites the earlier record.
+samples: a recomputed position simply overwrites the earlier record. The store keeps
+records only of keys the server has opened (a request's jobs, from submission to end),
+so records that arrive after their request ended, or that nobody asked for, are
+dropped instead of piling up. The same channel carries the workers' grammar-readiness
+records (server/grammar_warmup.py), under keys of their own.
 
 Under tensor parallelism every TP rank's worker runs the logits processors on the same
 full logits (vLLM gathers them before sampling), so every rank measures the same
@@ -22,7 +26,6 @@ import logging
 import os
 import shutil
 import tempfile
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -82,19 +85,30 @@ class EntropyStore:
     """Server side: records by engine request key, with waiting for ones not yet arrived."""
 
     def __init__(self) -> None:
-        self._by_key: dict[str, dict[int, TokenEntropy]] = defaultdict(dict)
+        self._by_key: dict[str, dict[int, TokenEntropy]] = {}
         self._arrived = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def open(self, key: str) -> None:
+        """Keep `key`'s records from now until `forget(key)`."""
+        self._by_key.setdefault(key, {})
+        metrics.ENTROPY_STORE_KEYS.set(len(self._by_key))
 
     def add(self, records: list[Record]) -> None:
         metrics.ENTROPY_RECORDS.inc(len(records))
         for key, position, *values in records:
-            self._by_key[key][position] = TokenEntropy(*values)
+            kept = self._by_key.get(key)
+            if kept is not None:
+                kept[position] = TokenEntropy(*values)
         self._arrived.set()
 
     async def take(self, key: str, positions: range, timeout_s: float = 5.0) -> list[TokenEntropy]:
         """The records of `positions`, waiting (bounded) for any still in flight."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
+        self.open(key)
         records = self._by_key[key]
         while any(p not in records for p in positions):
             remaining = deadline - loop.time()
@@ -110,6 +124,7 @@ class EntropyStore:
 
     def forget(self, key: str) -> None:
         self._by_key.pop(key, None)
+        metrics.ENTROPY_STORE_KEYS.set(len(self._by_key))
 
 
 class EntropySubscriber:

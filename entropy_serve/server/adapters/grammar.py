@@ -10,20 +10,32 @@ vLLM's xgrammar backend uses, one matcher per request follows the tokens the req
 has generated, and each step's bitmask is applied between measuring the model's entropy
 and sampling (rows.py). The model entropy reported is then the unconstrained model's,
 and the sampled entropy that of the masked distribution the token is really drawn from.
+
+Compiling happens off the step: the server first sends a warm-up row asking for the
+grammar (server/grammar_warmup.py), `prepare` compiles it in a background thread
+(xgrammar releases the GIL while compiling) and publishes its readiness on the entropy
+channel; the request that needs it is submitted after that, and its compile in the step
+is a cache hit. The compiler's cache is bounded (COMPILE_CACHE_BYTES): an evicted
+grammar is compiled again, in the step.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import xgrammar as xgr
 
-from entropy_serve.server.adapters.spec import RowSpec
+from entropy_serve.server.adapters.channel import EntropyPublisher
+from entropy_serve.server.adapters.spec import RowSpec, grammar_ready_key
 
 # This runs in vLLM's engine process, where only vLLM's logger tree has handlers.
 logger = logging.getLogger(f"vllm.{__name__}")
+
+COMPILE_CACHE_BYTES = 512 << 20  # compiled grammars kept for reuse (xgrammar's default: no bound)
 
 
 class Matcher:
@@ -53,6 +65,10 @@ class GrammarRows:
         self.vocab_size = vocab_size
         self.tokenizer_info = tokenizer_info
         self._compiler: xgr.GrammarCompiler | None = None
+        self._compiler_lock = threading.Lock()  # the step and the background compiles both ask for it
+        self._background: ThreadPoolExecutor | None = None
+        # Readiness records go out from the background thread, on a socket of its own.
+        self.ready_publisher = EntropyPublisher()
         self.matchers: dict[str, Matcher] = {}
 
     @classmethod
@@ -70,9 +86,27 @@ class GrammarRows:
         return cls(vocab_size, tokenizer_info)
 
     def compiler(self) -> xgr.GrammarCompiler:
-        if self._compiler is None:
-            self._compiler = xgr.GrammarCompiler(self.tokenizer_info(), cache_enabled=True)
-        return self._compiler
+        with self._compiler_lock:
+            if self._compiler is None:
+                info = self.tokenizer_info()
+                self._compiler = xgr.GrammarCompiler(info, cache_enabled=True, cache_limit_bytes=COMPILE_CACHE_BYTES)
+            return self._compiler
+
+    def prepare(self, grammar: str) -> None:
+        """Compile `grammar` in the background, then publish its readiness record. A
+        grammar that fails to compile is ready too: the request's own compile, in the
+        step, reports the failure as before."""
+        if self._background is None:
+            self._background = ThreadPoolExecutor(1, thread_name_prefix="entropy-serve-grammar")
+
+        def compile_then_publish() -> None:
+            try:
+                self.compiler().compile_grammar(grammar)
+            except Exception as error:  # reported again where the request compiles it
+                logger.warning("entropy-serve: a warm-up grammar failed to compile: %s", error)
+            self.ready_publisher.publish([(grammar_ready_key(grammar), 0, 0.0, 0.0, 0.0, 0.0)])
+
+        self._background.submit(compile_then_publish)
 
     def matcher(self, spec: RowSpec) -> Matcher:
         found = self.matchers.get(spec.key)

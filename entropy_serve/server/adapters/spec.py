@@ -8,6 +8,7 @@ without one are left to vLLM untouched. Per engine: the model's entropy profile 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,9 @@ class RowSpec:
     grammar: str | None = None  # xgrammar EBNF the row's output must match (adapters/grammar.py)
     grammar_prefix: list[int] = field(default_factory=list)  # prompt tokens the grammar accepts first
     seed: int | None = None  # the adapter draws the row's token with this seed (samplers/draw.py); shaped rows only
+    # A warm-up row (server/grammar_warmup.py): compile this grammar off the step, then
+    # publish grammar_ready_key(it) on the entropy channel.
+    compile_grammar: str | None = None
 
     def to_extra_args(self) -> dict:
         return {EXTRA_ARGS_KEY: asdict(self)}
@@ -39,6 +43,11 @@ class RowSpec:
             return cls(**{**fields, "params": SamplerParams(**fields.get("params", {}))})
         except (TypeError, ValueError) as error:  # vLLM turns ValueError into an HTTP 400
             raise ValueError(f"malformed {EXTRA_ARGS_KEY} sampler spec: {error}") from error
+
+
+def grammar_ready_key(grammar: str) -> str:
+    """The entropy-channel key under which the workers say `grammar` is compiled."""
+    return "grammar-ready-" + hashlib.sha256(grammar.encode()).hexdigest()[:32]
 
 
 def profile_to_env(profile: EntropyProfile | None) -> dict[str, str]:

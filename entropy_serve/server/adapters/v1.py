@@ -53,6 +53,8 @@ class EntropyLogitsProcessorV1(LogitsProcessor):
                 self.rows.pop(index, None)
             else:
                 self.rows[index] = (spec, output_ids, prompt_ids)
+                if spec.compile_grammar and self.grammars is not None:
+                    self.grammars.prepare(spec.compile_grammar)
         for source, target, direction in batch_update.moved:
             moving = self.rows.pop(source, None)
             replaced = self.rows.pop(target, None)

@@ -41,6 +41,8 @@ class EntropyLogitsProcessorV2(LogitsProcessor):
             self.slots.pop(req_idx, None)
             return False
         self.slots[req_idx] = spec
+        if spec.compile_grammar and self.grammars is not None:
+            self.grammars.prepare(spec.compile_grammar)
         return True
 
     def apply(self, logits: torch.Tensor, ctx: LogitsContext) -> torch.Tensor:

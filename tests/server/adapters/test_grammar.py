@@ -13,7 +13,7 @@ from vllm.sampling_params import StructuredOutputsParams
 
 from entropy_serve.samplers.chain import SamplerParams
 from entropy_serve.server.adapters.grammar import GrammarRows
-from entropy_serve.server.adapters.spec import RowSpec
+from entropy_serve.server.adapters.spec import RowSpec, grammar_ready_key
 from entropy_serve.server.constraints import OutputConstraint
 
 DIGITS = list(range(10))  # token i is the digit i
@@ -102,3 +102,20 @@ def test_v2_reads_the_generated_tokens_from_the_request_state():
     assert torch.isfinite(out[0]).nonzero().flatten().tolist() == DIGITS
     out = processor.apply(logits(1, seed=11), ctx.__class__(**{**ctx.__dict__, "pos": torch.tensor([4]), "seq_lens_upper_bound_np": np.array([5])}))
     assert torch.isfinite(out[0]).nonzero().flatten().tolist() == [EOS]
+
+
+def test_a_warm_up_row_compiles_its_grammar_off_the_step_and_says_when_it_is_ready():
+    """The warm-up row (server/grammar_warmup.py) is only measured; its grammar is compiled
+    in the background, its readiness published from there, and the request that then
+    uses the grammar finds it in the compiler's cache."""
+    processor = v1_processor()
+    processor.grammars = grammars = hand_grammars()
+    ready = Collector()
+    grammars.ready_publisher = ready
+    warm_up = RowSpec(key="warm-up", shape=False, compile_grammar=TWO_DIGITS)
+    processor.update_state(update(added=[(0, params(warm_up), [1], [])], size=1))
+    out = processor.apply(logits(1, seed=2))
+    assert torch.isfinite(out[0]).all()  # no mask on the warm-up row itself
+    grammars._background.shutdown(wait=True)
+    assert ready.records == [(grammar_ready_key(TWO_DIGITS), 0, 0.0, 0.0, 0.0, 0.0)]
+    assert grammars.compiler().get_cache_size_bytes() > 0  # the real request's compile is a cache hit
