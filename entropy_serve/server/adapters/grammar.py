@@ -83,7 +83,18 @@ class GrammarRows:
             tokenizer = AutoTokenizer.from_pretrained(model_config.tokenizer, trust_remote_code=model_config.trust_remote_code)
             return xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
 
-        return cls(vocab_size, tokenizer_info)
+        rows = cls(vocab_size, tokenizer_info)
+        rows.warm_up()
+        return rows
+
+    def warm_up(self) -> None:
+        """Load the tokenizer and run xgrammar once while the engine starts, so that the
+        first constrained request does not pay for them inside a step (loading the
+        tokenizer holds the GIL, which would stall the step even from a background thread)."""
+        compiled = self.compiler().compile_json_schema('{"type": "object", "properties": {"a": {"type": "string"}}}')
+        mask = xgr.allocate_token_bitmask(1, self.vocab_size)
+        xgr.GrammarMatcher(compiled).fill_next_token_bitmask(mask, 0)
+        apply_bitmask(torch.zeros(1, self.vocab_size), mask)
 
     def compiler(self) -> xgr.GrammarCompiler:
         with self._compiler_lock:
