@@ -97,28 +97,32 @@ class Drain:
         return ShuttingDown(f"the server shut down before this request finished (its drain of {self.timeout_s:g} s ran out)")
 
     async def until_cut(self, work: Awaitable):
-        """`work`'s result, or ShuttingDown (with `work` cancelled) if the drain is cut first."""
+        """`work`'s result, or ShuttingDown if the drain is cut first. However this ends
+        early (a cut, or the caller cancelled: the client left), `work` is cancelled and
+        awaited, so the engine aborts what it was generating."""
         work_task = asyncio.ensure_future(work)
         expired = asyncio.ensure_future(self._expired.wait())
         try:
             await asyncio.wait({work_task, expired}, return_when=asyncio.FIRST_COMPLETED)
+            if work_task.done():
+                return work_task.result()
+            raise self._cut_error()
         finally:
             expired.cancel()
-        if work_task.done():
-            return work_task.result()
-        work_task.cancel()
-        raise self._cut_error()
+            await _cancelled(work_task)
 
     async def cut_short(self, items: AsyncIterable) -> AsyncIterator:
-        """`items`, ending in ShuttingDown (the pending step cancelled) if the drain is cut."""
+        """`items`, ending in ShuttingDown if the drain is cut. However this ends early (a
+        cut, or the consumer closed or cancelled: the client left), the pending step is
+        cancelled and `items` closed, so the engine aborts what it was generating."""
         iterator = aiter(items)
         expired = asyncio.ensure_future(self._expired.wait())
+        step: asyncio.Future | None = None
         try:
             while True:
                 step = asyncio.ensure_future(anext(iterator))
                 await asyncio.wait({step, expired}, return_when=asyncio.FIRST_COMPLETED)
                 if not step.done():
-                    step.cancel()
                     raise self._cut_error()
                 try:
                     item = step.result()
@@ -127,6 +131,20 @@ class Drain:
                 yield item
         finally:
             expired.cancel()
+            if step is not None:
+                await _cancelled(step)
+            if hasattr(iterator, "aclose"):
+                await iterator.aclose()
+
+
+async def _cancelled(task: asyncio.Future) -> None:
+    """Cancel `task` unless it is done, and wait until it is (its own cleanup included)."""
+    if not task.done():
+        task.cancel()
+    try:
+        await task
+    except BaseException:  # its result or error belongs to nobody now: its caller is leaving
+        pass
 
 
 class DrainingServer(uvicorn.Server):

@@ -88,3 +88,48 @@ def test_work_and_streams_that_finish_pass_through_and_a_second_signal_cuts_at_o
         assert await asyncio.wait_for(draining, 1) is False
 
     asyncio.run(scenario())
+
+
+def test_a_client_that_leaves_cancels_the_work_and_closes_the_stream_beneath():
+    """Leaving early (the response task cancelled, or the stream closed) reaches the work
+    and the generator beneath, whose cleanup aborts the request in the engine."""
+
+    async def scenario():
+        drain = Drain(timeout_s=60)
+        cleaned: list[str] = []
+
+        async def work():
+            try:
+                await asyncio.sleep(30)
+            finally:
+                cleaned.append("work")
+
+        async def chunks():
+            try:
+                for i in range(1000):
+                    await asyncio.sleep(0.01)
+                    yield i
+            finally:
+                cleaned.append("chunks")
+
+        waiting = asyncio.create_task(drain.until_cut(work()))
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+
+        async def read_some():
+            async for item in drain.cut_short(chunks()):
+                if item == 3:
+                    await asyncio.sleep(30)  # the client stops reading here and leaves
+
+        reading = asyncio.create_task(read_some())
+        await asyncio.sleep(0.2)
+        reading.cancel()
+        await asyncio.gather(reading, return_exceptions=True)
+
+        stream = drain.cut_short(chunks())
+        assert await anext(stream) == 0
+        await stream.aclose()  # a stream closed between steps
+        assert cleaned == ["work", "chunks", "chunks"]
+
+    asyncio.run(scenario())
