@@ -19,6 +19,8 @@ def test_records_travel_and_wait_for_late_ones(tmp_path, monkeypatch):
         subscriber = EntropySubscriber(address, store)
         reader = asyncio.create_task(subscriber.run())
         publisher = EntropyPublisher()
+        for key in ("req-a", "req-b"):  # submission opens its jobs' keys before submitting them
+            store.open(key)
         publisher.publish([("req-a", 0, 1.5, 1.0, 0.8, 0.5), ("req-b", 0, 0.2, 0.0, 0.0, 0.5)])
         first = await store.take("req-a", range(0, 1))
         # Position 1 is published only after we start waiting for it.
