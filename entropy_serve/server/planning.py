@@ -24,7 +24,7 @@ fields; vLLM samples as usual and our adapter never sees the request.
 vLLM's V1 runner applies penalties after custom logits processors, which would make
 the reported sampled entropy wrong, so penalties cannot be combined with our chain.
 
-Seeds, where the adapter draws them (on CPU: engine.py's `seeds_drawn_by_adapter`):
+Seeds, where the adapter draws them (on CPU, see engine.py's `seeds_drawn_by_adapter`):
 vLLM gets no seed, and the adapter draws the row's token with the request's seed
 (samplers/draw.py). A seeded OURS row is drawn after our chain; a seeded request with
 none of our fields is SEEDED: vLLM still applies what it applies before logits
@@ -273,7 +273,7 @@ class Planner:
         self.config = config
         self.engine = engine
         self.profile = profile
-        self.draws_seeds = seeds_drawn_by_adapter() if draws_seeds is None else draws_seeds
+        self.draws_seeds = seeds_drawn_by_adapter(config) if draws_seeds is None else draws_seeds
         self.renderer = Renderer(engine)
         self.render = self.renderer.render
 
