@@ -51,6 +51,7 @@ def test_a_short_request_is_answered_while_a_seeded_long_prompt_is_prefilled(ser
         return short_done_s, long_first_s
 
     short_done_s, long_first_s = asyncio.run(race())
+    print(f"short request answered at {short_done_s:.2f} s, the long prompt's first token at {long_first_s:.2f} s")
     assert short_done_s < long_first_s, (short_done_s, long_first_s)
     assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
     assert client.completions.create(model=MODEL, prompt="Hi", max_tokens=2).usage.completion_tokens >= 1
