@@ -131,16 +131,19 @@ def kl_cov_loss(
 
 
 def majority_rewards(answers: list[str | None], same: Callable[[str, str], bool] | None = None) -> list[float]:
-    """TTRL's reward: 1 for a response whose answer agrees with the group's majority
-    answer (voting.vote: grouped by the project's answer equivalence), 0 otherwise and
-    for responses with no answer."""
+    """TTRL's reward: 1 for a response whose answer is equivalent to the group's majority
+    label (voting.vote's winner, grouped by the project's answer equivalence), 0 otherwise
+    and for responses with no answer. Each answer is compared with the label itself, not
+    counted by the cluster it joined: equivalence is not transitive (`\\text{5}` ~ `5` ~
+    `5.0`, `\\text{5}` !~ `5.0`), and an answer equal to the label must get its 1."""
     # Imported here: the vote lives with the server's strategies (and vLLM); the losses
     # above import torch alone, so the GPU lane runs them where no engine is installed.
     from entropy_serve.server.strategies.voting import vote
 
-    result = vote(answers) if same is None else vote(answers, same=same)
-    winners = set(result.winner_leaves)
-    return [1.0 if i in winners else 0.0 for i in range(len(answers))]
+    if same is None:
+        from entropy_serve.tasks.answers import equivalent as same
+    label = vote(answers, same=same).winner
+    return [1.0 if label is not None and answer is not None and same(answer, label) else 0.0 for answer in answers]
 
 
 def entropy_advantage_scale(mean_entropies_nats: list[float]) -> list[float]:

@@ -52,16 +52,14 @@ else:
 SEED_STRIDE = 100_003  # a rollout request's seed: seed * SEED_STRIDE + step * 1_009 + rank * 101 + group
 
 
-def group_runs(prompts: list) -> list[list[int]]:
-    """Indices of each run of equal consecutive prompts: TRL repeats each problem
-    group-size times in a row, so a run is one problem's group."""
-    runs: list[list[int]] = []
-    for index, prompt in enumerate(prompts):
-        if runs and prompts[runs[-1][0]] == prompt:
-            runs[-1].append(index)
-        else:
-            runs.append([index])
-    return runs
+def group_indices(num_prompts: int, group_size: int) -> list[list[int]]:
+    """The indices of each problem's group: TRL repeats each problem `group_size` times in
+    a row, so group g is positions g*G .. g*G+G-1, by position, as TRL's own advantages
+    group them. Not by equal prompts: when the sampler draws one problem twice in a row,
+    its two groups are two groups, not one of 2G."""
+    if group_size < 1 or num_prompts % group_size:
+        raise ValueError(f"{num_prompts} prompts do not split into groups of {group_size}")
+    return [list(range(start, start + group_size)) for start in range(0, num_prompts, group_size)]
 
 
 class PolicyTrainer(GRPOTrainer):
@@ -105,7 +103,7 @@ class PolicyTrainer(GRPOTrainer):
         if step != self.synced_step:
             self._log_metric("sync_s", self.engine.sync_weights(self.accelerator.unwrap_model(self.model)))
             self.synced_step = step
-        runs = group_runs(prompts)
+        runs = group_indices(len(prompts), self.num_generations)
         first = self.settings.seed * SEED_STRIDE + step * 1_009 + self.accelerator.process_index * 101
         seeds = [first + i for i in range(len(runs))]
         bodies = [self.rollout_body(prompts[run[0]], len(run), seed) for run, seed in zip(runs, seeds)]

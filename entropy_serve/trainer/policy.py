@@ -29,7 +29,7 @@ from entropy_serve.calibration import PROFILE_FILE, profile_record, sample_entro
 from entropy_serve.server.config import ServerConfig
 from entropy_serve.tasks.answers import extract_answer, is_correct
 from entropy_serve.trainer.entropy_control import majority_rewards
-from entropy_serve.trainer.grpo import group_runs
+from entropy_serve.trainer.grpo import group_indices
 from entropy_serve.trainer.policy_config import PolicyConfig
 from entropy_serve.trainer.policy_log import (
     LOG_FILE,
@@ -51,9 +51,10 @@ SYNC_DIR = ".engine-weights"
 SERVED_NAME = "policy"
 
 
-def rewards_for(mode: str):
+def rewards_for(mode: str, group_size: int):
     """TRL reward function: ground truth (1 if correct), or TTRL's majority agreement
-    within each problem's group; the accuracy against the reference is logged either way."""
+    within each problem's group of `group_size`; the accuracy against the reference is
+    logged either way."""
 
     def rewards(prompts, completions, answer, log_metric, **_) -> list[float]:
         texts = [completion[-1]["content"] for completion in completions]
@@ -62,7 +63,7 @@ def rewards_for(mode: str):
         if mode == "ground_truth":
             return correct
         agreement = [0.0] * len(texts)
-        for run in group_runs(prompts):
+        for run in group_indices(len(prompts), group_size):
             for index, reward in zip(run, majority_rewards([extract_answer(texts[i]) for i in run])):
                 agreement[index] = reward
         return agreement
@@ -173,7 +174,7 @@ def train_policy(settings: PolicyConfig) -> dict:
         trainer = PolicyTrainer(
             model=model,
             processing_class=tokenizer,
-            reward_funcs=[rewards_for(settings.reward)],
+            reward_funcs=[rewards_for(settings.reward, settings.group_size)],
             args=grpo_args(settings),
             train_dataset=dataset,
             callbacks=[StepLog(log_path), stop],

@@ -94,6 +94,16 @@ def test_majority_rewards_use_answer_equivalence():
     assert majority_rewards([None, None]) == [0.0, 0.0]
 
 
+def test_majority_rewards_compare_each_answer_with_the_label_not_its_cluster():
+    """Equivalence is not transitive: `\\text{5}` ~ `5` ~ `5.0` but `\\text{5}` !~ `5.0`. The
+    label is 5.0 (three votes); `5` joined `\\text{5}`'s cluster, yet equals the label (TTRL)."""
+    from entropy_serve.tasks.answers import equivalent
+
+    answers = ["\\text{5}", "5.0", "5.0", "5.0", "5"]
+    assert equivalent(answers[0], answers[4]) and equivalent(answers[4], answers[1]) and not equivalent(answers[0], answers[1])
+    assert majority_rewards(answers) == [0.0, 1.0, 1.0, 1.0, 1.0]
+
+
 def test_entropy_advantage_scale_by_hand():
     assert entropy_advantage_scale([1.0, 2.0, 3.0]) == pytest.approx([1.5, 1.0, 0.5])
     # Past twice the group's mean entropy Y would be negative (-0.5): clipped at 0.

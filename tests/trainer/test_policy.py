@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from entropy_serve import cli
-from entropy_serve.trainer.grpo import PolicyTrainer, group_runs
+from entropy_serve.trainer.grpo import PolicyTrainer, group_indices
 from entropy_serve.trainer.policy import check_output_folder, rewards_for
 from entropy_serve.trainer.policy_config import PolicyConfig, add_config_flags, resolve_config
 from entropy_serve.trainer.policy_log import StepLog, read_log, truncate_log
@@ -98,14 +98,24 @@ def completions(*texts: str) -> list[list[dict]]:
     return [[{"role": "assistant", "content": text}] for text in texts]
 
 
-def test_group_runs_split_consecutive_equal_prompts():
-    a, b = [{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]
-    assert group_runs([a, a, a, b, b, a]) == [[0, 1, 2], [3, 4], [5]]
+def test_groups_are_by_position_even_when_a_problem_is_drawn_twice_in_a_row():
+    """TRL's sampler may draw one problem twice in a row: two groups of G, never one of 2G."""
+    assert group_indices(6, 3) == [[0, 1, 2], [3, 4, 5]]
+    assert group_indices(4, 1) == [[0], [1], [2], [3]]
+    with pytest.raises(ValueError, match="do not split into groups of 4"):
+        group_indices(6, 4)
+
+
+def test_majority_reward_votes_in_each_of_two_groups_of_one_problem():
+    reward = rewards_for("majority", group_size=3)
+    texts = ("5", "5", "6", "6", "6", "5")  # the same problem twice: two groups, two votes
+    values = reward(prompts=["p"] * 6, completions=completions(*texts), answer=["5"] * 6, log_metric=lambda *_: None)
+    assert values == [1.0, 1.0, 0.0, 1.0, 1.0, 0.0]
 
 
 def test_ground_truth_reward_and_logged_accuracy():
     logged = {}
-    reward = rewards_for("ground_truth")
+    reward = rewards_for("ground_truth", group_size=3)
     values = reward(
         prompts=["p"] * 3, completions=completions("7", "The answer is 7.", "8"), answer=["7"] * 3,
         log_metric=logged.__setitem__,
@@ -116,13 +126,13 @@ def test_ground_truth_reward_and_logged_accuracy():
 
 def test_majority_reward_votes_within_each_group_and_ignores_truth():
     logged = {}
-    reward = rewards_for("majority")
-    prompts = ["p"] * 4 + ["q"] * 3
-    texts = ("5", "5", "6", "no idea", "1", "2", "2")
-    values = reward(prompts=prompts, completions=completions(*texts), answer=["6"] * 4 + ["2"] * 3, log_metric=logged.__setitem__)
+    reward = rewards_for("majority", group_size=4)
+    prompts = ["p"] * 4 + ["q"] * 4
+    texts = ("5", "5", "6", "no idea", "1", "2", "2", "3")
+    values = reward(prompts=prompts, completions=completions(*texts), answer=["6"] * 4 + ["2"] * 4, log_metric=logged.__setitem__)
     # Group p votes 5 (wrong, but the majority), group q votes 2.
-    assert values == [1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0]
-    assert logged["accuracy"] == pytest.approx(3 / 7)  # against the references: metrics only
+    assert values == [1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0]
+    assert logged["accuracy"] == pytest.approx(3 / 8)  # against the references: metrics only
 
 
 # -- the loss ---------------------------------------------------------------------------
