@@ -6,17 +6,15 @@ generator does not have). On CPU our adapter therefore draws every seeded row it
 and leaves vLLM nothing to choose: the row becomes one finite logit, and vLLM, which
 gets no seed, samples that token whatever its own random state.
 
-The draw inverts the row's cumulative distribution (summed in float64, so tokens down to
-1e-16 of the mass keep their share) at one uniform number per row, u = U(seed, output position),
-made afresh each step: a token depends only on the request's seed, its position and the
-distribution, not on the batch, on preemption (a recomputed position draws the same
-token) or on how the prompt was chunked. One uniform per row, not one per token, keeps
-the cost to one softmax and one cumulative sum over the batch.
+The draw is an exponential race, as vLLM's own random sampler: token = argmax_i p_i / q_i
+with q_i ~ Exp(1), which picks i with probability p_i. Its generator is seeded from
+(seed, output position) afresh each step, so a token depends only on the request's seed,
+its position and the distribution: not on the batch, on preemption (a recomputed
+position draws the same token) or on how the prompt was chunked.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 
 import torch
@@ -24,19 +22,20 @@ import torch
 _GOLDEN = 0x9E3779B97F4A7C15  # spreads consecutive seeds over the generator's seed space
 
 
-def uniform(seed: int, position: int) -> float:
-    """The row's uniform number in [0, 1) at `position`."""
-    return random.Random((seed * _GOLDEN + position) % (1 << 64)).random()
+def generator_seed(seed: int, position: int) -> int:
+    return (seed * _GOLDEN + position) % (1 << 63)
 
 
 def draw_(logits: torch.Tensor, seeds: Sequence[int], positions: Sequence[int]) -> list[int]:
-    """Draw one token per row of `logits` [rows, vocab] from softmax(logits) at the row's
-    (seed, position) uniform; leave only that token finite, in place."""
-    cdf = torch.softmax(logits.float(), dim=-1).double().cumsum_(dim=-1)  # [rows, vocab]
-    u = torch.tensor([uniform(s, p) for s, p in zip(seeds, positions, strict=True)], dtype=torch.float64, device=logits.device)
-    targets = (u * cdf[:, -1]).unsqueeze(-1)  # [rows, 1]; the sum is 1 up to rounding
-    # The first token whose cumulative mass passes the target: one with no mass never does.
-    chosen = torch.searchsorted(cdf, targets, right=True).clamp_(max=logits.shape[-1] - 1)
+    """Draw one token per row of `logits` [rows, vocab] from softmax(logits) with the
+    row's (seed, position) generator; leave only that token finite, in place."""
+    tokens = []
+    for row, (seed, position) in enumerate(zip(seeds, positions, strict=True)):
+        generator = torch.Generator(device=logits.device).manual_seed(generator_seed(seed, position))
+        probs = torch.softmax(logits[row].float(), dim=-1)
+        race = torch.empty_like(probs).exponential_(generator=generator)
+        tokens.append(int((probs / race).argmax()))
+    chosen = torch.tensor(tokens, dtype=torch.int64, device=logits.device).unsqueeze(-1)
     kept = logits.gather(-1, chosen)
     logits.fill_(float("-inf")).scatter_(-1, chosen, kept)
-    return chosen.squeeze(-1).tolist()
+    return tokens
