@@ -108,7 +108,8 @@ class EntropyStore:
         """The records of `positions`, waiting (bounded) for any still in flight."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        self.open(key)
+        if key not in self._by_key:
+            self.open(key)
         records = self._by_key[key]
         while any(p not in records for p in positions):
             remaining = deadline - loop.time()

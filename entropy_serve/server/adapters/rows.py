@@ -55,6 +55,7 @@ class RowPlan:
         self.shaped_penalized = self.shaped_params is not None and self.shaped_params.has_penalties()
         # positions in shaped_rows of the rows the adapter draws, and their seeds
         self.seeded_index = [j for j, s in enumerate(self.shaped_specs) if s.seed is not None]
+        self.seeded = torch.tensor(self.seeded_index, dtype=torch.int64, device=device)
         self.seeds = [self.shaped_specs[j].seed for j in self.seeded_index]
         self.greedy_rows = torch.tensor([rows[i] for i in measured], dtype=torch.int64, device=device)
         self.greedy_specs = [specs[i] for i in measured]
@@ -90,10 +91,9 @@ def process_rows(
         tokens = history(shaped_rows) if plan.shaped_penalized else None
         result = apply_chain(sub, plan.shaped_params, profile, constrain, tokens)
         if plan.seeded_index:
-            seeded = torch.tensor(plan.seeded_index, dtype=torch.int64, device=sub.device)
-            drawn = sub.index_select(0, seeded)
+            drawn = sub.index_select(0, plan.seeded)
             draw_(drawn, plan.seeds, [positions[shaped_rows[j]] for j in plan.seeded_index])
-            sub.index_copy_(0, seeded, drawn)
+            sub.index_copy_(0, plan.seeded, drawn)
         if not every_row:
             logits.index_copy_(0, plan.shaped_rows, sub.to(logits.dtype))
         values = torch.stack(
