@@ -19,8 +19,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_engine_flags(parser)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV), help=f"require this bearer key on /v1 (env {API_KEY_ENV})")
+    parser.add_argument(
+        "--api-key", action="append",
+        help=f"require this bearer key on /v1; repeat it for one key per user, each seeing only its own files, "
+        f"batches and stored responses (env {API_KEY_ENV}: keys separated by commas)",
+    )
     parser.add_argument("--max-body-bytes", type=positive_int, default=4 * 1024 * 1024)
+    state = parser.add_argument_group("files, batches and stored responses")
+    state.add_argument(
+        "--database-url",
+        help="where they live: an SQLAlchemy URL, e.g. postgresql://user@host/db (needs the `postgres` extra) "
+        "or sqlite:///path (default: SQLite in the cache folder, ~/.cache/entropy-serve)",
+    )
+    state.add_argument("--max-file-bytes", type=positive_int, default=100 * 1024 * 1024, help="largest upload to /v1/files")
+    state.add_argument("--max-batch-lines", type=positive_int, default=50_000, help="most requests one batch may hold")
+    state.add_argument(
+        "--batch-max-in-flight", type=positive_int, default=8,
+        help="batch lines answered at once (the engine's other sequences stay free for interactive requests)",
+    )
     parser.add_argument(
         "--drain-timeout-s",
         type=non_negative_float,
@@ -28,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="on SIGTERM, seconds in-flight requests may finish before they are ended with an error",
     )
     add_answering_flags(parser)
+
+
+def api_keys(flags: list[str] | None) -> tuple[str, ...]:
+    """The --api-key flags, else the environment's comma-separated keys (empty ones dropped)."""
+    keys = flags if flags else os.environ.get(API_KEY_ENV, "").split(",")
+    return tuple(key.strip() for key in keys if key.strip())
 
 
 def non_negative_float(text: str) -> float:
@@ -48,8 +70,12 @@ def run(args: argparse.Namespace) -> int:
         args,
         host=args.host,
         port=args.port,
-        api_key=args.api_key or None,
+        api_keys=api_keys(args.api_key),
         max_body_bytes=args.max_body_bytes,
+        database_url=args.database_url,
+        max_file_bytes=args.max_file_bytes,
+        max_batch_lines=args.max_batch_lines,
+        batch_max_in_flight=args.batch_max_in_flight,
         drain_timeout_s=args.drain_timeout_s,
         **answering_settings(args),
     )

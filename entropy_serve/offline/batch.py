@@ -17,6 +17,7 @@ answered by a rerun.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 
 from openai.types import Completion
 from openai.types.chat import ChatCompletion
@@ -40,8 +41,9 @@ class LineError(APIError):
         self.status_code = status_code
 
 
-def request_of(line: InputLine) -> tuple[Endpoint, object]:
-    """The line's endpoint and body, or a LineError saying why it has none."""
+def request_of(line: InputLine, urls: Collection[str] = tuple(ENDPOINTS)) -> tuple[Endpoint, object]:
+    """The line's endpoint and body, or a LineError saying why it has none; `urls`: those
+    a line may name (an online batch's lines all name its endpoint)."""
     if line.error is not None:
         raise LineError(400, line.error)
     value = line.value
@@ -53,10 +55,8 @@ def request_of(line: InputLine) -> tuple[Endpoint, object]:
     if method != "POST":
         raise LineError(405, f"line {line.number}: method: only POST is allowed, got {method!r}", param="method")
     url = value.get("url")
-    if url not in ENDPOINTS:
-        raise LineError(
-            404, f"line {line.number}: url: {url!r} is not served here; use one of {sorted(ENDPOINTS)}", param="url"
-        )
+    if url not in urls:
+        raise LineError(404, f"line {line.number}: url: {url!r} is not served here; use {' or '.join(sorted(urls))}", param="url")
     if "body" not in value:
         raise LineError(400, f"line {line.number}: body: required", param="body")
     body = value["body"]
@@ -65,10 +65,10 @@ def request_of(line: InputLine) -> tuple[Endpoint, object]:
     return ENDPOINTS[url], body
 
 
-async def answer_line(service: Service, line: InputLine) -> Answered:
+async def answer_line(service: Service, line: InputLine, urls: Collection[str] = tuple(ENDPOINTS)) -> Answered:
     """The line's output record; failures of the service itself (5xx) are raised."""
     try:
-        endpoint, body = request_of(line)
+        endpoint, body = request_of(line, urls)
         reply = await service.answer(body, endpoint)
     except APIError as error:
         if error.status_code >= SERVER_ERROR:

@@ -56,25 +56,30 @@ class InputLine:
 
 def read_input(path: Path) -> list[InputLine]:
     """Every non-blank line of `path`; RecordsError when a custom_id repeats."""
+    with open(path, encoding="utf-8", errors="replace") as file:
+        return parse_lines(file, str(path))
+
+
+def parse_lines(texts: Iterable[str], source: str) -> list[InputLine]:
+    """Every non-blank line of `texts` (a file's lines; `source` names it in errors)."""
     lines = []
     first_line_of: dict[str, int] = {}
-    with open(path, encoding="utf-8", errors="replace") as file:
-        for number, text in enumerate(file, start=1):
-            if not text.strip():
-                continue
-            try:
-                line = InputLine(number, parse_json(text), None)
-            except MalformedJSON as error:
-                line = InputLine(number, None, f"line {number}: not JSON ({error})")
-            custom_id = line.custom_id
-            if custom_id is not None:
-                if custom_id in first_line_of:
-                    raise RecordsError(
-                        f"{path}: custom_id {custom_id!r} is on line {first_line_of[custom_id]} and line {number}; "
-                        "each must be unique (the output is matched to the input by it)"
-                    )
-                first_line_of[custom_id] = number
-            lines.append(line)
+    for number, text in enumerate(texts, start=1):
+        if not text.strip():
+            continue
+        try:
+            line = InputLine(number, parse_json(text), None)
+        except MalformedJSON as error:
+            line = InputLine(number, None, f"line {number}: not JSON ({error})")
+        custom_id = line.custom_id
+        if custom_id is not None:
+            if custom_id in first_line_of:
+                raise RecordsError(
+                    f"{source}: custom_id {custom_id!r} is on line {first_line_of[custom_id]} and line {number}; "
+                    "each must be unique (the output is matched to the input by it)"
+                )
+            first_line_of[custom_id] = number
+        lines.append(line)
     return lines
 
 

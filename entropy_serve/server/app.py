@@ -14,42 +14,53 @@ errors before it keep their HTTP status; an error after it becomes one final
 from __future__ import annotations
 
 import asyncio
-import json
+import hashlib
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from entropy_serve.json_input import MalformedJSON, parse_json
-from entropy_serve.server.drain import Drain, Ticket
-from entropy_serve.server.errors import APIError, BadRequest, ClientDisconnected, Unauthorized, error_body, install_error_handlers
+from entropy_serve.server.batch_routes import batch_router
+from entropy_serve.server.batches import BatchRunner
+from entropy_serve.server.drain import Drain
+from entropy_serve.server.errors import (
+    Unauthorized,
+    error_body,
+    install_error_handlers,
+)
+from entropy_serve.server.http_answer import answer
 from entropy_serve.server.middleware import BodySizeLimit, ErrorCounter
-from entropy_serve.server.service import Endpoint, Service, model_card
-from entropy_serve.server.strategies.context import ChunkStream
+from entropy_serve.server.responses_api.routes import responses_router
+from entropy_serve.server.service import Endpoint, Service, check_model, model_card
+from entropy_serve.server.store import Store
 
 logger = logging.getLogger(__name__)
-
-SSE_DONE = "data: [DONE]\n\n"
-
 
 def create_app(service: Service, drain: Drain | None = None) -> FastAPI:
     """The app; `drain` is SIGTERM's (commands/serve.py), a new one where not given."""
     config, engine = service.config, service.engine
     drain = drain or Drain(config.drain_timeout_s)
+    store = Store(config.database_url)
+    batches = BatchRunner(
+        store, service, max_in_flight=config.batch_max_in_flight, max_lines=config.max_batch_lines
+    )
 
     async def lifespan(_: FastAPI):
         tasks = [asyncio.create_task(service.start()), asyncio.create_task(engine.watch())]
+        batch_task = asyncio.create_task(batches.run())
         yield
-        for task in tasks:
+        for task in (*tasks, batch_task):
             task.cancel()
+        await asyncio.gather(batch_task, return_exceptions=True)  # its leases released, for the next server
         service.stop()
+        store.close()
 
     app = FastAPI(title="entropy-serve", lifespan=lifespan)
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_body_bytes=config.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_body_bytes=config.max_body_bytes, max_file_bytes=config.max_file_bytes)
     app.add_middleware(ErrorCounter)
     started_at = int(time.time())
 
@@ -67,103 +78,54 @@ def create_app(service: Service, drain: Drain | None = None) -> FastAPI:
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
-    router = APIRouter(prefix="/v1", dependencies=[Depends(api_key_checker(config.api_key))])
+    router = APIRouter(prefix="/v1", dependencies=[Depends(api_key_checker(config.api_keys))])
+
+    def card() -> dict:
+        return model_card(config, engine.max_model_len, started_at, engine.facts)
 
     @router.get("/models")
     async def list_models() -> dict:
-        return {"object": "list", "data": [model_card(config, engine.max_model_len, started_at, engine.facts)]}
+        return {"object": "list", "data": [card()]}
+
+    @router.get("/models/{model_id:path}")
+    async def retrieve_model(model_id: str) -> dict:
+        check_model(config, model_id)
+        return card()
 
     @router.post("/completions")
     async def completions(raw: Request) -> Response:
-        return await answer(service, drain, raw, Endpoint.COMPLETIONS)
+        return await answer(drain, raw, lambda body: service.answer(body, Endpoint.COMPLETIONS))
 
     @router.post("/chat/completions")
     async def chat_completions(raw: Request) -> Response:
-        return await answer(service, drain, raw, Endpoint.CHAT_COMPLETIONS)
+        return await answer(drain, raw, lambda body: service.answer(body, Endpoint.CHAT_COMPLETIONS))
 
+    router.include_router(batch_router(store))
+    router.include_router(responses_router(service, store, drain))
     app.include_router(router)
     return app
 
 
-async def answer(service: Service, drain: Drain, raw: Request, endpoint: Endpoint) -> Response:
-    """Parse, call, serialize; in flight for the drain until answered (a stream: until its
-    last event)."""
-    ticket = drain.enter()
-    try:
-        reply = await until_disconnected(raw, drain.until_cut(service.answer(await json_body(raw), endpoint)))
-        if isinstance(reply, ChunkStream):
-            events = sse_events(drain.cut_short(reply), ticket)
-            ticket = None  # the stream releases it
-            return StreamingResponse(events, media_type="text/event-stream", headers=extension_headers(reply.extensions))
-        body = reply.model_dump(exclude_unset=True)
-        return JSONResponse(body, headers=extension_headers(body))
-    finally:
-        if ticket is not None:
-            ticket.release()
+OPEN_OWNER = "open"  # the owner of everything stored when no keys are configured
 
 
-async def json_body(raw: Request) -> object:
-    try:
-        return parse_json(await raw.body())
-    except MalformedJSON as error:
-        raise BadRequest(f"malformed JSON body: {error}", param=error.field) from None
+def key_owner(api_key: str) -> str:
+    """The owner of what a key stores: its digest (the key itself is never stored)."""
+    return "key-" + hashlib.sha256(api_key.encode()).hexdigest()[:32]
 
 
-def extension_headers(fields: dict) -> dict[str, str]:
-    """Difficulty routing's class, also as headers (the only place a stream carries it)."""
-    difficulty = fields.get("difficulty")
-    if difficulty is None:
-        return {}
-    return {
-        "x-entropy-serve-difficulty": difficulty["class"],
-        "x-entropy-serve-difficulty-probabilities": json.dumps(difficulty["probabilities"]),
-    }
+def api_key_checker(api_keys: tuple[str, ...]) -> Callable[[Request], Awaitable[None]]:
+    """Checks the bearer key (any configured key) and names the caller's owner in
+    `request.state.owner`, which scopes files, batches and stored responses."""
+    owners = {f"Bearer {key}": key_owner(key) for key in api_keys}
 
-
-async def sse_events(stream: AsyncIterable, ticket: Ticket | None = None) -> AsyncIterator[str]:
-    """Server-sent events of `stream`'s chunks, then [DONE]; an error ends it with an error
-    event instead. `ticket`: released when the last event is out."""
-    try:
-        async for chunk in stream:
-            yield f"data: {chunk.model_dump_json(exclude_unset=True)}\n\n"
-        yield SSE_DONE
-    except APIError as error:
-        logger.warning("stream ended with an error: %s", error.message)
-        yield sse_error(error_body(error.status_code, error.message, error.error_type, error.param, error.code))
-    except Exception as error:
-        logger.exception("stream ended with an unexpected error")
-        yield sse_error(error_body(500, f"internal error: {type(error).__name__}", "server_error"))
-    finally:
-        if ticket is not None:
-            ticket.release()
-
-
-def sse_error(body: dict) -> str:
-    return f"data: {json.dumps(body)}\n\n"
-
-
-async def until_disconnected(request: Request, work: Awaitable):
-    """Await `work`, cancelling it (and so aborting it in the engine) if the client leaves."""
-    work_task = asyncio.ensure_future(work)
-    watch_task = asyncio.create_task(_wait_for_disconnect(request))
-    done, _ = await asyncio.wait({work_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
-    if work_task in done:
-        watch_task.cancel()
-        return work_task.result()
-    work_task.cancel()  # submission.stream counts the abort, once, if jobs were running
-    raise ClientDisconnected("client disconnected")
-
-
-async def _wait_for_disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-def api_key_checker(api_key: str | None) -> Callable[[Request], Awaitable[None]]:
     async def check(request: Request) -> None:
-        if api_key is None:
+        if not owners:
+            request.state.owner = OPEN_OWNER
             return
-        if request.headers.get("authorization", "") != f"Bearer {api_key}":
+        owner = owners.get(request.headers.get("authorization", ""))
+        if owner is None:
             raise Unauthorized("Incorrect or missing API key", code="invalid_api_key")
+        request.state.owner = owner
 
     return check

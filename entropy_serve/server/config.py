@@ -54,8 +54,10 @@ class ServerConfig:
     # Where to listen.
     host: str = "127.0.0.1"
     port: int = 8000
+    # The bearer keys /v1 accepts (none: open); each key sees only its own files, batches
+    # and stored responses.
+    api_keys: tuple[str, ...] = ()
     # Limits a client cannot exceed (None: the model's context length).
-    api_key: str | None = None
     max_body_bytes: int = 4 * 1024 * 1024
     max_n: int = 16
     max_leaves: int = 64  # samples one strategy request may generate (entropy_fork: M * (1 + N * B))
@@ -64,10 +66,19 @@ class ServerConfig:
     # Seconds SIGTERM's drain waits for in-flight requests before ending them with an
     # error (server/drain.py).
     drain_timeout_s: float = 30.0
+    # Files, batches and stored responses (server/store.py): SQLite in the cache folder
+    # when None, else an SQLAlchemy URL (sqlite:///path, postgresql://...).
+    database_url: str | None = None
+    max_file_bytes: int = 100 * 1024 * 1024
+    max_batch_lines: int = 50_000  # OpenAI's limit per batch
+    batch_max_in_flight: int = 8  # batch lines answered at once: the rest of the engine is for interactive requests
 
     def __post_init__(self) -> None:
         positive = {
             "max_body_bytes": self.max_body_bytes,
+            "max_file_bytes": self.max_file_bytes,
+            "max_batch_lines": self.max_batch_lines,
+            "batch_max_in_flight": self.batch_max_in_flight,
             "max_n": self.max_n,
             "max_leaves": self.max_leaves,
             "block_size": self.block_size,

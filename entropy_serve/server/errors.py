@@ -39,9 +39,13 @@ class Unauthorized(APIError):
     error_type = "invalid_request_error"
 
 
-class ModelNotFound(APIError):
+class NotFound(APIError):
     status_code = 404
     error_type = "invalid_request_error"
+
+
+class ModelNotFound(NotFound):
+    pass
 
 
 class ClientDisconnected(APIError):

@@ -7,6 +7,8 @@ from fastapi.responses import JSONResponse
 from entropy_serve.server import metrics
 from entropy_serve.server.errors import error_body
 
+FILE_UPLOAD_PATH = "/v1/files"
+
 
 class ErrorCounter:
     """Count every response with status >= 400 by status code."""
@@ -27,24 +29,26 @@ class ErrorCounter:
 
 
 class BodySizeLimit:
-    """Refuse request bodies over `max_body_bytes` with a 413.
+    """Refuse request bodies over `max_body_bytes` (file uploads: `max_file_bytes`) with a 413.
 
     A declared Content-Length is checked before reading anything; a chunked body is
     read up to the limit, then handed on whole (the app's later receive() calls go to
     the client again, so disconnects are still seen).
     """
 
-    def __init__(self, app, max_body_bytes: int):
+    def __init__(self, app, max_body_bytes: int, max_file_bytes: int | None = None):
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_file_bytes = max_file_bytes or max_body_bytes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.max_file_bytes if scope["path"] == FILE_UPLOAD_PATH else self.max_body_bytes
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None:
-            if declared.isdigit() and int(declared) > self.max_body_bytes:
-                return await self._refuse(scope, receive, send)
+            if declared.isdigit() and int(declared) > limit:
+                return await self._refuse(scope, receive, send, limit)
             return await self.app(scope, receive, send)
 
         body, more_body = bytearray(), True
@@ -54,8 +58,8 @@ class BodySizeLimit:
                 return
             body += message.get("body", b"")
             more_body = message.get("more_body", False)
-            if len(body) > self.max_body_bytes:
-                return await self._refuse(scope, receive, send)
+            if len(body) > limit:
+                return await self._refuse(scope, receive, send, limit)
         replayed = False
 
         async def replay_receive():
@@ -67,7 +71,7 @@ class BodySizeLimit:
 
         await self.app(scope, replay_receive, send)
 
-    async def _refuse(self, scope, receive, send):
-        message = f"request body is larger than the {self.max_body_bytes} bytes allowed"
+    async def _refuse(self, scope, receive, send, limit: int):
+        message = f"request body is larger than the {limit} bytes allowed"
         response = JSONResponse(error_body(413, message, "invalid_request_error"), status_code=413)
         await response(scope, receive, send)

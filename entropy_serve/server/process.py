@@ -32,8 +32,12 @@ class ServerProcess:
     way out, whatever happened inside."""
 
     def __init__(self, *args: str, kv_cache_gib: int | None = 2, env: dict[str, str] | None = None):
-        """`kv_cache_gib`: the engine's KV budget (None: the server's own default)."""
+        """`kv_cache_gib`: the engine's KV budget (None: the server's own default). Its files,
+        batches and responses go to a database of its own unless `--database-url` is given."""
         self.port = free_port()
+        if "--database-url" not in args:
+            state_dir = tempfile.mkdtemp(prefix="entropy-serve-state-")
+            args = (*args, "--database-url", f"sqlite:///{state_dir}/state.sqlite3")
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(tempfile.mkstemp(prefix="entropy-serve-", suffix=".log")[1])
         env = {**os.environ, **(env or {})}

@@ -59,7 +59,29 @@ def _positions(choice: Generated, num_top: int):
         yield token_id, position[token_id], top[:num_top]
 
 
-def completion_logprobs(choice: Generated, num_top: int, text_offset_start: int = 0) -> CompletionLogprobs:
+def token_entropy(entropy: TokenEntropy | None) -> dict | None:
+    """One token's entropies, as its log-probability entry carries them (frameworks that
+    keep only per-token data, e.g. langchain's `response_metadata["logprobs"]`, keep these)."""
+    if entropy is None:
+        return None
+    return {
+        "model_entropy_nats": entropy.model_entropy_nats,
+        "sampled_entropy_nats": entropy.sampled_entropy_nats,
+        "temperature": entropy.temperature,
+        "self_certainty_nats": entropy.self_certainty_nats,
+    }
+
+
+def _aligned_entropies(choice: Generated, num_tokens: int) -> list[TokenEntropy | None]:
+    """The choice's entropies, one per logprob entry: an echoed prompt's tokens (first) have none."""
+    return [None] * (num_tokens - len(choice.entropies)) + list(choice.entropies)
+
+
+def completion_logprobs(
+    choice: Generated, num_top: int, text_offset_start: int = 0, with_entropy: bool = False
+) -> CompletionLogprobs:
+    """`with_entropy`: an `entropy` field beside the token lists, one entry per token
+    (null for an echoed prompt's tokens)."""
     tokens, token_logprobs, top_logprobs, text_offsets = [], [], [], []
     offset = text_offset_start
     for token_id, sampled, top in _positions(choice, num_top):
@@ -69,10 +91,13 @@ def completion_logprobs(choice: Generated, num_top: int, text_offset_start: int 
         top_logprobs.append(None if sampled.logprob is None else {_token_text(tid, lp): lp.logprob for tid, lp in top})
         text_offsets.append(offset)
         offset += len(text)
+    entropy = {}
+    if with_entropy:
+        entropy["entropy"] = [token_entropy(e) for e in _aligned_entropies(choice, len(tokens))]
     # model_construct: an echoed prompt's first token has null logprobs, as on OpenAI's
     # wire, though the SDK type declares floats.
     return CompletionLogprobs.model_construct(
-        tokens=tokens, token_logprobs=token_logprobs, top_logprobs=top_logprobs, text_offset=text_offsets
+        tokens=tokens, token_logprobs=token_logprobs, top_logprobs=top_logprobs, text_offset=text_offsets, **entropy
     )
 
 
@@ -116,9 +141,12 @@ def prompt_logprobs_field(positions: list[dict | None] | None) -> list[dict | No
     ]
 
 
-def chat_logprobs(choice: Generated, num_top: int) -> list[ChatCompletionTokenLogprob]:
+def chat_logprobs(choice: Generated, num_top: int, with_entropy: bool = False) -> list[ChatCompletionTokenLogprob]:
+    """`with_entropy`: each entry also carries its token's `entropy` (token_entropy)."""
     content = []
-    for token_id, sampled, top in _positions(choice, num_top):
+    positions = list(_positions(choice, num_top))
+    entropies = _aligned_entropies(choice, len(positions)) if with_entropy else [None] * len(positions)
+    for (token_id, sampled, top), entropy in zip(positions, entropies):
         text = _token_text(token_id, sampled)
         content.append(
             ChatCompletionTokenLogprob(
@@ -133,6 +161,7 @@ def chat_logprobs(choice: Generated, num_top: int) -> list[ChatCompletionTokenLo
                     )
                     for tid, lp in top
                 ],
+                **({"entropy": token_entropy(entropy)} if with_entropy else {}),
             )
         )
     return content
@@ -172,7 +201,9 @@ def completion(
                 finish_reason=finish_reason(choice),
                 logprobs=None
                 if num_top_logprobs is None
-                else completion_logprobs(choice, num_top_logprobs, text_offsets.get(choice.index, 0)),
+                else completion_logprobs(
+                    choice, num_top_logprobs, text_offsets.get(choice.index, 0), with_entropy=choice.index in entropy
+                ),
                 **({"entropy": entropy[choice.index]} if choice.index in entropy else {}),
                 **({"prompt_logprobs": prompt_logprobs[choice.index]} if choice.index in prompt_logprobs else {}),
             )
@@ -210,7 +241,9 @@ def chat_completion_response(
                 finish_reason=(messages[choice.index] and messages[choice.index].finish_reason) or finish_reason(choice),
                 logprobs=None
                 if num_top_logprobs is None
-                else chat_completion.ChoiceLogprobs(content=chat_logprobs(choice, num_top_logprobs)),
+                else chat_completion.ChoiceLogprobs(
+                    content=chat_logprobs(choice, num_top_logprobs, with_entropy=choice.index in entropy)
+                ),
                 **({"entropy": entropy[choice.index]} if choice.index in entropy else {}),
             )
             for choice in choices
@@ -257,7 +290,9 @@ def chat_delta_choice(
     for a request with tools, what its ToolStreamer made of it (`tool_delta`)."""
     logprobs = None
     if num_top_logprobs is not None:
-        logprobs = chat_completion_chunk.ChoiceLogprobs(content=chat_logprobs(choice, num_top_logprobs))
+        logprobs = chat_completion_chunk.ChoiceLogprobs(
+            content=chat_logprobs(choice, num_top_logprobs, with_entropy=entropy is not None)
+        )
     role = "assistant" if first else None
     if tool_delta is None:
         delta = chat_completion_chunk.ChoiceDelta(role=role, content=choice.text)

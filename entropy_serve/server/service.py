@@ -146,17 +146,22 @@ class Service:
 
     def _parse(self, body: object, endpoint: Endpoint) -> SamplingRequest:
         request = parse_request(body, endpoint)
-        if request.model != self.config.served_model_name:
-            raise ModelNotFound(
-                f"The model `{request.model}` does not exist; this server serves `{self.config.served_model_name}`",
-                param="model",
-                code="model_not_found",
-            )
+        check_model(self.config, request.model)
         return request
 
     def prompt_token_ids(self, body: object, endpoint: Endpoint | str) -> list[list[int]]:
         """The token ids the engine would see for the body's prompt(s) (chat template applied)."""
         return self.planner.render(parse_request(body, Endpoint(endpoint)))
+
+
+def check_model(config: ServerConfig, name: str) -> None:
+    """A 404 in OpenAI's words unless `name` is the served model's."""
+    if name != config.served_model_name:
+        raise ModelNotFound(
+            f"The model `{name}` does not exist; this server serves `{config.served_model_name}`",
+            param="model",
+            code="model_not_found",
+        )
 
 
 def model_card(config: ServerConfig, max_model_len: int, created: int, engine: EngineFacts | None = None) -> dict:

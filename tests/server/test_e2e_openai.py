@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import openai
 import pytest
 from conftest import MODEL
 
@@ -16,6 +17,46 @@ def test_models_lists_the_served_model(client):
     models = client.models.list()
     assert [m.id for m in models.data] == [MODEL]
     assert models.data[0].max_model_len == 8192
+
+
+def test_models_retrieve_answers_as_openai_does(client):
+    model = client.models.retrieve(MODEL)
+    assert (model.id, model.object, model.owned_by) == (MODEL, "model", "entropy-serve")
+    with pytest.raises(openai.NotFoundError) as raised:
+        client.models.retrieve("gpt-nothing")
+    assert raised.value.body["code"] == "model_not_found"
+
+
+def test_logprob_entries_carry_each_tokens_entropy(client):
+    """Frameworks that keep only per-token data (langchain) still see the entropies."""
+    extra = {"return_entropy": True}
+    reply = client.chat.completions.create(
+        model=MODEL, messages=CHAT, max_tokens=6, logprobs=True, top_logprobs=1, seed=2, extra_body=extra
+    )
+    entropy = reply.choices[0].model_extra["entropy"]
+    entries = reply.choices[0].logprobs.content
+    assert [e.model_extra["entropy"]["model_entropy_nats"] for e in entries] == entropy["model_entropy_nats"]
+    assert [e.model_extra["entropy"]["sampled_entropy_nats"] for e in entries] == entropy["sampled_entropy_nats"]
+    streamed = [
+        entry.model_extra["entropy"]["model_entropy_nats"]
+        for chunk in client.chat.completions.create(
+            model=MODEL, messages=CHAT, max_tokens=6, logprobs=True, seed=2, extra_body=extra, stream=True
+        )
+        for choice in chunk.choices
+        for entry in (choice.logprobs.content if choice.logprobs else [])
+    ]
+    assert streamed == pytest.approx(entropy["model_entropy_nats"], abs=1e-5)
+    # Without return_entropy the entries are OpenAI's, nothing added.
+    plain = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=2, logprobs=True)
+    assert all("entropy" not in (e.model_extra or {}) for e in plain.choices[0].logprobs.content)
+    # Completions: one entry per token, null for the echoed prompt's tokens.
+    echoed = client.completions.create(
+        model=MODEL, prompt="The sky is", max_tokens=3, logprobs=0, echo=True, extra_body=extra
+    ).choices[0]
+    per_token = echoed.logprobs.model_extra["entropy"]
+    assert len(per_token) == len(echoed.logprobs.tokens)
+    assert per_token[-3:] and all(e is not None for e in per_token[-3:]) and all(e is None for e in per_token[:-3])
+    assert [e["model_entropy_nats"] for e in per_token[-3:]] == echoed.model_extra["entropy"]["model_entropy_nats"]
 
 
 def test_chat_completion_greedy(client, tokenizer):

@@ -8,7 +8,7 @@ import math
 from vllm.logprobs import Logprob
 
 from entropy_serve.server import responses
-from entropy_serve.server.app import SSE_DONE, sse_events
+from entropy_serve.server.http_answer import SSE_DONE, sse_events
 from entropy_serve.server.strategies.context import ChunkStream
 from entropy_serve.server.submission import Generated
 
