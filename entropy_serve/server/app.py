@@ -1,10 +1,13 @@
 """The HTTP application: OpenAI-compatible routes, each a thin shell around the service.
 
-Request path: body-size guard (413, middleware.py) -> API key (401, /v1 only) -> JSON
-body (400 when malformed) -> `Service.answer` (validation, planning, generation:
-service.py) -> the reply as JSON, or as server-sent events for streams. The client
+Request path: body-size guard (413, middleware.py) -> API key (401, /v1 only; it names
+the caller's owner, which scopes stored files, batches and responses) -> JSON body (400
+when malformed) -> `Service.answer` (validation, planning, generation: service.py) ->
+the reply as JSON, or as server-sent events for streams (http_answer.py). The client
 going away cancels the work, which aborts it in the engine. `/health` and `/metrics`
-stay open without a key.
+stay open without a key. Beside completions and chat: the Responses API
+(responses_api/), Files and Batches (batch_routes.py, run by batches.py's runner, which
+lives as long as the app).
 
 A stream starts only once its first chunk exists (`Service.answer` returns then), so
 errors before it keep their HTTP status; an error after it becomes one final
@@ -26,11 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from entropy_serve.server.batch_routes import batch_router
 from entropy_serve.server.batches import BatchRunner
 from entropy_serve.server.drain import Drain
-from entropy_serve.server.errors import (
-    Unauthorized,
-    error_body,
-    install_error_handlers,
-)
+from entropy_serve.server.errors import Unauthorized, error_body, install_error_handlers
 from entropy_serve.server.http_answer import answer
 from entropy_serve.server.middleware import BodySizeLimit, ErrorCounter
 from entropy_serve.server.responses_api.routes import responses_router
@@ -39,14 +38,13 @@ from entropy_serve.server.store import Store
 
 logger = logging.getLogger(__name__)
 
+
 def create_app(service: Service, drain: Drain | None = None) -> FastAPI:
     """The app; `drain` is SIGTERM's (commands/serve.py), a new one where not given."""
     config, engine = service.config, service.engine
     drain = drain or Drain(config.drain_timeout_s)
     store = Store(config.database_url)
-    batches = BatchRunner(
-        store, service, max_in_flight=config.batch_max_in_flight, max_lines=config.max_batch_lines
-    )
+    batches = BatchRunner(store, service, max_in_flight=config.batch_max_in_flight, max_lines=config.max_batch_lines)
 
     async def lifespan(_: FastAPI):
         tasks = [asyncio.create_task(service.start()), asyncio.create_task(engine.watch())]

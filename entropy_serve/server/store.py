@@ -187,7 +187,8 @@ class Store:
         return fields
 
     def claim_batches(self, runner: str, lease_s: float) -> list[str]:
-        """Active batches whose lease is free or lapsed, now leased to `runner`."""
+        """Active batches whose lease is free, lapsed or `runner`'s own, now leased to
+        `runner` for `lease_s` (a runner renews its leases by claiming again)."""
         now = time.time()
         free = sa.or_(batches.c.lease_owner.is_(None), batches.c.lease_expires_at < now, batches.c.lease_owner == runner)
         claimed = []
@@ -204,14 +205,6 @@ class Store:
                 if taken.rowcount == 1:
                     claimed.append(batch_id)
         return claimed
-
-    def renew_leases(self, runner: str, batch_ids: Iterable[str], lease_s: float) -> None:
-        with self.engine.begin() as db:
-            db.execute(
-                batches.update()
-                .where(batches.c.id.in_(list(batch_ids)), batches.c.lease_owner == runner)
-                .values(lease_expires_at=time.time() + lease_s)
-            )
 
     def release_leases(self, runner: str) -> None:
         with self.engine.begin() as db:

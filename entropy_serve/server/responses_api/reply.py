@@ -111,7 +111,7 @@ def response_object(
         "instructions": request.instructions,
         "output": items if items is not None else (output_items(answer, status) if answer else []),
         "parallel_tool_calls": request.parallel_tool_calls,
-        "tool_choice": request.tool_choice.model_dump() if hasattr(request.tool_choice, "model_dump") else request.tool_choice or "auto",
+        "tool_choice": request.response_tool_choice(),
         "tools": [tool.model_dump(exclude_none=True) for tool in request.tools or []],
         "temperature": request.temperature,
         "top_p": request.top_p,

@@ -36,7 +36,6 @@ NOT_SUPPORTED = {  # field -> its neutral values
     "truncation": ("disabled",),
     "context_management": (),
 }
-IGNORED = ("user", "metadata", "service_tier", "safety_identifier", "prompt_cache_key", "prompt_cache_retention")
 
 
 class Strict(BaseModel):
@@ -144,7 +143,7 @@ class ResponsesRequest(BaseModel):
     stream: bool = False
     store: bool = True
     metadata: dict[str, str] | None = None
-    # OpenAI's fields that cannot change the output (IGNORED), typed loosely: never read.
+    # OpenAI's fields that cannot change the output: accepted, typed loosely, never read.
     user: Any = None
     service_tier: Any = None
     safety_identifier: Any = None
@@ -217,6 +216,12 @@ class ResponsesRequest(BaseModel):
         if self.stream:
             body["stream_options"] = {"include_usage": True}
         return body
+
+    def response_tool_choice(self) -> str | dict:
+        """As the Response reports it (OpenAI's default: auto)."""
+        if isinstance(self.tool_choice, NamedFunction):
+            return self.tool_choice.model_dump()
+        return self.tool_choice or "auto"
 
     def _chat_tool_choice(self) -> str | dict | None:
         if isinstance(self.tool_choice, NamedFunction):
