@@ -41,7 +41,8 @@ from entropy_serve.samplers.entropy import shifted_log_normalizer_and_entropy
 from entropy_serve.server.config import ServerConfig
 from entropy_serve.server.engine import engine_args, pooling_kv_cache_bytes
 from entropy_serve.server.errors import APIError, validation_message
-from entropy_serve.server.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest
+from entropy_serve.server.messages import ChatMessage
+from entropy_serve.server.protocol import ChatCompletionRequest, CompletionRequest
 from entropy_serve.server.rendering import Renderer
 
 LOGIT_SCALING_KEYS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")

@@ -10,7 +10,7 @@ as over HTTP.
 
 Order of operations: text check (no lone surrogates) -> strict validation
 (protocol.py, extensions.py) -> model name -> strategy, if any (strategies/), else
-planning.py's plan -> submission.py runs it -> responses.py / streaming.py build the reply.
+planning.py's plan (sampler_plan.py decides the sampler) -> submission.py runs it -> responses.py / streaming.py build the reply.
 
 The service also composes the parts a server runs (each owns its own lifecycle): the
 engine (engine.py), the entropy channel (adapters/channel.py), the entropy profile

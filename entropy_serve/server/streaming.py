@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from openai.types import Completion
 from openai.types.chat import ChatCompletionChunk
 
-from entropy_serve.server import responses, submission
+from entropy_serve.server import logprobs, responses, submission
 from entropy_serve.server.adapters.channel import EntropyStore, TokenEntropy
 from entropy_serve.server.engine import EngineHolder
 from entropy_serve.server.planning import RequestPlan
@@ -54,7 +54,7 @@ async def completion_chunks(engine: EngineHolder, store: EntropyStore, plan: Req
 
 def _echoed(plan: RequestPlan, choice: Generated, prompt_logprobs: dict[int, list], first: bool) -> Generated:
     if first:
-        return responses.with_prompt(
+        return logprobs.with_prompt(
             choice,
             echo=plan.echo[choice.prompt_index],
             prompt_ids=plan.prompt_token_ids(choice.prompt_index),

@@ -10,7 +10,8 @@ from pydantic import ValidationError
 from entropy_serve.server.config import ServerConfig
 from entropy_serve.server.constraints import required_tools_schema
 from entropy_serve.server.errors import BadRequest
-from entropy_serve.server.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest
+from entropy_serve.server.messages import ChatMessage
+from entropy_serve.server.protocol import ChatCompletionRequest, CompletionRequest
 from entropy_serve.server.tool_calls import ToolReader
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}

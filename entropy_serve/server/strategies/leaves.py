@@ -17,8 +17,9 @@ from entropy_serve.server import metrics, responses
 from entropy_serve.server.config import ServerConfig
 from entropy_serve.server.errors import BadRequest
 from entropy_serve.server.extensions import EarlyStop
-from entropy_serve.server.planning import RequestPlan, is_greedy
+from entropy_serve.server.planning import RequestPlan
 from entropy_serve.server.protocol import SamplingRequest
+from entropy_serve.server.sampler_plan import is_greedy
 from entropy_serve.server.strategies.context import Reply
 from entropy_serve.server.strategies.voting import EXACT, VoteResult, constrained_answer, vote
 from entropy_serve.server.submission import Generated

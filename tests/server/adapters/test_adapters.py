@@ -107,7 +107,7 @@ def test_v1_batch_of_only_our_rows_is_shaped_in_place():
 
 
 def test_v1_seeded_rows_are_drawn_with_their_penalties_and_seed():
-    """A SEEDED row (planning.py): penalties from its prompt and output, vLLM's order,
+    """A SEEDED row (sampler_plan.py): penalties from its prompt and output, vLLM's order,
     then one finite logit at the token the seed draws at its position."""
     seeded = RowSpec(key="seeded", shape=True, seed=7,
                      params=SamplerParams(temperature=0.8, repetition_penalty=1.5, presence_penalty=0.5, vllm_order=1))  # fmt: skip
