@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from typing import Literal, get_args
 
 import torch
 
@@ -37,7 +38,8 @@ from entropy_serve.samplers.temperature import dynatemp_temperature, edt_tempera
 from entropy_serve.samplers.typical import typical_filter_
 
 FIXED, HAPO, EDT, DYNATEMP = 0, 1, 2, 3
-METHODS = {"hapo": HAPO, "edt": EDT, "dynatemp": DYNATEMP}
+TemperatureMethod = Literal["hapo", "edt", "dynatemp"]  # a request's adaptive_temperature.method
+METHODS = dict(zip(get_args(TemperatureMethod), (HAPO, EDT, DYNATEMP), strict=True))
 
 
 @dataclass(frozen=True)

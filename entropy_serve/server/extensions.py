@@ -9,11 +9,12 @@ one registry of strategy names: validation, the model-name prefix and dispatch
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from entropy_serve.json_input import MalformedJSON, parse_json
+from entropy_serve.samplers.chain import TemperatureMethod
 
 STRICT = ConfigDict(extra="forbid", strict=True)
 
@@ -23,7 +24,7 @@ class AdaptiveTemperature(BaseModel):
 
     model_config = STRICT
 
-    method: Literal["hapo", "edt", "dynatemp"]
+    method: TemperatureMethod
     tau: float = Field(0.5, ge=0.0, le=10.0, description="hapo: T = T_base * (1 + tau * h)")
     theta: float = Field(1.0, gt=0.0, le=100.0, description="edt: T = T0 * base^(theta / H)")
     base: float = Field(0.8, gt=0.0, lt=1.0, description="edt: N")
@@ -31,7 +32,8 @@ class AdaptiveTemperature(BaseModel):
     exponent: float = Field(1.0, gt=0.0, le=10.0, description="dynatemp: (H / ln V)^exponent")
 
 
-VoteMode = Literal["majority", "entropy_weighted"]
+VoteMode = Literal["majority", "entropy_weighted"]  # strategies/voting.py
+ConfidenceMeasure = Literal["topk", "entropy"]  # strategies/stopping.py
 
 
 class EarlyStop(BaseModel):
@@ -57,31 +59,34 @@ def _early_stop_by_rule(value: Any) -> Any:
     return {"rule": value} if isinstance(value, str) else value
 
 
-class SelfConsistency(BaseModel):
-    """n independent samples, one vote (server/strategies/self_consistency.py)."""
+class VotingStrategy(BaseModel):
+    """What strategies that vote over their leaves' answers share: how to vote, and when
+    to stop sampling."""
 
     model_config = STRICT
     votes: ClassVar[bool] = True
 
-    name: Literal["self_consistency"]
-    n: int = Field(8, ge=2, le=1024, description="independent samples to vote over (at most, with early_stop)")
     vote: VoteMode = "majority"
     early_stop: EarlyStop | None = None
 
     _early_stop_by_rule = field_validator("early_stop", mode="before")(_early_stop_by_rule)
+
+
+class SelfConsistency(VotingStrategy):
+    """n independent samples, one vote (server/strategies/self_consistency.py)."""
+
+    name: Literal["self_consistency"]
+    n: int = Field(8, ge=2, le=1024, description="independent samples to vote over (at most, with early_stop)")
 
     @property
     def num_leaves(self) -> int:
         return self.n
 
 
-class EntropyFork(BaseModel):
+class EntropyFork(VotingStrategy):
     """ETTRL's tree rollouts: fork each tree at its highest-entropy tokens (strategies/entropy_fork.py).
 
     Defaults are ETTRL's (M=12 trees, N=2 forks, B=2 branches: 60 leaves)."""
-
-    model_config = STRICT
-    votes: ClassVar[bool] = True
 
     name: Literal["entropy_fork"]
     trees: int = Field(12, ge=1, le=1024, description="M: initial samples")
@@ -91,10 +96,6 @@ class EntropyFork(BaseModel):
         "entropy", description="entropy: the highest-entropy tokens (ETTRL); savings: entropy x the prefix tokens a fork shares"
     )
     min_prefix: int = Field(0, ge=0, le=4096, description="fork no earlier than this many tokens into a tree")
-    vote: VoteMode = "majority"
-    early_stop: EarlyStop | None = None
-
-    _early_stop_by_rule = field_validator("early_stop", mode="before")(_early_stop_by_rule)
 
     @property
     def num_leaves(self) -> int:
@@ -113,7 +114,7 @@ class DeepConf(BaseModel):
     name: Literal["deepconf"]
     n: int = Field(16, ge=2, le=1024, description="traces at most, warm-up included")
     warmup: int = Field(4, ge=1, le=1024, description="traces sampled whole first; they set the threshold")
-    confidence: Literal["topk", "entropy"] = Field(
+    confidence: ConfidenceMeasure = Field(
         "topk", description="token confidence: -mean of the top_k log-probabilities, or -entropy"
     )
     top_k: int = Field(20, ge=1, le=20, description="topk: log-probabilities per token")
@@ -197,7 +198,7 @@ def _name_of(model: type[BaseModel]) -> str:
 STRATEGIES: dict[str, type[BaseModel]] = {
     _name_of(m): m for m in (SelfConsistency, EntropyFork, DeepConf, Escalate, Auto, Difficulty)
 }
-Strategy = Annotated[SelfConsistency | EntropyFork | DeepConf | Escalate | Auto | Difficulty, Field(discriminator="name")]
+Strategy = Annotated[Union[tuple(STRATEGIES.values())], Field(discriminator="name")]  # noqa: UP007 (a union built from the registry)
 
 # Our sampler fields may also come inside vllm_xargs (for clients that only pass those).
 SAMPLER_XARGS = ("typical_p", "adaptive_temperature", "return_entropy")

@@ -30,14 +30,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import get_args
 
 import numpy as np
 
-from entropy_serve.server.extensions import EarlyStop
+from entropy_serve.server.extensions import ConfidenceMeasure, EarlyStop
 from entropy_serve.server.strategies.voting import vote
 from entropy_serve.tasks.answers import equivalent
 
-CONFIDENCE_MEASURES = ("topk", "entropy")
+CONFIDENCE_MEASURES = get_args(ConfidenceMeasure)
 
 
 # -- vote level ------------------------------------------------------------------------

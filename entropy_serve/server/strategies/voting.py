@@ -20,13 +20,15 @@ import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import get_args
 
 from vllm.sampling_params import StructuredOutputsParams
 
 from entropy_serve.json_input import MalformedJSON, parse_json
+from entropy_serve.server.extensions import VoteMode
 from entropy_serve.tasks.answers import equivalent
 
-VOTE_MODES = ("majority", "entropy_weighted")
+VOTE_MODES = get_args(VoteMode)
 
 
 @dataclass(frozen=True)
