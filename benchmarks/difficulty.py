@@ -27,7 +27,7 @@ from answering import answer_all
 from entropy_serve.probes.table import DifficultyTable
 from entropy_serve.tasks import arithmetic
 from entropy_serve.tasks.answers import is_correct
-from entropy_serve.trainer.probe import TRAINING_LEVELS
+from entropy_serve.tasks.problems import TRAINING_LEVELS
 
 
 async def run_method(client, model: str, problems, fields: dict, args, label: str) -> list[dict]:

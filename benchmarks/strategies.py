@@ -39,9 +39,9 @@ import numpy as np
 from answering import answer_all
 
 from entropy_serve.server.strategies.confidence import SIGNALS, answer_span, trace_signals
-from entropy_serve.server.strategies.voting import vote
 from entropy_serve.tasks.answers import equivalent, extract_answer, is_correct
 from entropy_serve.tasks.arithmetic import generate, levels_named
+from entropy_serve.tasks.voting import vote
 
 WINDOW = 16  # the signals' window (deepconf's default)
 GOAL_METHOD = "auto"

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from entropy_serve import model_store
+from entropy_serve import flag_types, model_store
 from entropy_serve.commands import (
     batch,
     calibrate,
@@ -53,7 +53,9 @@ TRUE, FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
 def env_name(action: argparse.Action) -> str:
-    return ENV_PREFIX + action.dest.upper()
+    """ENTROPY_SERVE_ and the flag's long name (`--api-key`: ENTROPY_SERVE_API_KEY)."""
+    long_name = max(action.option_strings, key=len, default=action.dest)
+    return ENV_PREFIX + long_name.lstrip("-").replace("-", "_").upper()
 
 
 def env_defaults(parser: argparse.ArgumentParser) -> None:
@@ -66,6 +68,8 @@ def env_defaults(parser: argparse.ArgumentParser) -> None:
             if value.lower() not in TRUE | FALSE:
                 parser.error(f"{env_name(action)}: expected true or false, got {value!r}")
             value = value.lower() in TRUE
+        elif isinstance(action, flag_types.Repeated):  # several values: comma-separated
+            value = [item.strip() for item in value.split(",") if item.strip()]
         elif action.choices is not None and value not in action.choices:
             parser.error(f"{env_name(action)}: invalid choice {value!r} (choose from {', '.join(map(str, action.choices))})")
         # A string default goes through the flag's type when parsed, with the flag's checks.

@@ -7,7 +7,8 @@ import argparse
 import pytest
 
 from entropy_serve.cli import COMMANDS, build_parser
-from entropy_serve.commands.flags import answering_settings, fraction, positive_int
+from entropy_serve.commands.flags import server_config
+from entropy_serve.flag_types import fraction, positive_int
 
 
 def test_every_command_has_help_flags_and_a_run_function():
@@ -63,9 +64,18 @@ def test_flag_types_by_hand():
 def test_auto_tool_choice_needs_a_parser():
     args = build_parser().parse_args(["serve", "--enable-auto-tool-choice"])
     with pytest.raises(SystemExit, match="--enable-auto-tool-choice needs --tool-call-parser"):
-        answering_settings(args)
+        server_config(args)
     args = build_parser().parse_args(["batch", "-i", "a", "-o", "b", "--enable-auto-tool-choice", "--tool-call-parser", "hermes"])
-    assert answering_settings(args)["tool_call_parser"] == "hermes"
+    assert server_config(args).tool_call_parser == "hermes"
+
+
+def test_api_keys_repeat_and_come_from_the_environment_unless_flags_name_them(monkeypatch):
+    assert build_parser().parse_args(["serve"]).api_keys == []
+    assert build_parser().parse_args(["serve", "--api-key", "a", "--api-key", "b"]).api_keys == ["a", "b"]
+    monkeypatch.setenv("ENTROPY_SERVE_API_KEY", "x, y")
+    assert build_parser().parse_args(["serve"]).api_keys == ["x", "y"]
+    args = build_parser().parse_args(["serve", "--api-key", "a"])
+    assert args.api_keys == ["a"] and server_config(args).api_keys == ("a",)
 
 
 def test_every_flag_reads_its_environment_variable_and_the_flag_wins(monkeypatch):

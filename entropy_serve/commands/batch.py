@@ -14,8 +14,10 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from entropy_serve.commands.flags import add_answering_flags, add_engine_flags, answering_settings, positive_int, server_config
+from entropy_serve.commands.flags import add_server_flags, server_config
+from entropy_serve.flag_types import positive_int
 from entropy_serve.offline.runner import OutputOrder
+from entropy_serve.server.config import ANSWERING, ServerConfig
 
 HELP = "answer a JSONL file of OpenAI batch requests (resumable), no server needed"
 
@@ -24,8 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-i", "--input-file", type=Path, required=True, help="OpenAI batch input JSONL")
     parser.add_argument("-o", "--output-file", type=Path, required=True, help="batch output JSONL (appended to; rerun to resume)")
     add_in_flight_flags(parser)
-    add_engine_flags(parser)
-    add_answering_flags(parser)
+    add_server_flags(parser, ANSWERING)
 
 
 def add_in_flight_flags(parser: argparse.ArgumentParser) -> None:
@@ -41,8 +42,12 @@ def add_in_flight_flags(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     return answer_pending(
-        args, "batch", lambda todo, num_done, output: _answer(server_config(args, **answering_settings(args)), todo, num_done, output, args)
+        args, "batch", lambda todo, num_done, output: _answer(engine_config(args), todo, num_done, output, args)
     )
+
+
+def engine_config(args: argparse.Namespace) -> ServerConfig:
+    return server_config(args)
 
 
 def answer_pending(args: argparse.Namespace, command: str, answer: Callable[..., Awaitable[int]]) -> int:

@@ -12,21 +12,27 @@ import json
 from pathlib import Path
 
 from entropy_serve.calibration import profile_record, sample_entropies
-from entropy_serve.commands.flags import add_engine_flags, positive_int, server_config
+from entropy_serve.commands.flags import add_server_flags, server_config
+from entropy_serve.flag_types import positive_int
+from entropy_serve.server.config import ServerConfig
 
 HELP = "sample built-in prompts, write the model's entropy profile"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_engine_flags(parser)
+    add_server_flags(parser)
     parser.add_argument("--out", type=Path, required=True, help="profile JSON to write")
     parser.add_argument("--samples", type=positive_int, default=4, help="samples per built-in prompt")
     parser.add_argument("--max-tokens", type=positive_int, default=128)
     parser.add_argument("--seed", type=int, default=0)
 
 
+def engine_config(args: argparse.Namespace) -> ServerConfig:
+    return server_config(args, max_n=args.samples)  # every prompt's samples in one request
+
+
 def run(args: argparse.Namespace) -> int:
-    config = server_config(args, max_n=args.samples)  # every prompt's samples in one request
+    config = engine_config(args)
     entropies = asyncio.run(collect_entropies(config, args.samples, args.max_tokens, args.seed))
     profile = profile_record(config.served_model_name, config.model, entropies, args.samples, args.max_tokens, args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,9 @@ import sys
 from pathlib import Path
 
 from entropy_serve.commands.batch import add_in_flight_flags, answer_pending
-from entropy_serve.commands.flags import add_engine_flags, existing_path, positive_int, server_config
+from entropy_serve.commands.flags import add_server_flags, server_config
+from entropy_serve.flag_types import existing_path, positive_int
+from entropy_serve.server.config import ServerConfig
 
 HELP = "score a JSONL file: per-token log-probabilities and exact entropies (resumable)"
 
@@ -25,14 +27,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=positive_int, default=16, help="tokens in the reported highest-entropy window")
     parser.add_argument("--probe", type=existing_path, help="difficulty probe folder (from train-probe): adds each prompt's class")
     add_in_flight_flags(parser)
-    add_engine_flags(parser)
+    add_server_flags(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     def answer(todo, num_done, output):
-        return _score(server_config(args, probe=str(args.probe) if args.probe else None), todo, num_done, output, args)
+        return _score(engine_config(args), todo, num_done, output, args)
 
     return answer_pending(args, "score", answer)
+
+
+def engine_config(args: argparse.Namespace) -> ServerConfig:
+    return server_config(args, probe=str(args.probe) if args.probe else None)
 
 
 async def _score(config, todo, num_done, output, args) -> int:

@@ -9,14 +9,16 @@ import json
 import sys
 from pathlib import Path
 
-from entropy_serve.commands.flags import add_engine_flags, positive_int, server_config
+from entropy_serve.commands.flags import add_server_flags, server_config
 from entropy_serve.commands.tune_strategies import add_tuning_flags, summary, tune_settings
+from entropy_serve.flag_types import positive_int
+from entropy_serve.server.config import ServerConfig
 
 HELP = "sample a task, label difficulty, train the DiffAdapt probe"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_engine_flags(parser)
+    add_server_flags(parser)
     parser.add_argument("--task", default="arithmetic", help="'arithmetic' (built-in, seeded) or a question/answer JSONL file")
     parser.add_argument("--problems", type=positive_int, default=300, help="training problems (first N of a file)")
     parser.add_argument("--samples", type=positive_int, default=8, help="answers sampled per problem (k)")
@@ -40,6 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="accuracy a cheaper candidate may give up against its class's best (0.02: 2 points)",
     )
     add_tuning_flags(parser, prefix="tune-")
+
+
+def engine_config(args: argparse.Namespace) -> ServerConfig:
+    return server_config(args, max_n=max(args.samples, args.tune_traces))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         print("entropy-serve train-probe: --table-tolerance must be in [0, 1)", file=sys.stderr)
         return 2
     try:
-        config = server_config(args, max_n=max(args.samples, args.tune_traces))
+        config = engine_config(args)
         metadata = train_probe(config, settings, args.out)
         learned = learn(config, tune_settings(args, "tune-"), args.out) if args.tune_temperatures else None
     except KeyboardInterrupt:

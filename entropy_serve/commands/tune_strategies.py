@@ -8,7 +8,9 @@ import argparse
 import json
 from pathlib import Path
 
-from entropy_serve.commands.flags import add_engine_flags, positive_int, probability, server_config
+from entropy_serve.commands.flags import add_server_flags, server_config
+from entropy_serve.flag_types import positive_int, probability
+from entropy_serve.server.config import ServerConfig
 
 HELP = "learn the model's strategy defaults (deepconf, escalate, auto) from training problems"
 
@@ -43,7 +45,7 @@ def tune_settings(args: argparse.Namespace, prefix: str = ""):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_engine_flags(parser)
+    add_server_flags(parser)
     parser.add_argument("--task", default="arithmetic", help="'arithmetic' (built-in, seeded) or a question/answer JSONL file")
     add_tuning_flags(parser)
     parser.add_argument("--max-tokens", type=positive_int, default=128, help="token budget of each trace")
@@ -52,13 +54,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--into-profile", type=Path, help="also write the defaults into this entropy profile JSON")
 
 
+def engine_config(args: argparse.Namespace) -> ServerConfig:
+    return server_config(args, max_n=tune_settings(args).num_traces)
+
+
 def run(args: argparse.Namespace) -> int:
     from entropy_serve.trainer.tune_strategies import learn
 
     settings = tune_settings(args)
     if not settings.temperatures:
         raise SystemExit("entropy-serve tune-strategies: --temperatures names none")
-    learned = learn(server_config(args, max_n=settings.num_traces), settings, args.out)
+    learned = learn(engine_config(args), settings, args.out)
     if args.into_profile:
         from entropy_serve.server.strategies.defaults import PROFILE_KEY
 

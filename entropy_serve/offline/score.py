@@ -25,7 +25,6 @@ import math
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
@@ -39,8 +38,9 @@ from entropy_serve.probes.features import pooling_engine_args
 from entropy_serve.probes.router import DifficultyRouter
 from entropy_serve.samplers.entropy import shifted_log_normalizer_and_entropy
 from entropy_serve.server.config import ServerConfig
-from entropy_serve.server.engine import engine_args, pooling_kv_cache_bytes
+from entropy_serve.server.engine import engine_args
 from entropy_serve.server.errors import APIError, validation_message
+from entropy_serve.server.feature_engines import pooling_kv_cache_bytes, start_feature_engine
 from entropy_serve.server.messages import ChatMessage
 from entropy_serve.server.protocol import ChatCompletionRequest, CompletionRequest
 from entropy_serve.server.rendering import Renderer
@@ -127,16 +127,6 @@ class ScoredTokens:
     entropies: list[float]
 
 
-class TokenizerOnly:
-    """What Renderer asks of an engine, for a tokenizer with no generation engine behind it."""
-
-    def __init__(self, tokenizer: Any):
-        self.tokenizer = tokenizer
-
-    def require_engine(self) -> None:
-        return None
-
-
 class Scorer:
     """Scores records on a pooling engine (ALL positions) of the model, and the difficulty
     router's engine when the config names a probe; `start` makes one, `stop` ends both."""
@@ -148,7 +138,7 @@ class Scorer:
         self.router = router
         self.window = window
         self.tokenizer = engine.get_tokenizer()
-        self.renderer = Renderer(TokenizerOnly(self.tokenizer))
+        self.renderer = Renderer(lambda: self.tokenizer)
         self.max_model_len = engine.vllm_config.model_config.max_model_len
 
     @classmethod
@@ -161,11 +151,11 @@ class Scorer:
             pooling_type="ALL", memory_fraction=config.gpu_memory_utilization,
             kv_cache_memory_bytes=pooling_kv_cache_bytes(config),
         )
-        scorer = cls(await asyncio.to_thread(AsyncLLM.from_engine_args, args), weight, config.served_model_name,
-                     DifficultyRouter.load(config), window)
-        if scorer.router is not None:
+        router = DifficultyRouter.load(config.probe, config.model, config.difficulty_table, config.probe_min_confidence)
+        scorer = cls(await asyncio.to_thread(AsyncLLM.from_engine_args, args), weight, config.served_model_name, router, window)
+        if router is not None:
             try:
-                await scorer.router.start(dtype)
+                router.attach(await start_feature_engine(config, router.pooling, router.feature_suffix, dtype))
             except BaseException:
                 scorer.stop()
                 raise

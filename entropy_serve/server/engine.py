@@ -137,14 +137,6 @@ def kv_cache_bytes(config: ServerConfig, model_config, pooling: bool = False) ->
     return tokens * kv_bytes_per_token(model_config)
 
 
-def pooling_kv_cache_bytes(config: ServerConfig) -> int | None:
-    """A CPU pooling engine's KV-cache budget (`kv_cache_bytes`); None on GPU, where vLLM
-    sizes it by memory fraction."""
-    if not current_platform.is_cpu():
-        return None
-    return kv_cache_bytes(config, engine_args(config).create_model_config(), pooling=True)
-
-
 def kv_bytes_per_token(model_config) -> int:
     """Keys and values of every layer for one token: 2 x layers x KV heads x head size x dtype bytes."""
     layers = model_config.hf_text_config.num_hidden_layers
@@ -232,6 +224,11 @@ class EngineHolder:
         if not self.ready or self.engine is None:
             raise EngineUnavailable(f"the engine is not ready ({self.state.value})")
         return self.engine
+
+    def ready_tokenizer(self):
+        """The model's tokenizer, or a 503 while the engine is not ready."""
+        self.require_engine()
+        return self.tokenizer
 
     async def start(self, env: dict[str, str], companion: Companion | None = None) -> None:
         """Start the engine with `env` set for its processes, then `companion(engine)`,

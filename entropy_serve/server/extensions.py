@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from entropy_serve.json_input import MalformedJSON, parse_json
 from entropy_serve.samplers.chain import TemperatureMethod
+from entropy_serve.tasks.voting import VoteMode
 
 STRICT = ConfigDict(extra="forbid", strict=True)
 
@@ -32,7 +33,6 @@ class AdaptiveTemperature(BaseModel):
     exponent: float = Field(1.0, gt=0.0, le=10.0, description="dynatemp: (H / ln V)^exponent")
 
 
-VoteMode = Literal["majority", "entropy_weighted"]  # strategies/voting.py
 ConfidenceMeasure = Literal["topk", "entropy"]  # strategies/stopping.py
 
 

@@ -99,7 +99,7 @@ class Planner:
         self.engine = engine
         self.profile = profile
         self.draws_seeds = seeds_drawn_by_adapter(config) if draws_seeds is None else draws_seeds
-        self.renderer = Renderer(engine)
+        self.renderer = Renderer(engine.ready_tokenizer)
         self.render = self.renderer.render
 
     def plan(self, request: SamplingRequest) -> RequestPlan:

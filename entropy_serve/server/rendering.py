@@ -9,9 +9,10 @@ touched.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from entropy_serve.server.engine import EngineHolder
 from entropy_serve.server.errors import BadRequest
 from entropy_serve.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
 
@@ -26,19 +27,21 @@ class PromptEcho:
 
 
 class Renderer:
-    def __init__(self, engine: EngineHolder):
-        self.engine = engine
+    def __init__(self, tokenizer: Callable[[], Any]):
+        """`tokenizer()`: the model's tokenizer, or a 503 while its engine is not ready
+        (EngineHolder.ready_tokenizer), before anything is rendered."""
+        self.tokenizer = tokenizer
 
     def render(self, request: SamplingRequest) -> list[list[int]]:
         """The request's prompt(s) as token ids, as the engine will see them."""
-        self.engine.require_engine()  # 503 before touching the tokenizer of an engine not yet loaded
+        self.tokenizer()  # 503 before touching the tokenizer of an engine not yet loaded
         if isinstance(request, ChatCompletionRequest):
             return [self._render_chat(request)]
         return self._completion_prompts(request)
 
     def echoes(self, request: CompletionRequest, prompts: list[list[int]]) -> list[PromptEcho]:
         """What `echo` repeats of each of `request`'s prompts (`prompts`: as `render` gave them)."""
-        tokenizer = self.engine.tokenizer
+        tokenizer = self.tokenizer()
         written = request.prompt if isinstance(request.prompt, list) and isinstance(request.prompt[0], (str, list)) else [request.prompt]
         return [
             PromptEcho(
@@ -49,7 +52,7 @@ class Renderer:
         ]
 
     def _render_chat(self, request: ChatCompletionRequest) -> list[int]:
-        tokenizer = self.engine.tokenizer
+        tokenizer = self.tokenizer()
         if getattr(tokenizer, "chat_template", None) is None:
             raise BadRequest("this model has no chat template; use /v1/completions")
         try:
@@ -63,7 +66,7 @@ class Renderer:
 
     def _completion_prompts(self, request: CompletionRequest) -> list[list[int]]:
         prompt = request.prompt
-        tokenizer = self.engine.tokenizer
+        tokenizer = self.tokenizer()
         if isinstance(prompt, str):
             return [tokenizer.encode(prompt)]
         if all(isinstance(p, int) for p in prompt):
@@ -73,7 +76,7 @@ class Renderer:
         return [self._checked_token_ids(p) for p in prompt]
 
     def _checked_token_ids(self, token_ids: list[int]) -> list[int]:
-        vocab_size = len(self.engine.tokenizer)
+        vocab_size = len(self.tokenizer())
         if not token_ids:
             raise BadRequest("prompt: token id lists must not be empty", param="prompt")
         bad = [t for t in token_ids if not 0 <= t < vocab_size]

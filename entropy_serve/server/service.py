@@ -36,6 +36,7 @@ from entropy_serve.server.adapters.spec import profile_to_env
 from entropy_serve.server.config import ServerConfig
 from entropy_serve.server.engine import EngineFacts, EngineHolder
 from entropy_serve.server.errors import BadRequest, ModelNotFound, validation_message
+from entropy_serve.server.feature_engines import start_feature_engine
 from entropy_serve.server.planning import Planner
 from entropy_serve.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
 from entropy_serve.server.strategies import ANSWERS, defaults
@@ -97,7 +98,7 @@ class Service:
         loaded = load_profile(config.entropy_profile, config.model) if config.entropy_profile else None
         self.profile = loaded.profile if loaded else None
         metrics.export_profile(loaded.data.get("summary") if loaded else None)
-        self.router = DifficultyRouter.load(config)
+        self.router = DifficultyRouter.load(config.probe, config.model, config.difficulty_table, config.probe_min_confidence)
         self.planner = Planner(config, self.engine, self.profile)
         learned = (
             defaults.load(config.strategy_defaults, model_fingerprint(config.model)) if config.strategy_defaults else None
@@ -115,7 +116,8 @@ class Service:
 
     async def _start_router(self, engine: AsyncLLM) -> AsyncLLM | None:
         """The router's pooling engine, in the dtype the generation engine resolved."""
-        await self.router.start(engine.vllm_config.model_config.dtype)
+        dtype = engine.vllm_config.model_config.dtype
+        self.router.attach(await start_feature_engine(self.config, self.router.pooling, self.router.feature_suffix, dtype))
         return self.router.engine
 
     def stop(self) -> None:

@@ -138,7 +138,7 @@ def majority_rewards(answers: list[str | None], same: Callable[[str, str], bool]
     `5.0`, `\\text{5}` !~ `5.0`), and an answer equal to the label must get its 1."""
     # Imported here: the vote lives with the server's strategies (and vLLM); the losses
     # above import torch alone, so the GPU lane runs them where no engine is installed.
-    from entropy_serve.server.strategies.voting import vote
+    from entropy_serve.tasks.voting import vote
 
     if same is None:
         from entropy_serve.tasks.answers import equivalent as same

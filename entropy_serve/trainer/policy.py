@@ -28,6 +28,7 @@ from entropy_serve import calibration, host, model_store
 from entropy_serve.calibration import PROFILE_FILE, profile_record, sample_entropies
 from entropy_serve.server.config import ServerConfig
 from entropy_serve.tasks.answers import extract_answer, is_correct
+from entropy_serve.tasks.problems import load_problems
 from entropy_serve.trainer.entropy_control import majority_rewards
 from entropy_serve.trainer.grpo import group_indices
 from entropy_serve.trainer.policy_config import PolicyConfig
@@ -41,7 +42,6 @@ from entropy_serve.trainer.policy_log import (
     read_log,
     truncate_log,
 )
-from entropy_serve.trainer.probe import load_problems
 
 logger = logging.getLogger(__name__)
 

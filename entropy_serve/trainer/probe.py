@@ -22,9 +22,7 @@ Order:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,30 +30,22 @@ import numpy as np
 from tqdm import tqdm
 
 from entropy_serve.calibration import model_fingerprint
-from entropy_serve.probes.features import POOLINGS, FeatureEngine
+from entropy_serve.probes.features import POOLINGS
 from entropy_serve.probes.labels import LabelRule, label_problems
 from entropy_serve.probes.probe import fit_probe
-from entropy_serve.probes.router import feature_engine_args
 from entropy_serve.probes.table import CANDIDATES, TABLE_FILE, ClassStrategy, DifficultyTable, choose_table
 from entropy_serve.server.config import ServerConfig
-from entropy_serve.server.service import Endpoint, Service, running_service
-from entropy_serve.tasks import arithmetic
+from entropy_serve.server.feature_engines import start_feature_engine
+from entropy_serve.server.service import Endpoint, running_service
 from entropy_serve.tasks.answers import is_correct
-from entropy_serve.tasks.jsonl import load_jsonl
+from entropy_serve.tasks.problems import TrainingProblem, load_problems
+from entropy_serve.trainer.sampling import read_records, sample_to
 
 logger = logging.getLogger(__name__)
 
 SAMPLES_FILE = "samples.jsonl"
 TABLE_SAMPLES_FILE = "table_samples.jsonl"
 NORMAL_CANDIDATE = "diffadapt-normal"  # sampled once, for the labels
-TRAINING_LEVELS = ("add-1digit", "add-2digit", "add-3digit")
-PROBLEMS_IN_FLIGHT = 8
-
-
-@dataclass(frozen=True)
-class TrainingProblem:
-    question: str
-    answer: str
 
 
 @dataclass(frozen=True)
@@ -71,45 +61,6 @@ class TrainSettings:
     held_out_fraction: float = 0.25
     table_samples: int = 2  # answers per problem and candidate strategy in the table search; 0: no search
     table_tolerance: float = 0.02  # accuracy a cheaper candidate may give up against its class's best
-
-
-def load_problems(task: str, num_problems: int, seed: int, levels: tuple[str, ...] = TRAINING_LEVELS) -> list[TrainingProblem]:
-    """The built-in arithmetic `levels` (seeded) or the first problems of a JSONL file."""
-    if task == "arithmetic":
-        levels = arithmetic.levels_named(levels)
-        return [TrainingProblem(p.question, p.answer) for p in arithmetic.generate(num_problems, seed, levels)]
-    path = Path(task)
-    if not path.is_file():
-        raise ValueError(f"--task: {task!r} is neither 'arithmetic' nor a JSONL file")
-    items = load_jsonl(path)
-    if len(items) < num_problems:
-        raise ValueError(f"--task {task}: {len(items)} problems, fewer than --problems {num_problems}")
-    return [TrainingProblem(item.question, item.answer) for item in items[:num_problems]]
-
-
-def read_records(path: Path, problems: list[TrainingProblem], key: Callable[[dict], Hashable], what: str) -> dict:
-    """key(record) -> record for the requests an earlier run of the same command finished
-    and appended to `path` (sample_to); `what` names them in the error when they answer
-    other problems. A line cut by an interrupt is skipped: that request runs again."""
-    if not path.exists():
-        return {}
-    finished = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            logger.warning("%s:%d: unreadable, sampling it again", path, number)
-            continue
-        index = record["index"]
-        if index >= len(problems) or record["question"] != problems[index].question:
-            raise ValueError(f"{path} holds {what} of other problems (line {number}); use a new --out")
-        finished[key(record)] = record
-    return finished
-
-
-def read_finished(path: Path, problems: list[TrainingProblem]) -> dict[int, dict]:
-    """Problems already sampled by an earlier run of the same command."""
-    return read_records(path, problems, lambda record: record["index"], "samples")
 
 
 def answer_body(config: ServerConfig, problem: TrainingProblem, strategy: ClassStrategy, settings: TrainSettings,
@@ -145,27 +96,6 @@ def answer_record(problem: TrainingProblem, reply) -> dict:
     }
 
 
-async def sample_to(service: Service, bodies: dict[tuple, dict], records, store: Path, desc: str) -> None:
-    """Answer every body (key -> request), appending `records(key, reply, body)` to
-    `store` as each finishes (`PROBLEMS_IN_FLIGHT` at once)."""
-    limit = asyncio.Semaphore(PROBLEMS_IN_FLIGHT)
-
-    async def one(key: tuple) -> dict:
-        async with limit:
-            reply = await service.answer(bodies[key], Endpoint.CHAT_COMPLETIONS)
-        return records(key, reply, bodies[key])
-
-    tasks = [asyncio.create_task(one(key)) for key in bodies]
-    try:
-        with store.open("a") as out:
-            for finished in tqdm(asyncio.as_completed(tasks), total=len(tasks), desc=desc, unit="request"):
-                out.write(json.dumps(await finished) + "\n")
-                out.flush()
-    finally:
-        for task in tasks:
-            task.cancel()
-
-
 async def sample_problems(
     config: ServerConfig, problems: list[TrainingProblem], todo: list[int], candidate_todo: list[tuple[str, int]],
     settings: TrainSettings, out: Path,
@@ -198,9 +128,14 @@ async def sample_problems(
             await sample_to(service, bodies, candidate_record, out / TABLE_SAMPLES_FILE, "table search")
 
 
-def read_candidates(path: Path, problems: list[TrainingProblem]) -> dict[tuple[str, int], dict]:
-    """(candidate, problem) pairs already answered by an earlier run of the same command."""
-    return read_records(path, problems, lambda record: (record["candidate"], record["index"]), "answers")
+def read_probe_samples(out: Path, problems: list[TrainingProblem]) -> tuple[dict[int, dict], dict[tuple[str, int], dict]]:
+    """What an earlier run of the same command sampled: problems with the Normal strategy
+    (by index), and (candidate, problem) pairs of the table search."""
+    finished = read_records(out / SAMPLES_FILE, problems, key=lambda record: record["index"], what="samples")
+    candidates = read_records(
+        out / TABLE_SAMPLES_FILE, problems, key=lambda record: (record["candidate"], record["index"]), what="answers"
+    )
+    return finished, candidates
 
 
 def table_scores(labels: list[str], normal_records: list[dict], candidates: dict[tuple[str, int], dict]) -> dict:
@@ -222,7 +157,7 @@ def table_scores(labels: list[str], normal_records: list[dict], candidates: dict
 async def featurize(config: ServerConfig, prompts: list[list[int]], suffix: str) -> dict[str, np.ndarray]:
     """Every pooling's features (features.POOLINGS), from one pass of an engine that
     returns every token's state."""
-    engine = await asyncio.to_thread(FeatureEngine.build, feature_engine_args(config, "last+mean"), suffix, "last+mean")
+    engine = await start_feature_engine(config, "last+mean", suffix)
     try:
         batches = [prompts[i : i + 64] for i in range(0, len(prompts), 64)]
         parts = [await engine.features_by_pooling(batch) for batch in tqdm(batches, desc="features", unit="batch")]
@@ -235,8 +170,7 @@ def train_probe(config: ServerConfig, settings: TrainSettings, out: Path) -> dic
     problems = load_problems(settings.task, settings.num_problems, settings.seed)
     out.mkdir(parents=True, exist_ok=True)
     store = out / SAMPLES_FILE
-    finished = read_finished(store, problems)
-    candidates = read_candidates(out / TABLE_SAMPLES_FILE, problems)
+    finished, candidates = read_probe_samples(out, problems)
     todo = [i for i in range(len(problems)) if i not in finished]
     searched = [name for name in CANDIDATES if name != NORMAL_CANDIDATE] if settings.table_samples else []
     candidate_todo = [(name, i) for name in searched for i in range(len(problems)) if (name, i) not in candidates]
@@ -244,8 +178,7 @@ def train_probe(config: ServerConfig, settings: TrainSettings, out: Path) -> dic
         print(f"sampling {len(todo)} problems x {settings.samples} ({len(finished)} already in {store}), "
               f"then {len(candidate_todo)} (candidate strategy, problem) pairs x {settings.table_samples}")
         asyncio.run(sample_problems(config, problems, todo, candidate_todo, settings, out))
-        finished = read_finished(store, problems)
-        candidates = read_candidates(out / TABLE_SAMPLES_FILE, problems)
+        finished, candidates = read_probe_samples(out, problems)
     records = [finished[i] for i in range(len(problems))]
     labels = label_problems([r["accuracy"] for r in records], [r["mean_entropy_nats"] for r in records], settings.rule)
     print(f"labels: {labels.balance()} (entropy threshold {labels.entropy_threshold_nats} nats)")

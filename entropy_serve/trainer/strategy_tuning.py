@@ -36,8 +36,8 @@ from entropy_serve.server.strategies.stopping import (
     stop_threshold,
     trace_weights,
 )
-from entropy_serve.server.strategies.voting import vote
 from entropy_serve.tasks.answers import equivalent, extract_answer
+from entropy_serve.tasks.voting import vote
 
 THRESHOLD_QUANTILES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 NEVER_NATS = 100.0  # escalate's largest threshold: answer greedily always

@@ -22,7 +22,8 @@ from entropy_serve.calibration import model_fingerprint
 from entropy_serve.server.config import ServerConfig
 from entropy_serve.server.service import running_service
 from entropy_serve.server.strategies.defaults import DEFAULTS_FILE, StrategyDefaults
-from entropy_serve.trainer.probe import TrainingProblem, load_problems, read_records, sample_to
+from entropy_serve.tasks.problems import TrainingProblem, load_problems
+from entropy_serve.trainer.sampling import read_records, sample_to
 from entropy_serve.trainer.strategy_tuning import ProblemTraces, trace_from_choice, tune
 
 TRACES_FILE = "tuning_traces.jsonl"
@@ -59,8 +60,8 @@ def trace_body(config: ServerConfig, problem: TrainingProblem, kind: str, settin
 
 
 def read_traces(path: Path, problems: list[TrainingProblem]) -> dict[tuple[str, int], dict]:
-    """(kind, problem index) -> record, from an earlier run (probe.read_records)."""
-    return read_records(path, problems, lambda record: (record["kind"], record["index"]), "traces")
+    """(kind, problem index) -> record, from an earlier run (sampling.read_records)."""
+    return read_records(path, problems, key=lambda record: (record["kind"], record["index"]), what="traces")
 
 
 async def sample_traces(config: ServerConfig, problems: list[TrainingProblem], todo: list[tuple[str, int]],

@@ -143,7 +143,6 @@ def test_an_unsure_probe_routes_as_normal():
     import asyncio
 
     from entropy_serve.probes.router import DifficultyRouter
-    from entropy_serve.server.config import ServerConfig
 
     probe = Probe(np.zeros(2), np.ones(2), [np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])], [np.zeros(3)],
                   ["easy", "normal", "hard"], {})
@@ -153,7 +152,7 @@ def test_an_unsure_probe_routes_as_normal():
             return np.array([prompts[0]], dtype=np.float32)
 
     def classify(min_confidence: float, x: float):
-        router = DifficultyRouter(ServerConfig(model="m", served_model_name="m", probe_min_confidence=min_confidence), probe, DifficultyTable())
+        router = DifficultyRouter(probe, DifficultyTable(), min_confidence)
         router.features = Features()
         return asyncio.run(router.classify([x, 0.0]))
 

@@ -30,6 +30,9 @@ class FakeEngine:
     def require_engine(self):
         return self
 
+    def ready_tokenizer(self):
+        return self.tokenizer
+
 
 def request(**fields) -> CompletionRequest:
     return CompletionRequest(model="m", prompt="p", **fields)

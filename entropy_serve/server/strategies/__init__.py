@@ -3,7 +3,7 @@
 Each strategy module has `answer(ctx, request) -> reply`; ANSWERS maps each strategy's
 field model (whose `name` is in the registry) to it, so a strategy added to the registry
 without an answer fails at import.
-Voting strategies sample leaves, vote over their answers (leaves.py, voting.py) and
+Voting strategies sample leaves, vote over their answers (leaves.py, tasks/voting.py) and
 reply with a winning leaf, stopping early when their rules say so (stopping.py);
 `escalate` (and `auto`) answers greedily and samples only when that answer is
 uncertain; `difficulty` routes the request and generates once. Fields a client leaves

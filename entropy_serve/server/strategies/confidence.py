@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from scipy.special import betainc
 
 from entropy_serve.server.strategies.stopping import group_confidences, topk_confidence
-from entropy_serve.server.strategies.voting import VoteResult, vote
 from entropy_serve.tasks.answers import equivalent
+from entropy_serve.tasks.voting import VoteResult, vote
 
 SIGNALS = ("mean", "lowest", "tail", "answer", "topk", "self_certainty")
 DEFAULT_TAIL_TOKENS = 16

@@ -50,8 +50,8 @@ from entropy_serve.server.strategies.stopping import (
     topk_confidence,
     trace_weights,
 )
-from entropy_serve.server.strategies.voting import vote
 from entropy_serve.server.submission import Generated, Step
+from entropy_serve.tasks.voting import vote
 
 
 def token_confidences(choice: Generated, measure: str, top_k: int) -> list[float]:

@@ -2,7 +2,7 @@
 vote over their answers, and the reply with its `strategy` field.
 
 Order: extract each leaf's answer (tasks/answers.py; under a structured-output
-constraint the whole output, JSON by value: voting.constrained_answer) -> vote (voting.py; weights from
+constraint the whole output, JSON by value: voting.constrained_answer) -> vote (tasks/voting.py; weights from
 the leaves' mean token entropy when the vote is entropy_weighted) -> the reply is the
 first leaf, in leaf order, whose answer won (leaf 0 when no leaf had an answer).
 """
@@ -21,9 +21,9 @@ from entropy_serve.server.planning import RequestPlan
 from entropy_serve.server.protocol import SamplingRequest
 from entropy_serve.server.sampler_plan import is_greedy
 from entropy_serve.server.strategies.context import Reply
-from entropy_serve.server.strategies.voting import EXACT, VoteResult, constrained_answer, vote
 from entropy_serve.server.submission import Generated
 from entropy_serve.tasks.answers import equivalent, extract_answer
+from entropy_serve.tasks.voting import EXACT, VoteResult, constrained_answer, vote
 
 
 @dataclass

@@ -35,8 +35,8 @@ from typing import get_args
 import numpy as np
 
 from entropy_serve.server.extensions import ConfidenceMeasure, EarlyStop
-from entropy_serve.server.strategies.voting import vote
 from entropy_serve.tasks.answers import equivalent
+from entropy_serve.tasks.voting import vote
 
 CONFIDENCE_MEASURES = get_args(ConfidenceMeasure)
 

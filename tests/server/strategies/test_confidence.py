@@ -17,7 +17,7 @@ from entropy_serve.server.strategies.confidence import (
     uncertainty,
 )
 from entropy_serve.server.strategies.stopping import beta_majority_probability
-from entropy_serve.server.strategies.voting import EXACT
+from entropy_serve.tasks.voting import EXACT
 
 
 def test_answer_span_is_the_last_occurrence_s_tokens():

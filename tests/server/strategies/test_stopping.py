@@ -21,8 +21,8 @@ from entropy_serve.server.strategies.stopping import (
     topk_confidence,
     vote_decided,
 )
-from entropy_serve.server.strategies.voting import EXACT, vote
 from entropy_serve.tasks.answers import equivalent
+from entropy_serve.tasks.voting import EXACT, vote
 
 
 @pytest.mark.parametrize("a,b", [(0, 0), (1, 0), (3, 0), (4, 0), (4, 1), (5, 2), (7, 7), (2, 9), (30, 12)])

@@ -1,4 +1,5 @@
-"""Majority voting over extracted answers, plain or entropy-weighted.
+"""Majority voting over extracted answers, plain or entropy-weighted: pure functions the
+server's strategies, the trainers and the benchmarks share.
 
 Answers are grouped by equivalence (tasks/answers.py: "0.5" and "\\frac{1}{2}" are one
 group), each group named by its first member. A leaf with no extractable answer (None)
@@ -20,14 +21,15 @@ import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import get_args
-
-from vllm.sampling_params import StructuredOutputsParams
+from typing import TYPE_CHECKING, Literal, get_args
 
 from entropy_serve.json_input import MalformedJSON, parse_json
-from entropy_serve.server.extensions import VoteMode
 from entropy_serve.tasks.answers import equivalent
 
+if TYPE_CHECKING:
+    from vllm.sampling_params import StructuredOutputsParams
+
+VoteMode = Literal["majority", "entropy_weighted"]  # a strategy's `vote` (server/extensions.py)
 VOTE_MODES = get_args(VoteMode)
 
 

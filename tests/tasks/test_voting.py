@@ -7,7 +7,7 @@ import math
 import pytest
 from vllm.sampling_params import StructuredOutputsParams
 
-from entropy_serve.server.strategies.voting import EXACT, constrained_answer, vote
+from entropy_serve.tasks.voting import EXACT, constrained_answer, vote
 
 
 def test_majority_groups_equivalent_answers():
