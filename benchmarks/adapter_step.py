@@ -27,9 +27,9 @@ from sampler_step import median_time_s  # benchmarks/, this script's folder
 
 from entropy_serve.samplers.chain import HAPO, EntropyProfile, RowParams, SamplerParams, apply_chain
 from entropy_serve.samplers.entropy import entropy
-from entropy_serve.server.adapters.channel import CHANNEL_ENV, EntropyPublisher
-from entropy_serve.server.adapters.rows import RowPlan, process_rows
-from entropy_serve.server.adapters.spec import RowSpec
+from entropy_serve.server.engine.adapters.channel import CHANNEL_ENV, EntropyPublisher
+from entropy_serve.server.engine.adapters.rows import RowPlan, process_rows
+from entropy_serve.server.engine.adapters.spec import RowSpec
 
 PROFILE = EntropyProfile(log_entropy_pivot=0.5, log_entropy_spread=1.0)
 ALL_ON = SamplerParams(temperature=0.8, method=HAPO, hapo_tau=0.5, typical_p=0.9)

@@ -34,7 +34,7 @@ def measure(dtype: str, num_requests: int, max_tokens: int, rounds: int) -> dict
     from entropy_serve import host
     from entropy_serve.model_store import prepare_default_model
     from entropy_serve.server.config import ServerConfig
-    from entropy_serve.server.engine import engine_args
+    from entropy_serve.server.engine.holder import engine_args
 
     config = ServerConfig(model=str(prepare_default_model()), served_model_name="bench", max_model_len=2048, dtype=dtype)
     args = engine_args(config)

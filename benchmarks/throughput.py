@@ -38,7 +38,7 @@ def bare_vllm(model: str, texts: list[str], max_tokens: int, max_model_len: int,
     from vllm import LLM, SamplingParams
 
     from entropy_serve.server.config import ServerConfig
-    from entropy_serve.server.engine import CORE_CLAIMS, engine_args
+    from entropy_serve.server.engine.holder import CORE_CLAIMS, engine_args
 
     # The very engine settings the server uses.
     args = engine_args(ServerConfig(model=model, served_model_name="bench", max_model_len=max_model_len))

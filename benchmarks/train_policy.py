@@ -26,7 +26,7 @@ from pathlib import Path
 
 from entropy_serve import model_store
 from entropy_serve.server.config import ServerConfig
-from entropy_serve.server.service import running_service
+from entropy_serve.server.core.service import running_service
 from entropy_serve.tasks import arithmetic
 from entropy_serve.tasks.answers import is_correct
 from entropy_serve.trainer.policy_log import LOG_FILE, read_log

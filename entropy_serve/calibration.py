@@ -96,7 +96,7 @@ def profile_from_entropies(entropies_nats: list[float]) -> dict:
 
 async def sample_entropies(service, samples_per_prompt: int, max_tokens: int, seed: int) -> list[float]:
     """Model entropy of every token sampled at T=1 for the built-in prompts, answered by a
-    started in-process service (server/service.py), as a client's chat requests are."""
+    started in-process service (server/core/service.py), as a client's chat requests are."""
     import asyncio
 
     replies = await asyncio.gather(

@@ -72,8 +72,8 @@ def answer_pending(args: argparse.Namespace, command: str, answer: Callable[...,
 async def _answer(config, todo, num_done, output, args) -> int:
     from entropy_serve.offline.batch import answer_line
     from entropy_serve.offline.runner import answer_lines
+    from entropy_serve.server.core.service import running_service
     from entropy_serve.server.errors import APIError
-    from entropy_serve.server.service import running_service
 
     async with running_service(config) as service:
         try:

@@ -1,6 +1,6 @@
 """`entropy-serve calibrate`: sample the built-in prompts, write the model's entropy profile.
 
-The prompts are answered through the in-process service (server/service.py), as chat
+The prompts are answered through the in-process service (server/core/service.py), as chat
 requests with `return_entropy`, so calibration sees the entropies a client would.
 """
 
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def collect_entropies(config, samples_per_prompt: int, max_tokens: int, seed: int) -> list[float]:
-    from entropy_serve.server.service import running_service
+    from entropy_serve.server.core.service import running_service
 
     async with running_service(config) as service:
         return await sample_entropies(service, samples_per_prompt, max_tokens, seed)

@@ -1,4 +1,4 @@
-"""`entropy-serve serve`: the OpenAI-compatible server (server/app.py) under uvicorn."""
+"""`entropy-serve serve`: the OpenAI-compatible server (server/api/app.py) under uvicorn."""
 
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ def engine_config(args: argparse.Namespace) -> ServerConfig:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from entropy_serve.server.app import create_app
-    from entropy_serve.server.drain import CUT_GRACE_S, DRAIN_CUT_EXIT, Drain, DrainingServer
-    from entropy_serve.server.service import Service
+    from entropy_serve.server.api.app import create_app
+    from entropy_serve.server.api.drain import CUT_GRACE_S, DRAIN_CUT_EXIT, Drain, DrainingServer
+    from entropy_serve.server.core.service import Service
 
     config = engine_config(args)
     server: uvicorn.Server | None = None

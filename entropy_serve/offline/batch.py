@@ -2,7 +2,7 @@
 
 Input line: {"custom_id", "method": "POST", "url": "/v1/chat/completions" or
 "/v1/completions", "body"}, as OpenAI's Batch API and `vllm run-batch` read it. The
-body is answered by the in-process service (server/service.py), so a line behaves as
+body is answered by the in-process service (server/core/service.py), so a line behaves as
 the same body sent over HTTP.
 
 Output line: {"id", "custom_id", "response": {"status_code", "request_id", "body"},
@@ -24,8 +24,8 @@ from openai.types.chat import ChatCompletion
 
 from entropy_serve.offline.records import InputLine
 from entropy_serve.offline.runner import Answered
+from entropy_serve.server.core.service import Endpoint, Service
 from entropy_serve.server.errors import APIError, BadRequest, error_body
-from entropy_serve.server.service import Endpoint, Service
 
 ENDPOINTS = {"/v1/completions": Endpoint.COMPLETIONS, "/v1/chat/completions": Endpoint.CHAT_COMPLETIONS}
 SERVER_ERROR = 500  # from here on, a status is the service's failure, not the line's

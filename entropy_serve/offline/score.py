@@ -38,12 +38,12 @@ from entropy_serve.probes.features import pooling_engine_args
 from entropy_serve.probes.router import DifficultyRouter
 from entropy_serve.samplers.entropy import shifted_log_normalizer_and_entropy
 from entropy_serve.server.config import ServerConfig
-from entropy_serve.server.engine import engine_args
+from entropy_serve.server.core.rendering import Renderer
+from entropy_serve.server.engine.feature_engines import pooling_kv_cache_bytes, start_feature_engine
+from entropy_serve.server.engine.holder import engine_args
 from entropy_serve.server.errors import APIError, validation_message
-from entropy_serve.server.feature_engines import pooling_kv_cache_bytes, start_feature_engine
-from entropy_serve.server.messages import ChatMessage
-from entropy_serve.server.protocol import ChatCompletionRequest, CompletionRequest
-from entropy_serve.server.rendering import Renderer
+from entropy_serve.server.protocol.messages import ChatMessage
+from entropy_serve.server.protocol.requests import ChatCompletionRequest, CompletionRequest
 
 LOGIT_SCALING_KEYS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 ROWS_PER_MATMUL = 256  # positions projected to the vocabulary at once ([256, V] float32: 50 MB at V=49k)

@@ -46,7 +46,7 @@ def pooling_engine_args(
         dtype=dtype,
         enforce_eager=enforce_eager,
         gpu_memory_utilization=memory_fraction,
-        kv_cache_memory_bytes=kv_cache_memory_bytes,  # CPU: an explicit budget (server/engine.py)
+        kv_cache_memory_bytes=kv_cache_memory_bytes,  # CPU: an explicit budget (server/engine/holder.py)
         enable_prefix_caching=False,
         disable_log_stats=True,
         enable_log_requests=False,

@@ -5,7 +5,7 @@ class table, as one object the server asks and stops.
 probability is below `--probe-min-confidence`: an unsure probe changes nothing), its probabilities,
 the class's strategy (probes/table.py) and the probe's latency. The probe is checked
 against the served model when the router is made. The router does not build its pooling
-engine: the server does (server/feature_engines.py: after the generation engine, in its
+engine: the server does (server/engine/feature_engines.py: after the generation engine, in its
 dtype, with the probe's `pooling` and `feature_suffix`) and `attach`es it.
 """
 

@@ -54,8 +54,8 @@ class EntropyProfile:
 class SamplerParams:
     """One request's sampler parameters: the one definition of their names, types and
     neutral values (the defaults, which switch each step off). The server builds one per
-    request (server/sampler_plan.py), it travels to the engine inside `SamplingParams.extra_args`
-    (server/adapters/spec.py), and the adapter stacks a batch of them into RowParams."""
+    request (server/core/sampler_plan.py), it travels to the engine inside `SamplingParams.extra_args`
+    (server/engine/adapters/spec.py), and the adapter stacks a batch of them into RowParams."""
 
     temperature: float = 1.0  # base temperature (> 0)
     method: int = FIXED  # FIXED / HAPO / EDT / DYNATEMP

@@ -68,7 +68,7 @@ class ServerConfig:
     enforce_eager: bool | None = setting(None, Flag(ENGINE, "skip torch.compile and CUDA graphs (default: on for CPU, off for GPU)"))
     gpu_memory_utilization: float = setting(0.9, Flag(ENGINE, "share of GPU memory the engine takes", flag_types.fraction))
     max_num_seqs: int = setting(64, Flag(ENGINE, "sequences the engine batches at once", flag_types.positive_int))
-    # None: 512 on CPU (server/engine.py), vLLM's on GPU.
+    # None: 512 on CPU (server/engine/holder.py), vLLM's on GPU.
     max_num_batched_tokens: int | None = setting(None, Flag(
         ENGINE, "tokens one engine step holds; longer prompts are prefilled in chunks beside other requests "
         "(default: 512 on CPU, vLLM's on GPU)", flag_types.positive_int,
@@ -80,7 +80,7 @@ class ServerConfig:
         ENGINE, "KV cache block size in tokens (default: vLLM's); prefix caching reuses whole blocks", flag_types.positive_int,
     ))
     # CPU engines: None is every core no other engine on the host holds, and the KV budget
-    # VLLM_CPU_KVCACHE_SPACE, else what the model and context need (server/engine.py).
+    # VLLM_CPU_KVCACHE_SPACE, else what the model and context need (server/engine/holder.py).
     cpu_cores: str | None = setting(None, Flag(
         ENGINE, "CPU engines: the cores their workers bind to, e.g. 0-3, or one list per rank joined by '|' "
         "(default: every core no other entropy-serve engine on this host holds)", flag_types.cpu_cores,
@@ -146,12 +146,12 @@ class ServerConfig:
         name="--api-key", repeated=True,
     ))
     max_body_bytes: int = setting(4 * 1024 * 1024, Flag(SERVING, "larger request bodies get 413", flag_types.positive_int))
-    # Seconds SIGTERM's drain waits for in-flight requests (server/drain.py).
+    # Seconds SIGTERM's drain waits for in-flight requests (server/api/drain.py).
     drain_timeout_s: float = setting(30.0, Flag(
         SERVING, "on SIGTERM, seconds in-flight requests may finish before they are ended with an error",
         flag_types.non_negative_float,
     ))
-    # Files, batches and stored responses (server/store.py).
+    # Files, batches and stored responses (server/core/store.py).
     database_url: str | None = setting(None, Flag(
         STATE, "where they live: an SQLAlchemy URL, e.g. postgresql://user@host/db (needs the `postgres` extra) "
         "or sqlite:///path (default: SQLite in the cache folder, ~/.cache/entropy-serve)",

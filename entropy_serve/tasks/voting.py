@@ -29,7 +29,7 @@ from entropy_serve.tasks.answers import equivalent
 if TYPE_CHECKING:
     from vllm.sampling_params import StructuredOutputsParams
 
-VoteMode = Literal["majority", "entropy_weighted"]  # a strategy's `vote` (server/extensions.py)
+VoteMode = Literal["majority", "entropy_weighted"]  # a strategy's `vote` (server/protocol/extensions.py)
 VOTE_MODES = get_args(VoteMode)
 
 

@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from entropy_serve.server.extensions import AdaptiveTemperature
+from entropy_serve.server.protocol.extensions import AdaptiveTemperature
 
 
 class PolicyConfig(BaseModel):

@@ -35,8 +35,8 @@ from entropy_serve.probes.labels import LabelRule, label_problems
 from entropy_serve.probes.probe import fit_probe
 from entropy_serve.probes.table import CANDIDATES, TABLE_FILE, ClassStrategy, DifficultyTable, choose_table
 from entropy_serve.server.config import ServerConfig
-from entropy_serve.server.feature_engines import start_feature_engine
-from entropy_serve.server.service import Endpoint, running_service
+from entropy_serve.server.core.service import Endpoint, running_service
+from entropy_serve.server.engine.feature_engines import start_feature_engine
 from entropy_serve.tasks.answers import is_correct
 from entropy_serve.tasks.problems import TrainingProblem, load_problems
 from entropy_serve.trainer.sampling import read_records, sample_to

@@ -1,6 +1,6 @@
 """The policy trainer's rollouts on our own engine, and the weight sync into it.
 
-Rollouts go through the in-process service (server/service.py), the path the server
+Rollouts go through the in-process service (server/core/service.py), the path the server
 answers on: our samplers, exact per-token entropies, and the engine's log-probability of
 each sampled token. The engine runs with vLLM's `processed_logprobs`, so that
 log-probability is the one of the distribution the token was really drawn from (after
@@ -34,7 +34,7 @@ import torch
 from safetensors.torch import save_file
 
 from entropy_serve.server.config import ServerConfig
-from entropy_serve.server.service import Service, running_service
+from entropy_serve.server.core.service import Service, running_service
 
 WEIGHTS_FILE = "model.safetensors"
 ENGINE_CHECK_S = 1.0  # how often a wait on the engine checks that it is alive

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from entropy_serve.server.service import Endpoint, Service
+from entropy_serve.server.core.service import Endpoint, Service
 from entropy_serve.tasks.problems import TrainingProblem
 
 logger = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from entropy_serve.server.extensions import DeepConf, Escalate
+from entropy_serve.server.protocol.extensions import DeepConf, Escalate
 from entropy_serve.server.strategies.confidence import answer_span, trace_score, uncertainty, weighted_vote
 from entropy_serve.server.strategies.defaults import TUNED_FIELDS, StrategyDefaults, TemperatureDefaults
 from entropy_serve.server.strategies.stopping import (

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from entropy_serve.calibration import model_fingerprint
 from entropy_serve.server.config import ServerConfig
-from entropy_serve.server.service import running_service
+from entropy_serve.server.core.service import running_service
 from entropy_serve.server.strategies.defaults import DEFAULTS_FILE, StrategyDefaults
 from entropy_serve.tasks.problems import TrainingProblem, load_problems
 from entropy_serve.trainer.sampling import read_records, sample_to

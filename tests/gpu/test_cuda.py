@@ -23,8 +23,8 @@ import torch
 
 from entropy_serve.kernels.entropy import fused_entropy_stats, reference_entropy_stats
 from entropy_serve.samplers.chain import HAPO, EntropyProfile, RowParams, SamplerParams, apply_chain
-from entropy_serve.server.adapters.rows import RowPlan, process_rows
-from entropy_serve.server.adapters.spec import RowSpec
+from entropy_serve.server.engine.adapters.rows import RowPlan, process_rows
+from entropy_serve.server.engine.adapters.spec import RowSpec
 from entropy_serve.trainer.entropy_control import clip_cov_loss, kl_cov_loss, ppo_loss
 
 pytestmark = pytest.mark.gpu

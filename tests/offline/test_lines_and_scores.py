@@ -10,8 +10,8 @@ import torch
 from entropy_serve.offline.batch import LineError, request_of
 from entropy_serve.offline.records import InputLine
 from entropy_serve.offline.score import ScoreRecord, highest_entropy_window, score_positions
+from entropy_serve.server.core.service import Endpoint
 from entropy_serve.server.errors import BadRequest
-from entropy_serve.server.service import Endpoint
 
 
 def line(value, number: int = 1, error: str | None = None) -> InputLine:

@@ -8,11 +8,11 @@ import pytest
 from pydantic import ValidationError
 
 from entropy_serve.server.config import ServerConfig
-from entropy_serve.server.constraints import required_tools_schema
 from entropy_serve.server.errors import BadRequest
-from entropy_serve.server.messages import ChatMessage
-from entropy_serve.server.protocol import ChatCompletionRequest, CompletionRequest
-from entropy_serve.server.tool_calls import ToolReader
+from entropy_serve.server.protocol.constraints import required_tools_schema
+from entropy_serve.server.protocol.messages import ChatMessage
+from entropy_serve.server.protocol.requests import ChatCompletionRequest, CompletionRequest
+from entropy_serve.server.protocol.tool_calls import ToolReader
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}

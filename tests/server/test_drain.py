@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from entropy_serve.server.drain import Drain, ShuttingDown
+from entropy_serve.server.api.drain import Drain, ShuttingDown
 
 
 async def ticking(num_items: int, every_s: float):

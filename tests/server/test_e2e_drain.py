@@ -13,7 +13,7 @@ import httpx
 import pytest
 from conftest import MODEL
 
-from entropy_serve.server.drain import DRAIN_CUT_EXIT
+from entropy_serve.server.api.drain import DRAIN_CUT_EXIT
 from entropy_serve.server.process import ServerProcess
 
 pytestmark = pytest.mark.e2e  # drives a real server process

@@ -1,5 +1,5 @@
 """No single request stalls everyone: a long prompt is prefilled in chunks beside the
-other requests (server/engine.py), and a seeded one cannot kill the CPU engine doing so
+other requests (server/engine/holder.py), and a seeded one cannot kill the CPU engine doing so
 (our adapter draws seeded tokens: samplers/draw.py)."""
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def heavy_schema(tag: str) -> dict:
 
 
 def test_a_heavy_schema_does_not_stall_a_stream_beside_it(async_client):
-    """The schema's grammar compiles off the engine step (server/grammar_warmup.py): while
+    """The schema's grammar compiles off the engine step (server/engine/grammar_warmup.py): while
     its request is answered (compiling most of that time), the stream beside it never
     waits between two tokens for a third of it. Compiled in the step, the stream's
     longest wait was the compile itself: two thirds of the request's time and more.

@@ -1,11 +1,11 @@
 """What a CPU engine is started with: chunked prefill with a per-step budget, except for an
-engine that reports processed log-probabilities, which keeps vLLM's seeds (server/engine.py)."""
+engine that reports processed log-probabilities, which keeps vLLM's seeds (server/engine/holder.py)."""
 
 from __future__ import annotations
 
 from entropy_serve.model_store import prepare_default_model
 from entropy_serve.server.config import ServerConfig
-from entropy_serve.server.engine import CPU_STEP_TOKENS, engine_args, seeds_drawn_by_adapter
+from entropy_serve.server.engine.holder import CPU_STEP_TOKENS, engine_args, seeds_drawn_by_adapter
 
 
 def config(**fields) -> ServerConfig:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
-from entropy_serve.server import grammar_warmup
-from entropy_serve.server.adapters.channel import EntropyStore
-from entropy_serve.server.adapters.spec import RowSpec, grammar_ready_key
-from entropy_serve.server.grammar_warmup import GrammarWarmup
+from entropy_serve.server.engine import grammar_warmup
+from entropy_serve.server.engine.adapters.channel import EntropyStore
+from entropy_serve.server.engine.adapters.spec import RowSpec, grammar_ready_key
+from entropy_serve.server.engine.grammar_warmup import GrammarWarmup
 
 
 class FakeEngine:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from entropy_serve.samplers.chain import EDT, FIXED, HAPO, EntropyProfile, SamplerParams
-from entropy_serve.server.adapters.spec import RowSpec
 from entropy_serve.server.config import ServerConfig
+from entropy_serve.server.core.planning import Planner
+from entropy_serve.server.core.sampler_plan import Chain, engine_sampling_params, plan_sampler
+from entropy_serve.server.engine.adapters.spec import RowSpec
 from entropy_serve.server.errors import BadRequest
-from entropy_serve.server.planning import Planner
-from entropy_serve.server.protocol import CompletionRequest
-from entropy_serve.server.sampler_plan import Chain, engine_sampling_params, plan_sampler
+from entropy_serve.server.protocol.requests import CompletionRequest
 
 PROFILE = EntropyProfile(log_entropy_pivot=1.0, log_entropy_spread=2.0)
 

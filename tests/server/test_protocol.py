@@ -6,9 +6,9 @@ import pytest
 from pydantic import ValidationError
 from vllm.sampling_params import RequestOutputKind
 
+from entropy_serve.server.core.sampler_plan import engine_sampling_params, plan_sampler
 from entropy_serve.server.errors import BadRequest
-from entropy_serve.server.protocol import IGNORED, ChatCompletionRequest, CompletionRequest, SamplingRequest
-from entropy_serve.server.sampler_plan import engine_sampling_params, plan_sampler
+from entropy_serve.server.protocol.requests import IGNORED, ChatCompletionRequest, CompletionRequest, SamplingRequest
 
 
 def completion(**fields) -> CompletionRequest:

@@ -7,10 +7,10 @@ import math
 
 from vllm.logprobs import Logprob
 
-from entropy_serve.server import logprobs, responses
-from entropy_serve.server.http_answer import SSE_DONE, sse_events
-from entropy_serve.server.strategies.context import ChunkStream
-from entropy_serve.server.submission import Generated
+from entropy_serve.server.api.answer import SSE_DONE, sse_events
+from entropy_serve.server.core.answering import ChunkStream
+from entropy_serve.server.core.submission import Generated
+from entropy_serve.server.protocol import logprobs, responses
 
 
 def output(index=0, finish_reason="length") -> Generated:

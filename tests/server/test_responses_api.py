@@ -8,10 +8,10 @@ import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import ValidationError
 
+from entropy_serve.server.api.responses_api.reply import EventStream, answer_of, response_object
+from entropy_serve.server.api.responses_api.request import ResponsesRequest
+from entropy_serve.server.api.responses_api.routes import parse_responses_request, renamed
 from entropy_serve.server.errors import BadRequest
-from entropy_serve.server.responses_api.reply import EventStream, answer_of, response_object
-from entropy_serve.server.responses_api.request import ResponsesRequest
-from entropy_serve.server.responses_api.routes import parse_responses_request, renamed
 
 MODEL = "m"
 

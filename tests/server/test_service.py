@@ -8,8 +8,8 @@ import asyncio
 import pytest
 
 from entropy_serve.server.config import ServerConfig
+from entropy_serve.server.core.service import Endpoint, Service, check_text, model_card, parse_request
 from entropy_serve.server.errors import BadRequest, EngineUnavailable, ModelNotFound
-from entropy_serve.server.service import Endpoint, Service, check_text, model_card, parse_request
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 COMPLETION = {"model": "m", "prompt": "hi"}

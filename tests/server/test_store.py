@@ -7,8 +7,8 @@ import time
 import pytest
 from postgres_server import running_postgres
 
-from entropy_serve.server.batches import new_batch, with_live_counts
-from entropy_serve.server.store import Store, metadata
+from entropy_serve.server.core.batches import new_batch, with_live_counts
+from entropy_serve.server.core.store import Store, metadata
 
 
 @pytest.fixture(scope="module")

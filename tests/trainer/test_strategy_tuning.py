@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from entropy_serve.server.extensions import DeepConf, Escalate
+from entropy_serve.server.protocol.extensions import DeepConf, Escalate
 from entropy_serve.trainer.strategy_tuning import (
     NEVER_NATS,
     ProblemTraces,

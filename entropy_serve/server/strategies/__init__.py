@@ -12,7 +12,15 @@ out take the model's learned settings (defaults.py).
 
 from __future__ import annotations
 
-from entropy_serve.server.extensions import STRATEGIES, Auto, DeepConf, Difficulty, EntropyFork, Escalate, SelfConsistency
+from entropy_serve.server.protocol.extensions import (
+    STRATEGIES,
+    Auto,
+    DeepConf,
+    Difficulty,
+    EntropyFork,
+    Escalate,
+    SelfConsistency,
+)
 from entropy_serve.server.strategies import deepconf, difficulty, entropy_fork, escalate, self_consistency
 
 ANSWERS = {

@@ -29,10 +29,11 @@ import copy
 import dataclasses
 
 from entropy_serve.server import metrics
-from entropy_serve.server.extensions import DeepConf
-from entropy_serve.server.planning import EngineJob
-from entropy_serve.server.protocol import SamplingRequest
-from entropy_serve.server.strategies.context import Reply, StrategyContext
+from entropy_serve.server.core.answering import Reply, StrategyContext
+from entropy_serve.server.core.planning import EngineJob
+from entropy_serve.server.core.submission import Generated, Step
+from entropy_serve.server.protocol.extensions import DeepConf
+from entropy_serve.server.protocol.requests import SamplingRequest
 from entropy_serve.server.strategies.leaves import (
     Leaf,
     StrategyOutcome,
@@ -50,7 +51,6 @@ from entropy_serve.server.strategies.stopping import (
     topk_confidence,
     trace_weights,
 )
-from entropy_serve.server.submission import Generated, Step
 from entropy_serve.tasks.voting import vote
 
 

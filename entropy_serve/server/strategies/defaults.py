@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from entropy_serve.server.extensions import Auto, DeepConf, Escalate
+from entropy_serve.server.protocol.extensions import Auto, DeepConf, Escalate
 
 DEFAULTS_FILE = "strategy_defaults.json"
 OPENAI_TEMPERATURE = 1.0  # what a request that sets none samples at

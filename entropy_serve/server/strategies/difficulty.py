@@ -13,10 +13,10 @@ from __future__ import annotations
 from entropy_serve.probes.router import Classification
 from entropy_serve.probes.table import ClassStrategy
 from entropy_serve.server import metrics
+from entropy_serve.server.core.answering import Reply, StrategyContext
 from entropy_serve.server.errors import BadRequest
-from entropy_serve.server.messages import ChatMessage
-from entropy_serve.server.protocol import ChatCompletionRequest, SamplingRequest
-from entropy_serve.server.strategies.context import Reply, StrategyContext
+from entropy_serve.server.protocol.messages import ChatMessage
+from entropy_serve.server.protocol.requests import ChatCompletionRequest, SamplingRequest
 from entropy_serve.server.strategies.leaves import check_single_prompt
 
 

@@ -29,10 +29,11 @@ from dataclasses import dataclass
 from typing import get_args
 
 from entropy_serve.server import metrics
-from entropy_serve.server.extensions import EntropyFork
-from entropy_serve.server.planning import RequestPlan
-from entropy_serve.server.protocol import SamplingRequest
-from entropy_serve.server.strategies.context import Reply, StrategyContext
+from entropy_serve.server.core.answering import Reply, StrategyContext
+from entropy_serve.server.core.planning import RequestPlan
+from entropy_serve.server.core.submission import Generated
+from entropy_serve.server.protocol.extensions import EntropyFork
+from entropy_serve.server.protocol.requests import SamplingRequest
 from entropy_serve.server.strategies.leaves import (
     Leaf,
     StrategyOutcome,
@@ -44,7 +45,6 @@ from entropy_serve.server.strategies.leaves import (
     leaf_answers,
 )
 from entropy_serve.server.strategies.stopping import vote_decided
-from entropy_serve.server.submission import Generated
 
 FORK_RULES = get_args(EntropyFork.model_fields["fork_rule"].annotation)  # the request field's values
 

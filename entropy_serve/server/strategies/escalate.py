@@ -23,10 +23,10 @@ from __future__ import annotations
 import dataclasses
 
 from entropy_serve.server import metrics
-from entropy_serve.server.extensions import Escalate
-from entropy_serve.server.protocol import SamplingRequest
+from entropy_serve.server.core.answering import Reply, StrategyContext
+from entropy_serve.server.protocol.extensions import Escalate
+from entropy_serve.server.protocol.requests import SamplingRequest
 from entropy_serve.server.strategies.confidence import answer_span, trace_score, uncertainty, weighted_vote
-from entropy_serve.server.strategies.context import Reply, StrategyContext
 from entropy_serve.server.strategies.leaves import (
     Leaf,
     StrategyOutcome,

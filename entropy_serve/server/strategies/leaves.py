@@ -13,15 +13,16 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from entropy_serve.server import metrics, responses
+from entropy_serve.server import metrics
 from entropy_serve.server.config import ServerConfig
+from entropy_serve.server.core.answering import Reply
+from entropy_serve.server.core.planning import RequestPlan
+from entropy_serve.server.core.sampler_plan import is_greedy
+from entropy_serve.server.core.submission import Generated
 from entropy_serve.server.errors import BadRequest
-from entropy_serve.server.extensions import EarlyStop
-from entropy_serve.server.planning import RequestPlan
-from entropy_serve.server.protocol import SamplingRequest
-from entropy_serve.server.sampler_plan import is_greedy
-from entropy_serve.server.strategies.context import Reply
-from entropy_serve.server.submission import Generated
+from entropy_serve.server.protocol import responses
+from entropy_serve.server.protocol.extensions import EarlyStop
+from entropy_serve.server.protocol.requests import SamplingRequest
 from entropy_serve.tasks.answers import equivalent, extract_answer
 from entropy_serve.tasks.voting import EXACT, VoteResult, constrained_answer, vote
 

@@ -11,8 +11,8 @@ leaf's tokens: all of them were really generated.
 
 from __future__ import annotations
 
-from entropy_serve.server.protocol import SamplingRequest
-from entropy_serve.server.strategies.context import Reply, StrategyContext
+from entropy_serve.server.core.answering import Reply, StrategyContext
+from entropy_serve.server.protocol.requests import SamplingRequest
 from entropy_serve.server.strategies.leaves import (
     Leaf,
     StrategyOutcome,

@@ -34,7 +34,7 @@ from typing import get_args
 
 import numpy as np
 
-from entropy_serve.server.extensions import ConfidenceMeasure, EarlyStop
+from entropy_serve.server.protocol.extensions import ConfidenceMeasure, EarlyStop
 from entropy_serve.tasks.answers import equivalent
 from entropy_serve.tasks.voting import vote
 

@@ -15,9 +15,9 @@ from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext
 from entropy_serve.samplers.chain import EDT, EntropyProfile, RowParams, SamplerParams, apply_chain
 from entropy_serve.samplers.draw import draw_
 from entropy_serve.samplers.penalties import TokenHistory
-from entropy_serve.server.adapters.spec import RowSpec
-from entropy_serve.server.adapters.v1 import EntropyLogitsProcessorV1
-from entropy_serve.server.adapters.v2 import EntropyLogitsProcessorV2
+from entropy_serve.server.engine.adapters.spec import RowSpec
+from entropy_serve.server.engine.adapters.v1 import EntropyLogitsProcessorV1
+from entropy_serve.server.engine.adapters.v2 import EntropyLogitsProcessorV2
 
 VOCAB = 64
 TYPICAL = RowSpec(key="typical", shape=True, params=SamplerParams(temperature=0.9, typical_p=0.3))

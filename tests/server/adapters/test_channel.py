@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from entropy_serve.server.adapters.channel import CHANNEL_ENV, EntropyChannel, EntropyPublisher, EntropyStore, EntropySubscriber
+from entropy_serve.server.engine.adapters.channel import (
+    CHANNEL_ENV,
+    EntropyChannel,
+    EntropyPublisher,
+    EntropyStore,
+    EntropySubscriber,
+)
 
 
 def test_records_travel_and_wait_for_late_ones(tmp_path, monkeypatch):

@@ -12,9 +12,9 @@ from test_adapters import VOCAB, Collector, context, logits, params, update, v1_
 from vllm.sampling_params import StructuredOutputsParams
 
 from entropy_serve.samplers.chain import SamplerParams
-from entropy_serve.server.adapters.grammar import GrammarRows
-from entropy_serve.server.adapters.spec import RowSpec, grammar_ready_key
-from entropy_serve.server.constraints import OutputConstraint
+from entropy_serve.server.engine.adapters.grammar import GrammarRows
+from entropy_serve.server.engine.adapters.spec import RowSpec, grammar_ready_key
+from entropy_serve.server.protocol.constraints import OutputConstraint
 
 DIGITS = list(range(10))  # token i is the digit i
 EOS = VOCAB - 1
@@ -105,7 +105,7 @@ def test_v2_reads_the_generated_tokens_from_the_request_state():
 
 
 def test_a_warm_up_row_compiles_its_grammar_off_the_step_and_says_when_it_is_ready():
-    """The warm-up row (server/grammar_warmup.py) is only measured; its grammar is compiled
+    """The warm-up row (server/engine/grammar_warmup.py) is only measured; its grammar is compiled
     in the background, its readiness published from there, and the request that then
     uses the grammar finds it in the compiler's cache."""
     processor = v1_processor()

@@ -120,7 +120,7 @@ def test_cisc_weights_are_a_softmax_of_self_certainty_scaled_to_the_surest():
 
 
 def test_escalate_scores_by_weighting():
-    from entropy_serve.server.extensions import Escalate
+    from entropy_serve.server.protocol.extensions import Escalate
     from entropy_serve.server.strategies.confidence import trace_score, weighted_vote
 
     entropies, certainties = [0.0, 1.0, 3.0], [9.0, 8.0, 4.0]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from entropy_serve.server.extensions import Auto, DeepConf, Escalate, SelfConsistency
+from entropy_serve.server.protocol.extensions import Auto, DeepConf, Escalate, SelfConsistency
 from entropy_serve.server.strategies import defaults
 from entropy_serve.server.strategies.defaults import StrategyDefaults, TemperatureDefaults, resolve
 

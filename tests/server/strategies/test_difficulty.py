@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from entropy_serve.probes.table import DifficultyTable
-from entropy_serve.server.protocol import ChatCompletionRequest, CompletionRequest
+from entropy_serve.server.protocol.requests import ChatCompletionRequest, CompletionRequest
 from entropy_serve.server.strategies.difficulty import with_class_strategy
 
 

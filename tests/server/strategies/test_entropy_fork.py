@@ -33,10 +33,10 @@ def test_short_samples_fork_where_they_can():
 def test_a_branch_is_grafted_onto_its_tree_prefix():
     import dataclasses
 
-    from entropy_serve.server.adapters.channel import TokenEntropy
+    from entropy_serve.server.core.submission import Generated
+    from entropy_serve.server.engine.adapters.channel import TokenEntropy
     from entropy_serve.server.strategies.entropy_fork import _grafted
     from entropy_serve.server.strategies.leaves import Leaf
-    from entropy_serve.server.submission import Generated
 
     def entropy(h: float) -> TokenEntropy:
         return TokenEntropy(h, h / 2, 0.8)

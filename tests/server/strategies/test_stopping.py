@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from entropy_serve.server.extensions import DeepConf, EarlyStop, EntropyFork, SelfConsistency
+from entropy_serve.server.protocol.extensions import DeepConf, EarlyStop, EntropyFork, SelfConsistency
 from entropy_serve.server.strategies import stopping
 from entropy_serve.server.strategies.stopping import (
     TraceWatch,

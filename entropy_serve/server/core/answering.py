@@ -1,0 +1,89 @@
+"""The answering core: what answers a request, plainly or through a strategy, with one
+typed context.
+
+Service.answer replies to a plain request here (`reply`); a strategy (strategies/, which
+sit beside this module and import it) plans engine work (`planner`), runs it whole (`run`) or replies with an
+ordinary generation (`reply`: whole, or streamed as a ChunkStream), and reads the
+server's limits (`config`), the tokenizer (`engine`), the difficulty router and the
+model's learned strategy settings (`resolved`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from openai.types import Completion
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+from entropy_serve.server.config import ServerConfig
+from entropy_serve.server.core import submission
+from entropy_serve.server.core.planning import Planner, RequestPlan
+from entropy_serve.server.engine.adapters.channel import EntropyStore
+from entropy_serve.server.engine.holder import EngineHolder
+from entropy_serve.server.protocol import responses, streaming
+from entropy_serve.server.protocol.requests import SamplingRequest
+
+if TYPE_CHECKING:
+    from entropy_serve.probes.router import DifficultyRouter
+    from entropy_serve.server.strategies import defaults
+
+Chunk = Completion | ChatCompletionChunk
+
+
+class ChunkStream:
+    """A streamed reply: an async iterator of chunks (Completion or ChatCompletionChunk)
+    whose first chunk already exists (so errors before it were raised by `answer`), and
+    the reply's extension fields that a stream carries in HTTP headers instead."""
+
+    def __init__(self, first: Chunk, rest: AsyncIterator[Chunk], extensions: dict | None = None):
+        self._first = first
+        self._rest = rest
+        self.extensions = extensions or {}
+
+    async def __aiter__(self) -> AsyncIterator[Chunk]:
+        yield self._first
+        async for chunk in self._rest:
+            yield chunk
+
+    @classmethod
+    async def start(cls, chunks: AsyncIterator[Chunk], extensions: dict | None = None) -> ChunkStream:
+        return cls(await anext(chunks), chunks, extensions)
+
+
+Reply = Completion | ChatCompletion | ChunkStream
+
+
+@dataclass(frozen=True)
+class StrategyContext:
+    config: ServerConfig
+    engine: EngineHolder
+    store: EntropyStore
+    planner: Planner
+    router: DifficultyRouter | None  # when serving with --probe
+    defaults: defaults.StrategyDefaults | None = None  # the model's learned strategy settings
+
+    def resolved(self, request: SamplingRequest) -> SamplingRequest:
+        """The request with its strategy as it runs: fields the client left out learned
+        for this model (defaults.resolve); `auto` as escalate, at the learned temperature
+        when the request sets none."""
+        from entropy_serve.server.strategies import defaults  # strategies import this module
+
+        strategy, temperature = defaults.resolve(request.strategy, request.temperature, self.defaults)
+        return request.model_copy(update={"strategy": strategy, "temperature": temperature})
+
+    async def run(self, plan: RequestPlan, watch: Callable[[submission.Step], Awaitable[None]] | None = None) -> submission.Result:
+        return await submission.run(self.engine, self.store, plan, watch)
+
+    async def stop(self, job_key: str) -> None:
+        """Abort one engine job now: vLLM frees its slot and generates nothing more for it;
+        its stream ends with finish_reason "abort"."""
+        await self.engine.require_engine().abort(job_key)
+
+    async def reply(self, plan: RequestPlan, extensions: dict | None = None) -> Reply:
+        """An ordinary generation of `plan`, streamed or whole; `extensions` join the reply."""
+        if plan.stream:
+            chunks = streaming.chat_chunks if plan.chat else streaming.completion_chunks
+            return await ChunkStream.start(chunks(self.engine, self.store, plan), extensions)
+        return responses.generation_reply(plan, await self.run(plan), extensions)
