@@ -119,7 +119,9 @@ async def sample_entropies(service, samples_per_prompt: int, max_tokens: int, se
     return [h for reply in replies for choice in reply.choices for h in choice.model_extra["entropy"]["model_entropy_nats"]]
 
 
-def profile_record(model_name: str, model: str, entropies_nats: list[float], samples_per_prompt: int, max_tokens: int, seed: int) -> dict:
+def profile_record(
+    model_name: str, model: str, entropies_nats: list[float], *, samples_per_prompt: int, max_tokens: int, seed: int
+) -> dict:
     """The profile file's contents: how it was made, the model's fingerprint, the fields."""
     return {
         "model": model_name,

@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
         return COMMANDS[args.command].run(args)
-    except (model_store.ModelPreparationError, ValueError) as error:
-        print(f"entropy-serve: error: {error}", file=sys.stderr)
+    except (model_store.ModelPreparationError, ValueError) as error:  # UsageError included
+        print(f"entropy-serve {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

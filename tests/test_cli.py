@@ -7,6 +7,7 @@ import argparse
 import pytest
 
 from entropy_serve.cli import COMMANDS, build_parser
+from entropy_serve.commands import UsageError
 from entropy_serve.commands.flags import server_config
 from entropy_serve.flag_types import fraction, positive_int
 
@@ -63,7 +64,7 @@ def test_flag_types_by_hand():
 
 def test_auto_tool_choice_needs_a_parser():
     args = build_parser().parse_args(["serve", "--enable-auto-tool-choice"])
-    with pytest.raises(SystemExit, match="--enable-auto-tool-choice needs --tool-call-parser"):
+    with pytest.raises(UsageError, match="--enable-auto-tool-choice needs --tool-call-parser"):
         server_config(args)
     args = build_parser().parse_args(["batch", "-i", "a", "-o", "b", "--enable-auto-tool-choice", "--tool-call-parser", "hermes"])
     assert server_config(args).tool_call_parser == "hermes"

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from entropy_serve.commands import UsageError
 from entropy_serve.commands.flags import add_server_flags, server_config
 from entropy_serve.flag_types import positive_int
 from entropy_serve.offline.runner import OutputOrder
@@ -59,8 +60,7 @@ def answer_pending(args: argparse.Namespace, command: str, answer: Callable[...,
         lines = read_input(args.input_file)
         output = ResumableOutput(args.output_file)
     except (RecordsError, OSError) as error:
-        print(f"entropy-serve {command}: {error}", file=sys.stderr)
-        return 2
+        raise UsageError(str(error)) from None
     with output:
         todo = pending(lines, output.done)
         if not todo:

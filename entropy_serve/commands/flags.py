@@ -15,6 +15,7 @@ import dataclasses
 from pathlib import Path
 
 from entropy_serve import calibration, flag_types, model_store
+from entropy_serve.commands import UsageError
 from entropy_serve.server.config import ENGINE, PARALLEL, ServerConfig, flag_of
 
 ENGINE_GROUPS = (ENGINE, PARALLEL)
@@ -54,7 +55,7 @@ def server_config(args: argparse.Namespace, **overrides) -> ServerConfig:
     given.update(model=model, served_model_name=given.get("served_model_name") or default_name)
     if "entropy_profile" in given:  # the answering flags
         if given["enable_auto_tool_choice"] and not given["tool_call_parser"]:
-            raise SystemExit("entropy-serve: --enable-auto-tool-choice needs --tool-call-parser (the model's tool-call format)")
+            raise UsageError("--enable-auto-tool-choice needs --tool-call-parser (the model's tool-call format)")
         profile = given["entropy_profile"] or calibration.profile_for(args.model)
         given.update(entropy_profile=profile, strategy_defaults=strategy_defaults_path(given, profile))
     if "api_keys" in given:

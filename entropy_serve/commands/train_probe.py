@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+from entropy_serve.commands import UsageError
 from entropy_serve.commands.flags import add_server_flags, server_config
 from entropy_serve.commands.tune_strategies import add_tuning_flags, summary, tune_settings
 from entropy_serve.flag_types import positive_int
@@ -66,11 +67,9 @@ def run(args: argparse.Namespace) -> int:
         table_tolerance=args.table_tolerance,
     )
     if not 0 <= args.table_samples <= args.samples:
-        print(f"entropy-serve train-probe: --table-samples must be in [0, --samples={args.samples}]", file=sys.stderr)
-        return 2
+        raise UsageError(f"--table-samples must be in [0, --samples={args.samples}]")
     if not 0.0 <= args.table_tolerance < 1.0:
-        print("entropy-serve train-probe: --table-tolerance must be in [0, 1)", file=sys.stderr)
-        return 2
+        raise UsageError("--table-tolerance must be in [0, 1)")
     try:
         config = engine_config(args)
         metadata = train_probe(config, settings, args.out)

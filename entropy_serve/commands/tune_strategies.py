@@ -8,6 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
+from entropy_serve.commands import UsageError
 from entropy_serve.commands.flags import add_server_flags, server_config
 from entropy_serve.flag_types import positive_int, probability
 from entropy_serve.server.config import ServerConfig
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = tune_settings(args)
     if not settings.temperatures:
-        raise SystemExit("entropy-serve tune-strategies: --temperatures names none")
+        raise UsageError("--temperatures names none")
     learned = learn(engine_config(args), settings, args.out)
     if args.into_profile:
         from entropy_serve.server.strategies.defaults import PROFILE_KEY

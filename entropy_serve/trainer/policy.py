@@ -206,7 +206,9 @@ def train_policy(settings: PolicyConfig) -> dict:
     finally:
         stop.restore()
         engine.close()
-    profile = profile_record(out.name, str(out), entropies, settings.calibration_samples, 128, settings.seed)
+    profile = profile_record(
+        out.name, str(out), entropies, samples_per_prompt=settings.calibration_samples, max_tokens=128, seed=settings.seed
+    )
     (out / PROFILE_FILE).write_text(json.dumps(profile, indent=2) + "\n")
     return {"interrupted": False, "step": trainer.state.global_step, "steps_logged": len(records), "entropy_profile": profile["summary"]}
 

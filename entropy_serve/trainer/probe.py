@@ -63,7 +63,7 @@ class TrainSettings:
     table_tolerance: float = 0.02  # accuracy a cheaper candidate may give up against its class's best
 
 
-def answer_body(config: ServerConfig, problem: TrainingProblem, strategy: ClassStrategy, settings: TrainSettings,
+def answer_body(config: ServerConfig, problem: TrainingProblem, *, strategy: ClassStrategy, settings: TrainSettings,
                 samples: int, seed: int) -> dict:
     """A chat request answering `problem` with `strategy` (instruction as a system message),
     `samples` answers (one when greedy: they would all be the same), with entropies."""
@@ -97,7 +97,7 @@ def answer_record(problem: TrainingProblem, reply) -> dict:
 
 
 async def sample_problems(
-    config: ServerConfig, problems: list[TrainingProblem], todo: list[int], candidate_todo: list[tuple[str, int]],
+    config: ServerConfig, problems: list[TrainingProblem], *, todo: list[int], candidate_todo: list[tuple[str, int]],
     settings: TrainSettings, out: Path,
 ) -> None:
     """On one engine: the `todo` problems with the Normal strategy (labels, samples.jsonl),
@@ -115,13 +115,18 @@ async def sample_problems(
             return {"candidate": name, "index": index, **answer_record(problems[index], reply)}
 
         bodies = {
-            (i,): answer_body(config, problems[i], normal, settings, settings.samples, settings.seed * 1_000_003 + i * settings.samples)
+            (i,): answer_body(
+                config, problems[i], strategy=normal, settings=settings, samples=settings.samples,
+                seed=settings.seed * 1_000_003 + i * settings.samples,
+            )
             for i in todo
         }
         await sample_to(service, bodies, label_record, out / SAMPLES_FILE, "sampling")
         bodies = {
-            (name, i): answer_body(config, problems[i], CANDIDATES[name], settings, settings.table_samples,
-                                   settings.seed * 1_000_003 + i * settings.samples)
+            (name, i): answer_body(
+                config, problems[i], strategy=CANDIDATES[name], settings=settings, samples=settings.table_samples,
+                seed=settings.seed * 1_000_003 + i * settings.samples,
+            )
             for name, i in candidate_todo
         }
         if bodies:
@@ -177,7 +182,7 @@ def train_probe(config: ServerConfig, settings: TrainSettings, out: Path) -> dic
     if todo or candidate_todo:
         print(f"sampling {len(todo)} problems x {settings.samples} ({len(finished)} already in {store}), "
               f"then {len(candidate_todo)} (candidate strategy, problem) pairs x {settings.table_samples}")
-        asyncio.run(sample_problems(config, problems, todo, candidate_todo, settings, out))
+        asyncio.run(sample_problems(config, problems, todo=todo, candidate_todo=candidate_todo, settings=settings, out=out))
         finished, candidates = read_probe_samples(out, problems)
     records = [finished[i] for i in range(len(problems))]
     labels = label_problems([r["accuracy"] for r in records], [r["mean_entropy_nats"] for r in records], settings.rule)

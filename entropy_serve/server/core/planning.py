@@ -116,9 +116,13 @@ class Planner:
         params = engine_sampling_params(request, sampler, max_tokens, constraint)
         request_id = f"{'chatcmpl' if isinstance(request, ChatCompletionRequest) else 'cmpl'}-{uuid.uuid4().hex}"
         jobs = [
-            job for p, ids in enumerate(prompts) for job in self._jobs(sampler, request_id, p, ids, params, request.seed, grammar)
+            job for p, ids in enumerate(prompts) for job in self._jobs(
+                sampler, request_id=request_id, p=p, token_ids=ids, params=params, seed=request.seed, grammar=grammar
+            )
         ]
-        plan = self._plan(request, request_id, jobs, len(prompts), sampler, constraint)
+        plan = self._plan(
+            request, request_id=request_id, jobs=jobs, num_prompts=len(prompts), sampler=sampler, constraint=constraint
+        )
         return dataclasses.replace(
             plan,
             echo=self.renderer.echoes(request, prompts) if echoing else None,
@@ -152,8 +156,13 @@ class Planner:
             budget = self.resolve_max_tokens(max_tokens - len(prefix), len(token_ids))
             owed = request.model_copy(update={"seed": seed, "min_tokens": max(0, request.min_tokens - len(prefix))})
             params = engine_sampling_params(owed, sampler, budget, constraint)
-            jobs += self._jobs(sampler, request_id, p, token_ids, params, seed, grammar, grammar_prefix=prefix)
-        return self._plan(request, request_id, jobs, len(prefixes), sampler, constraint)
+            jobs += self._jobs(
+                sampler, request_id=request_id, p=p, token_ids=token_ids, params=params, seed=seed, grammar=grammar,
+                grammar_prefix=prefix,
+            )
+        return self._plan(
+            request, request_id=request_id, jobs=jobs, num_prompts=len(prefixes), sampler=sampler, constraint=constraint
+        )
 
     # -- bounds and jobs -------------------------------------------------------------
 
@@ -200,6 +209,7 @@ class Planner:
     def _jobs(
         self,
         sampler: SamplerPlan,
+        *,
         request_id: str,
         p: int,
         token_ids: list[int],
@@ -235,6 +245,7 @@ class Planner:
     def _plan(
         self,
         request: SamplingRequest,
+        *,
         request_id: str,
         jobs: list[EngineJob],
         num_prompts: int,

@@ -98,7 +98,9 @@ async def run_entropy_fork(ctx: StrategyContext, request: SamplingRequest) -> St
     branch_leaves, num_cached_tokens, num_branched, num_waves = [], 0, 0, 1
     while num_branched < len(forks) and reason is None:
         wave = range(num_branched, min(num_branched + forks_per_wave, len(forks)))
-        new, num_cached = await _branch(ctx, request, plan, prompt_ids, tree_leaves, forks, wave)
+        new, num_cached = await _branch(
+            ctx, request, plan=plan, prompt_ids=prompt_ids, tree_leaves=tree_leaves, forks=forks, wave=wave
+        )
         branch_leaves += new
         answers += leaf_answers(plan, new)
         num_cached_tokens += num_cached
@@ -122,12 +124,15 @@ async def run_entropy_fork(ctx: StrategyContext, request: SamplingRequest) -> St
         # branch would have continued its fork as its tree did.
         budget = len(tree_leaves) + len(forks) * strategy.branches
         saved = sum(strategy.branches * (len(tree_leaves[f.tree].choice.token_ids) - f.position) for f in forks[num_branched:])
-        details["early_stop"] = early_stop_report(rule, strategy.name, budget, len(leaves), num_waves, reason, saved)
+        details["early_stop"] = early_stop_report(
+            rule, strategy=strategy.name, leaf_budget=budget, num_leaves=len(leaves), num_waves=num_waves, reason=reason,
+            estimated_tokens_saved=saved,
+        )
     return decide(request, plan, len(prompt_ids), leaves, details)
 
 
 async def _branch(
-    ctx: StrategyContext, request: SamplingRequest, plan: RequestPlan, prompt_ids: list[int], tree_leaves: list[Leaf],
+    ctx: StrategyContext, request: SamplingRequest, *, plan: RequestPlan, prompt_ids: list[int], tree_leaves: list[Leaf],
     forks: list[ForkPoint], wave: range,
 ) -> tuple[list[Leaf], int]:
     """Forks `wave` (indices into `forks`), B continuations each, as one engine batch:

@@ -82,11 +82,13 @@ async def run_escalate(ctx: StrategyContext, request: SamplingRequest) -> Strate
             leaves += new
             reason = tally.decided(strategy.stop_confidence, strategy.n - (len(leaves) - 1), strategy.min_agreement)
     metrics.ESCALATIONS.labels(outcome="escalated" if why else "answered_greedily").inc()
-    details = {"requested": requested, "escalation": _report(strategy, request.temperature, greedy_entropy, why, leaves, reason)}
+    details = {"requested": requested, "escalation": _report(
+        strategy, temperature=request.temperature, greedy_entropy=greedy_entropy, why=why, leaves=leaves, reason=reason
+    )}
     return decide(request, greedy_plan, len(greedy_plan.prompt_token_ids(0)), leaves, details, tally.weights)
 
 
-def _report(strategy: Escalate, temperature: float | None, greedy_entropy: float, why: str | None, leaves: list[Leaf],
+def _report(strategy: Escalate, *, temperature: float | None, greedy_entropy: float, why: str | None, leaves: list[Leaf],
             reason: str | None) -> dict:
     """The reply's `strategy.escalation`."""
     sampled = leaves[1:]

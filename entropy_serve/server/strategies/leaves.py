@@ -114,7 +114,7 @@ def check_strategy_request(request: SamplingRequest, config: ServerConfig) -> No
 
 
 def early_stop_report(
-    rule: EarlyStop, strategy: str, leaf_budget: int, num_leaves: int, num_waves: int, reason: str | None,
+    rule: EarlyStop, *, strategy: str, leaf_budget: int, num_leaves: int, num_waves: int, reason: str | None,
     estimated_tokens_saved: int,
 ) -> dict:
     """The reply's `strategy.early_stop`: what was sampled against the budget, and why it

@@ -50,7 +50,10 @@ async def run_self_consistency(ctx: StrategyContext, request: SamplingRequest) -
     if rule is not None:
         mean_tokens = sum(leaf.num_new_tokens for leaf in leaves) / len(leaves)
         saved = round((strategy.n - len(leaves)) * mean_tokens)
-        details["early_stop"] = early_stop_report(rule, strategy.name, strategy.n, len(leaves), num_waves, reason, saved)
+        details["early_stop"] = early_stop_report(
+            rule, strategy=strategy.name, leaf_budget=strategy.n, num_leaves=len(leaves), num_waves=num_waves,
+            reason=reason, estimated_tokens_saved=saved,
+        )
     return decide(request, first_plan, len(first_plan.prompt_token_ids(0)), leaves, details)
 
 
