@@ -53,7 +53,9 @@ def step_parts(batch: int, vocab: int, repeats: int, publisher: EntropyPublisher
         "chain_neutral_ms": median_ms(lambda: apply_chain(logits.clone(), neutral, PROFILE), repeats),
         "chain_all_ms": median_ms(lambda: apply_chain(logits.clone(), all_on, PROFILE), repeats),
         "rows_all_ms": median_ms(lambda: process_rows(logits.clone(), shaped, positions, publisher, PROFILE), repeats),
-        "rows_entropy_greedy_ms": median_ms(lambda: process_rows(logits.clone(), greedy, positions, publisher, PROFILE), repeats),
+        "rows_entropy_greedy_ms": median_ms(
+            lambda: process_rows(logits.clone(), greedy, positions, publisher, PROFILE), repeats
+        ),
         "clone_ms": median_ms(lambda: logits.clone(), repeats),  # included in the three above it
     }
 

@@ -9,7 +9,9 @@ import time
 from tqdm import tqdm
 
 
-async def answer_all(client, model: str, problems, fields: dict, args, label: str) -> list[tuple[object, object, float]]:
+async def answer_all(
+    client, model: str, problems, fields: dict, args, label: str
+) -> list[tuple[object, object, float]]:
     """(problem, chat completion, latency in seconds) for every problem, `args.concurrency`
     in flight; problem i is seeded `args.seed * 100_000 + i` whatever the method, so
     methods compare on the same draws."""
@@ -19,8 +21,11 @@ async def answer_all(client, model: str, problems, fields: dict, args, label: st
         async with limit:
             started = time.perf_counter()
             response = await client.chat.completions.create(
-                model=model, messages=[{"role": "user", "content": problem.question}],
-                max_tokens=args.max_tokens, seed=args.seed * 100_000 + index, **fields,
+                model=model,
+                messages=[{"role": "user", "content": problem.question}],
+                max_tokens=args.max_tokens,
+                seed=args.seed * 100_000 + index,
+                **fields,
             )
         return problem, response, time.perf_counter() - started
 

@@ -37,7 +37,9 @@ def bare_vllm(model: str, texts: list[str], max_tokens: int, max_model_len: int)
     args = engine_args(ServerConfig(model=model, served_model_name="bench", max_model_len=max_model_len))
     llm = LLM(**{k: v for k, v in vars(args).items() if k != "enable_log_requests"})
     start = time.perf_counter()
-    outputs = llm.generate(texts, SamplingParams(max_tokens=max_tokens, temperature=0.8, ignore_eos=True), use_tqdm=False)
+    outputs = llm.generate(
+        texts, SamplingParams(max_tokens=max_tokens, temperature=0.8, ignore_eos=True), use_tqdm=False
+    )
     elapsed = time.perf_counter() - start
     llm.llm_engine.engine_core.shutdown()
     # Its cores go to the server measured next (told the same ones: VLLM_CPU_OMP_THREADS_BIND).
@@ -72,8 +74,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         lines = [
-            {"custom_id": f"r{i}", "method": "POST", "url": "/v1/completions",
-             "body": {"model": DEFAULT_MODEL_NAME, "prompt": t, "max_tokens": args.max_tokens, "temperature": 0.8, "ignore_eos": True}}
+            {
+                "custom_id": f"r{i}",
+                "method": "POST",
+                "url": "/v1/completions",
+                "body": {
+                    "model": DEFAULT_MODEL_NAME,
+                    "prompt": t,
+                    "max_tokens": args.max_tokens,
+                    "temperature": 0.8,
+                    "ignore_eos": True,
+                },
+            }
             for i, t in enumerate(texts)
         ]
         (folder / "batch.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
@@ -82,16 +94,25 @@ def main() -> None:
         (folder / "score.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
         bare = bare_vllm(model, texts, args.max_tokens, args.max_model_len)
-        batch = command_tokens_per_s("batch", "-i", str(folder / "batch.jsonl"), "-o", str(folder / "out.jsonl"), *engine)
-        score = command_tokens_per_s("score", "-i", str(folder / "score.jsonl"), "-o", str(folder / "scores.jsonl"), *engine)
-    print(json.dumps({
-        "num_requests": args.num_requests,
-        "max_tokens": args.max_tokens,
-        "bare_vllm_tokens_per_s": round(bare, 1),
-        "batch_tokens_per_s": round(batch, 1),
-        "batch_over_bare_vllm": round(batch / bare, 3),
-        "score_tokens_per_s": round(score, 1),
-    }, indent=2))
+        batch = command_tokens_per_s(
+            "batch", "-i", str(folder / "batch.jsonl"), "-o", str(folder / "out.jsonl"), *engine
+        )
+        score = command_tokens_per_s(
+            "score", "-i", str(folder / "score.jsonl"), "-o", str(folder / "scores.jsonl"), *engine
+        )
+    print(
+        json.dumps(
+            {
+                "num_requests": args.num_requests,
+                "max_tokens": args.max_tokens,
+                "bare_vllm_tokens_per_s": round(bare, 1),
+                "batch_tokens_per_s": round(batch, 1),
+                "batch_over_bare_vllm": round(batch / bare, 3),
+                "score_tokens_per_s": round(score, 1),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":  # vLLM spawns engine processes

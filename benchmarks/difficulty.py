@@ -34,13 +34,15 @@ async def run_method(client, model: str, problems, fields: dict, args, label: st
     rows = []
     for problem, response, _ in await answer_all(client, model, problems, fields, args, label):
         difficulty = (response.model_extra or {}).get("difficulty") or {}
-        rows.append({
-            "level": problem.level,
-            "correct": is_correct(response.choices[0].message.content or "", problem.answer),
-            "tokens": response.usage.completion_tokens,
-            "class": difficulty.get("class"),
-            "probe_latency_s": difficulty.get("probe_latency_s"),
-        })
+        rows.append(
+            {
+                "level": problem.level,
+                "correct": is_correct(response.choices[0].message.content or "", problem.answer),
+                "tokens": response.usage.completion_tokens,
+                "class": difficulty.get("class"),
+                "probe_latency_s": difficulty.get("probe_latency_s"),
+            }
+        )
     return rows
 
 
@@ -80,7 +82,9 @@ async def run_all(url: str, problems, args) -> dict:
     alone = []
     for problem in problems[:20]:
         response = await client.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": problem.question}], max_tokens=1,
+            model=model,
+            messages=[{"role": "user", "content": problem.question}],
+            max_tokens=1,
             extra_body={"strategy": "difficulty"},
         )
         alone.append(response.model_extra["difficulty"]["probe_latency_s"])

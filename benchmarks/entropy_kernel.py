@@ -78,13 +78,18 @@ def main() -> None:
                 num_bytes = logits.numel() * logits.element_size()
                 fused_s = timed_s(lambda logits=logits: fused_entropy_stats(logits), device, args.repeats)
                 unfused_s = timed_s(lambda logits=logits: unfused_entropy(logits), device, args.repeats)
-                rows.append({
-                    "dtype": dtype_name, "vocab": vocab, "batch": batch,
-                    "fused_us": round(fused_s * 1e6, 1), "unfused_us": round(unfused_s * 1e6, 1),
-                    "fused_gbs": round(num_bytes / fused_s / 1e9, 1),
-                    "fraction_of_copy": round(num_bytes / fused_s / 1e9 / copy_gbs, 3),
-                    "speedup_over_unfused": round(unfused_s / fused_s, 2),
-                })
+                rows.append(
+                    {
+                        "dtype": dtype_name,
+                        "vocab": vocab,
+                        "batch": batch,
+                        "fused_us": round(fused_s * 1e6, 1),
+                        "unfused_us": round(unfused_s * 1e6, 1),
+                        "fused_gbs": round(num_bytes / fused_s / 1e9, 1),
+                        "fraction_of_copy": round(num_bytes / fused_s / 1e9 / copy_gbs, 3),
+                        "speedup_over_unfused": round(unfused_s / fused_s, 2),
+                    }
+                )
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
@@ -94,10 +99,15 @@ def main() -> None:
     }
     print(json.dumps(report, indent=2))
     print(f"\ncopy bandwidth {copy_gbs:.0f} GB/s on {report['device']}\n")
-    print("| dtype | vocab | batch | fused GB/s | x copy | fused us | unfused us | x unfused |\n| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(
+        "| dtype | vocab | batch | fused GB/s | x copy | fused us | unfused us | x unfused |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- |"
+    )
     for r in rows:
-        print(f"| {r['dtype']} | {r['vocab']} | {r['batch']} | {r['fused_gbs']} | {r['fraction_of_copy']} | "
-              f"{r['fused_us']} | {r['unfused_us']} | {r['speedup_over_unfused']} |")
+        print(
+            f"| {r['dtype']} | {r['vocab']} | {r['batch']} | {r['fused_gbs']} | {r['fraction_of_copy']} | "
+            f"{r['fused_us']} | {r['unfused_us']} | {r['speedup_over_unfused']} |"
+        )
     if args.out:
         with open(args.out, "w") as file:
             json.dump(report, file, indent=2)

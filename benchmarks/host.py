@@ -36,7 +36,9 @@ def measure(dtype: str, num_requests: int, max_tokens: int, rounds: int) -> dict
     from entropy_serve.server.config import ServerConfig
     from entropy_serve.server.engine.holder import engine_args
 
-    config = ServerConfig(model=str(prepare_default_model()), served_model_name="bench", max_model_len=2048, dtype=dtype)
+    config = ServerConfig(
+        model=str(prepare_default_model()), served_model_name="bench", max_model_len=2048, dtype=dtype
+    )
     args = engine_args(config)
     started = time.perf_counter()
     llm = LLM(**{k: v for k, v in vars(args).items() if k != "enable_log_requests"})
@@ -50,15 +52,29 @@ def measure(dtype: str, num_requests: int, max_tokens: int, rounds: int) -> dict
         outputs = llm.generate(texts, params, use_tqdm=False)
         tokens_per_s.append(sum(len(c.token_ids) for o in outputs for c in o.outputs) / (time.perf_counter() - start))
     llm.llm_engine.engine_core.shutdown()
-    return {"tokens_per_s": [round(x, 1) for x in tokens_per_s], "load_s": round(load_s, 1), "resolved_dtype": host.resolve_dtype(dtype)}
+    return {
+        "tokens_per_s": [round(x, 1) for x in tokens_per_s],
+        "load_s": round(load_s, 1),
+        "resolved_dtype": host.resolve_dtype(dtype),
+    }
 
 
 def run_child(dtype: str, preload: str, bind: str, args: argparse.Namespace) -> dict:
     from entropy_serve import host
 
     env = {**os.environ, **host.preload_env(preload), "VLLM_CPU_OMP_THREADS_BIND": bind}
-    command = [sys.executable, __file__, "--child", dtype, "--num-requests", str(args.num_requests),
-               "--max-tokens", str(args.max_tokens), "--rounds", str(args.rounds)]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        dtype,
+        "--num-requests",
+        str(args.num_requests),
+        "--max-tokens",
+        str(args.max_tokens),
+        "--rounds",
+        str(args.rounds),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
     if done.returncode != 0:
         return {"error": done.stderr[-2000:]}
@@ -68,8 +84,14 @@ def run_child(dtype: str, preload: str, bind: str, args: argparse.Namespace) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtypes", default="bfloat16,float32,float16")
-    parser.add_argument("--preloads", default="iomp,tcmalloc,iomp+tcmalloc", help="beside vLLM's own (PyTorch's libgomp)")
-    parser.add_argument("--binds", default="", help="core lists beside all cores, ';'-separated (e.g. '1' leaves core 0 to the scheduler)")
+    parser.add_argument(
+        "--preloads", default="iomp,tcmalloc,iomp+tcmalloc", help="beside vLLM's own (PyTorch's libgomp)"
+    )
+    parser.add_argument(
+        "--binds",
+        default="",
+        help="core lists beside all cores, ';'-separated (e.g. '1' leaves core 0 to the scheduler)",
+    )
     parser.add_argument("--num-requests", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=4)

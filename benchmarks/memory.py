@@ -43,8 +43,15 @@ def footprint(pid: int) -> list[dict]:
             info = process.memory_full_info()
         except psutil.NoSuchProcess:
             continue
-        rows.append({"pid": process.pid, "name": process.name(), "role": role(process),
-                     "rss_gib": round(info.rss / GIB, 2), "pss_gib": round(info.pss / GIB, 2)})
+        rows.append(
+            {
+                "pid": process.pid,
+                "name": process.name(),
+                "role": role(process),
+                "rss_gib": round(info.rss / GIB, 2),
+                "pss_gib": round(info.pss / GIB, 2),
+            }
+        )
     return rows
 
 
@@ -53,11 +60,25 @@ def main() -> None:
     with ServerProcess(*flags, kv_cache_gib=None) as server:
         model = httpx.get(f"{server.url}/v1/models").json()["data"][0]
         for i in range(8):
-            httpx.post(f"{server.url}/v1/completions", json={"model": model["id"], "prompt": f"Count to {i}:", "max_tokens": 32,
-                                                           "return_entropy": True, "typical_p": 0.9}, timeout=120).raise_for_status()
+            httpx.post(
+                f"{server.url}/v1/completions",
+                json={
+                    "model": model["id"],
+                    "prompt": f"Count to {i}:",
+                    "max_tokens": 32,
+                    "return_entropy": True,
+                    "typical_p": 0.9,
+                },
+                timeout=120,
+            ).raise_for_status()
         rows = footprint(server.process.pid)
-    report = {"flags": flags, "engine": model["engine"], "processes": rows,
-              "total_rss_gib": round(sum(r["rss_gib"] for r in rows), 2), "total_pss_gib": round(sum(r["pss_gib"] for r in rows), 2)}
+    report = {
+        "flags": flags,
+        "engine": model["engine"],
+        "processes": rows,
+        "total_rss_gib": round(sum(r["rss_gib"] for r in rows), 2),
+        "total_pss_gib": round(sum(r["pss_gib"] for r in rows), 2),
+    }
     print(json.dumps(report, indent=2))
     print("\n| process | role | RSS GiB | PSS GiB |\n| --- | --- | --- | --- |")
     for r in rows:

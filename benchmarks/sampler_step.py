@@ -43,7 +43,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--typical-p", type=float, default=0.9)
-    parser.add_argument("--logit-scale", type=float, default=3.0, help="std of the random logits (larger: peakier rows)")
+    parser.add_argument(
+        "--logit-scale", type=float, default=3.0, help="std of the random logits (larger: peakier rows)"
+    )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
     args = parser.parse_args()
     if args.threads:
@@ -62,11 +64,20 @@ def main() -> None:
 
     assert torch.equal(theirs() == float("-inf"), logits.clone().isinf() | _our_mask(logits, params))
     theirs_s, ours_s = median_time_s(theirs, args.repeats), median_time_s(ours, args.repeats)
-    print(json.dumps({
-        "batch": args.batch, "vocab": args.vocab, "logit_scale": args.logit_scale, "threads": torch.get_num_threads(),
-        "transformers_ms": round(theirs_s * 1e3, 2), "ours_ms": round(ours_s * 1e3, 2),
-        "ratio_ours_over_transformers": round(ours_s / theirs_s, 3),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "batch": args.batch,
+                "vocab": args.vocab,
+                "logit_scale": args.logit_scale,
+                "threads": torch.get_num_threads(),
+                "transformers_ms": round(theirs_s * 1e3, 2),
+                "ours_ms": round(ours_s * 1e3, 2),
+                "ratio_ours_over_transformers": round(ours_s / theirs_s, 3),
+            },
+            indent=2,
+        )
+    )
 
 
 def _our_mask(logits: torch.Tensor, params: RowParams) -> torch.Tensor:

@@ -55,14 +55,34 @@ def kinds(long_prompt: str) -> dict:
         "plain": ("completions", {"prompt": STORY, "max_tokens": 32}, "whole"),
         "streamed": ("chat", {**chat, "max_tokens": 48, "stream": True}, "stream"),
         "abandoned": ("chat", {**chat, "max_tokens": 200, "stream": True}, "abandon"),
-        "samplers": ("completions", {"prompt": STORY, "max_tokens": 32, "seed": 3, "typical_p": 0.9,
-                                     "adaptive_temperature": {"method": "edt"}, "return_entropy": True}, "whole"),  # fmt: skip
-        "seeded": ("completions", {"prompt": STORY, "max_tokens": 32, "seed": 5, "frequency_penalty": 0.5, "top_p": 0.95}, "whole"),
+        "samplers": (
+            "completions",
+            {
+                "prompt": STORY,
+                "max_tokens": 32,
+                "seed": 3,
+                "typical_p": 0.9,
+                "adaptive_temperature": {"method": "edt"},
+                "return_entropy": True,
+            },
+            "whole",
+        ),
+        "seeded": (
+            "completions",
+            {"prompt": STORY, "max_tokens": 32, "seed": 5, "frequency_penalty": 0.5, "top_p": 0.95},
+            "whole",
+        ),
         "strategy": ("chat", {**chat, "max_tokens": 48, "strategy": {"name": "self_consistency", "n": 4}}, "whole"),
-        "structured": ("chat", {"messages": [{"role": "user", "content": "Describe a person as JSON."}], "max_tokens": 40,
-                                "return_entropy": True,
-                                "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": SCHEMA}}},
-                       "whole"),  # fmt: skip
+        "structured": (
+            "chat",
+            {
+                "messages": [{"role": "user", "content": "Describe a person as JSON."}],
+                "max_tokens": 40,
+                "return_entropy": True,
+                "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": SCHEMA}},
+            },
+            "whole",
+        ),
         "long": ("completions", {"prompt": long_prompt, "max_tokens": 8}, "whole"),
     }
 
@@ -81,7 +101,9 @@ class Soak:
     async def call(self, kind: str) -> None:
         endpoint, fields, reading = self.kinds[kind]
         fields = dict(fields)
-        extra = {k: fields.pop(k) for k in ("typical_p", "adaptive_temperature", "return_entropy", "strategy") if k in fields}
+        extra = {
+            k: fields.pop(k) for k in ("typical_p", "adaptive_temperature", "return_entropy", "strategy") if k in fields
+        }
         create = self.client.completions.create if endpoint == "completions" else self.client.chat.completions.create
         started = time.monotonic()
         try:
@@ -115,7 +137,10 @@ class Soak:
             prompts = [f"{STORY} (line {i})" for i in range(size)]
             started = time.monotonic()
             replies = await asyncio.gather(
-                *(self.client.completions.create(model=MODEL, prompt=p, max_tokens=24, seed=i) for i, p in enumerate(prompts)),
+                *(
+                    self.client.completions.create(model=MODEL, prompt=p, max_tokens=24, seed=i)
+                    for i, p in enumerate(prompts)
+                ),
                 return_exceptions=True,
             )
             for reply in replies:
@@ -169,8 +194,15 @@ def percentile(values: list[float], q: float) -> float:
 def latency_rows(latencies: dict[tuple[int, str], list[float]]) -> list[dict]:
     rows = []
     for (window, kind), values in sorted(latencies.items()):
-        rows.append({"minutes": f"{window * 5}-{window * 5 + 5}", "kind": kind, "count": len(values),
-                     "p50_s": round(statistics.median(values), 2), "p95_s": round(percentile(values, 0.95), 2)})  # fmt: skip
+        rows.append(
+            {
+                "minutes": f"{window * 5}-{window * 5 + 5}",
+                "kind": kind,
+                "count": len(values),
+                "p50_s": round(statistics.median(values), 2),
+                "p95_s": round(percentile(values, 0.95), 2),
+            }
+        )
     return rows
 
 
@@ -219,8 +251,14 @@ def main() -> None:
     resources = resource_rows(soak.samples)
     errors = {kind: {"count": len(messages), "first": messages[:3]} for kind, messages in soak.errors.items()}
     args.out.mkdir(parents=True, exist_ok=True)
-    report = {"minutes": args.minutes, "clients": args.clients, "server_flags": server_flags, "errors": errors,
-              "resources": soak.samples, "latency": latency}  # fmt: skip
+    report = {
+        "minutes": args.minutes,
+        "clients": args.clients,
+        "server_flags": server_flags,
+        "errors": errors,
+        "resources": soak.samples,
+        "latency": latency,
+    }
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     table = (
         f"errors: {sum(e['count'] for e in errors.values())} {json.dumps(errors) if errors else ''}\n\n"

@@ -52,7 +52,14 @@ def methods(traces: int) -> dict[str, dict]:
     return {
         "sc_beta": {"name": "self_consistency", "n": traces, "early_stop": "beta"},
         "deepconf_learned": {"name": "deepconf", "n": traces},
-        "deepconf_paper": {"name": "deepconf", "n": traces, "confidence": "topk", "window": 16, "keep": 0.9, "consensus": 0.95},
+        "deepconf_paper": {
+            "name": "deepconf",
+            "n": traces,
+            "confidence": "topk",
+            "window": 16,
+            "keep": 0.9,
+            "consensus": 0.95,
+        },
         "auto": {"name": "auto"},
     }
 
@@ -64,8 +71,10 @@ def summarize(answered, wall_s: float, correct_of) -> dict:
 
     def part(level=None) -> dict:
         mine = [r for r in rows if level is None or r[0] == level]
-        return {"accuracy": round(float(np.mean([r[1] for r in mine])), 4),
-                "tokens_per_problem": round(float(np.mean([r[2] for r in mine])), 1)}
+        return {
+            "accuracy": round(float(np.mean([r[1] for r in mine])), 4),
+            "tokens_per_problem": round(float(np.mean([r[2] for r in mine])), 1),
+        }
 
     latencies = [s for *_, s in rows]
     return {
@@ -87,27 +96,38 @@ def sample_traces(answered) -> list[dict]:
             answer = extract_answer(choice.message.content or "")
             span = answer_span([p.token for p in positions], answer)
             top = [[t.logprob for t in p.top_logprobs] for p in positions]
-            traces.append({
-                "level": problem.level,
-                "reference": problem.answer,
-                "answer": answer,
-                "correct": equivalent(answer, problem.answer),
-                "tokens": len(entropies),
-                "signals": trace_signals(entropies, span, WINDOW, top_logprobs=top,
-                                         self_certainty_nats=choice.model_extra["entropy"]["self_certainty_nats"]),
-            })
+            traces.append(
+                {
+                    "level": problem.level,
+                    "reference": problem.answer,
+                    "answer": answer,
+                    "correct": equivalent(answer, problem.answer),
+                    "tokens": len(entropies),
+                    "signals": trace_signals(
+                        entropies,
+                        span,
+                        WINDOW,
+                        top_logprobs=top,
+                        self_certainty_nats=choice.model_extra["entropy"]["self_certainty_nats"],
+                    ),
+                }
+            )
     return traces
 
 
 def budget_curve(traces: list[dict], num_problems: int, num_traces: int) -> dict[str, dict]:
     """Self-consistency over the first k samples of each problem, k = 1, 2, 4, ..."""
-    by_problem = [traces[i * num_traces:(i + 1) * num_traces] for i in range(num_problems)]
+    by_problem = [traces[i * num_traces : (i + 1) * num_traces] for i in range(num_problems)]
     curve, k = {}, 1
     while k <= num_traces:
-        correct = [equivalent(vote([t["answer"] for t in mine[:k]]).winner, mine[0]["reference"]) for mine in by_problem]
+        correct = [
+            equivalent(vote([t["answer"] for t in mine[:k]]).winner, mine[0]["reference"]) for mine in by_problem
+        ]
         tokens = [sum(t["tokens"] for t in mine[:k]) for mine in by_problem]
-        curve[f"self_consistency_{k}"] = {"accuracy": round(float(np.mean(correct)), 4),
-                                          "tokens_per_problem": round(float(np.mean(tokens)), 1)}
+        curve[f"self_consistency_{k}"] = {
+            "accuracy": round(float(np.mean(correct)), 4),
+            "tokens_per_problem": round(float(np.mean(tokens)), 1),
+        }
         k *= 2
     return curve
 
@@ -126,7 +146,9 @@ def aurocs(traces: list[dict]) -> dict[str, dict[str, float | None]]:
             defined = [t for t in mine if t["signals"][signal] is not None]
             labels = [t["correct"] for t in defined]
             usable = len(set(labels)) == 2
-            row[signal] = round(float(roc_auc_score(labels, [t["signals"][signal] for t in defined])), 3) if usable else None
+            row[signal] = (
+                round(float(roc_auc_score(labels, [t["signals"][signal] for t in defined])), 3) if usable else None
+            )
             if signal == "answer":
                 row["answer_traces"] = len(defined)
         table[level] = row
@@ -157,8 +179,13 @@ async def run_temperature(client, model: str, problems, args, temperature: float
     def correct_of(problem, response) -> bool:
         return is_correct(response.choices[0].message.content or "", problem.answer)
 
-    fields = {"temperature": temperature, "logprobs": True, "top_logprobs": 20, "n": args.traces,
-              "extra_body": {"return_entropy": True}}
+    fields = {
+        "temperature": temperature,
+        "logprobs": True,
+        "top_logprobs": 20,
+        "n": args.traces,
+        "extra_body": {"return_entropy": True},
+    }
     answered = await answer_all(client, model, problems, fields, args, f"T {temperature}: {args.traces} samples")
     answered.sort(key=lambda item: problems.index(item[0]))
     traces = sample_traces(answered)
@@ -169,8 +196,14 @@ async def run_temperature(client, model: str, problems, args, temperature: float
         if args.only and name not in args.only:
             continue
         started = time.perf_counter()
-        done = await answer_all(client, model, problems, {"temperature": temperature, "extra_body": {"strategy": strategy}},
-                                args, f"T {temperature}: {name}")
+        done = await answer_all(
+            client,
+            model,
+            problems,
+            {"temperature": temperature, "extra_body": {"strategy": strategy}},
+            args,
+            f"T {temperature}: {name}",
+        )
         results[name] = summarize(done, time.perf_counter() - started, correct_of)
         if name == "auto":
             escalated = [r.model_extra["strategy"]["escalation"]["escalated"] for _, r, _ in done]
@@ -191,7 +224,9 @@ async def run_all(url: str, problems, args) -> dict:
     model = (await client.models.list()).data[0].id
     started = time.perf_counter()
     answered = await answer_all(client, model, problems, {"temperature": 0.0}, args, "greedy")
-    greedy = summarize(answered, time.perf_counter() - started, lambda p, r: is_correct(r.choices[0].message.content or "", p.answer))
+    greedy = summarize(
+        answered, time.perf_counter() - started, lambda p, r: is_correct(r.choices[0].message.content or "", p.answer)
+    )
     return {str(t): await run_temperature(client, model, problems, args, t, greedy) for t in args.temperatures}
 
 
@@ -199,19 +234,31 @@ def markdown(report: dict) -> str:
     lines = []
     for t, part in report["by_temperature"].items():
         full = part["plain"][max(part["plain"], key=lambda k: part["plain"][k]["tokens_per_problem"])]
-        lines += [f"### T {t}", "", "| method | accuracy | tokens / problem | x full SC | wall s | p50 / p95 latency s |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            f"### T {t}",
+            "",
+            "| method | accuracy | tokens / problem | x full SC | wall s | p50 / p95 latency s |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
         for name, row in {**part["plain"], **part["methods"]}.items():
             latency = f"{row['latency_p50_s']} / {row['latency_p95_s']}" if "latency_p50_s" in row else ""
-            lines.append(f"| {name} | {100 * row['accuracy']:.1f}% | {row['tokens_per_problem']} | "
-                         f"{row['tokens_per_problem'] / full['tokens_per_problem']:.3f} | {row.get('wall_s', '')} | {latency} |")
-        lines += ["", "| AUROC (right vs wrong traces) | traces (right) | " + " | ".join(SIGNALS) + " |",
-                  "| --- | --- |" + " --- |" * len(SIGNALS)]
+            lines.append(
+                f"| {name} | {100 * row['accuracy']:.1f}% | {row['tokens_per_problem']} | "
+                f"{row['tokens_per_problem'] / full['tokens_per_problem']:.3f} | {row.get('wall_s', '')} | {latency} |"
+            )
+        lines += [
+            "",
+            "| AUROC (right vs wrong traces) | traces (right) | " + " | ".join(SIGNALS) + " |",
+            "| --- | --- |" + " --- |" * len(SIGNALS),
+        ]
         for level, row in part["auroc"].items():
             cells = " | ".join("" if row[s] is None else f"{row[s]:.3f}" for s in SIGNALS)
             lines.append(f"| {level} | {row['traces']} ({row['right']}) | {cells} |")
-        lines.append("(answer: over the traces that spell their answer: "
-                     + ", ".join(f"{level} {row['answer_traces']}" for level, row in part["auroc"].items()) + ")")
+        lines.append(
+            "(answer: over the traces that spell their answer: "
+            + ", ".join(f"{level} {row['answer_traces']}" for level, row in part["auroc"].items())
+            + ")"
+        )
         lines.append("")
     return "\n".join(lines)
 
@@ -233,7 +280,13 @@ def plot(part: dict, path: Path, title: str) -> None:
     for name, row in [*plain, *part["methods"].items()]:
         marker = "o" if name in part["plain"] else "s"
         axes.scatter(row["tokens_per_problem"], 100 * row["accuracy"], marker=marker)
-        axes.annotate(name, (row["tokens_per_problem"], 100 * row["accuracy"]), fontsize=8, xytext=(4, 3), textcoords="offset points")
+        axes.annotate(
+            name,
+            (row["tokens_per_problem"], 100 * row["accuracy"]),
+            fontsize=8,
+            xytext=(4, 3),
+            textcoords="offset points",
+        )
     axes.set_xscale("log")
     axes.set_xlabel("generated tokens per problem (log)")
     axes.set_ylabel("accuracy (%)")
@@ -249,15 +302,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="folder for report.json, table.md and the plots")
     parser.add_argument("--problems", type=int, default=90)
-    parser.add_argument("--levels", default="add-1digit,add-2digit,work-1digit-2ops", help="arithmetic levels, comma-separated")
+    parser.add_argument(
+        "--levels", default="add-1digit,add-2digit,work-1digit-2ops", help="arithmetic levels, comma-separated"
+    )
     parser.add_argument("--traces", type=int, default=16, help="self-consistency's full budget, and every strategy's n")
     parser.add_argument("--temperatures", default="0.5,0.8")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--concurrency", type=int, default=4, help="problems in flight at once")
-    parser.add_argument("--only", help="comma-separated methods (default: all of " + ", ".join(methods(16))
-                        + "); 'plain' alone runs greedy, the budget curve and the AUROCs")
-    parser.add_argument("--url", help="a server already running (its own flags and defaults apply), instead of starting one")
-    parser.add_argument("--seed", type=int, default=1, help="problems and samples (the defaults were learned on seed 0)")
+    parser.add_argument(
+        "--only",
+        help="comma-separated methods (default: all of "
+        + ", ".join(methods(16))
+        + "); 'plain' alone runs greedy, the budget curve and the AUROCs",
+    )
+    parser.add_argument(
+        "--url", help="a server already running (its own flags and defaults apply), instead of starting one"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=1, help="problems and samples (the defaults were learned on seed 0)"
+    )
     args = parser.parse_args()
     args.temperatures = [float(t) for t in args.temperatures.split(",")]
     args.only = set(args.only.split(",")) if args.only else None

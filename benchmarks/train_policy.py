@@ -47,7 +47,9 @@ HELD_OUT_SEED = 1_000
 
 async def held_out_accuracy(model: str, problems, samples: int) -> dict:
     """Greedy accuracy, and mean single-sample accuracy at T 0.8, on `problems`."""
-    config = ServerConfig(model=model, served_model_name="m", max_model_len=1024, max_n=samples, gpu_memory_utilization=0.3)
+    config = ServerConfig(
+        model=model, served_model_name="m", max_model_len=1024, max_n=samples, gpu_memory_utilization=0.3
+    )
 
     async def one(service, index, problem):
         messages = [{"role": "user", "content": problem.question}]
@@ -72,17 +74,37 @@ async def held_out_accuracy(model: str, problems, samples: int) -> dict:
 def train(name: str, flags: list[str], args) -> dict:
     out = args.out / name.replace(" (dapo)", "").replace(" ", "-").replace("/", "-")
     command = [
-        sys.executable, "-m", "entropy_serve", "train-policy", "--output-dir", str(out), "--steps", str(args.steps),
-        "--group-size", str(args.group_size), "--prompts-per-step", str(args.prompts_per_step),
-        "--learning-rate", str(args.learning_rate), "--max-tokens", str(args.max_tokens), "--seed", str(args.seed),
-        "--calibration-samples", "1", "--save-steps", str(args.steps),
+        sys.executable,
+        "-m",
+        "entropy_serve",
+        "train-policy",
+        "--output-dir",
+        str(out),
+        "--steps",
+        str(args.steps),
+        "--group-size",
+        str(args.group_size),
+        "--prompts-per-step",
+        str(args.prompts_per_step),
+        "--learning-rate",
+        str(args.learning_rate),
+        "--max-tokens",
+        str(args.max_tokens),
+        "--seed",
+        str(args.seed),
+        "--calibration-samples",
+        "1",
+        "--save-steps",
+        str(args.steps),
         *flags,
     ]
     print(f"[{name}] {' '.join(command[1:])}", file=sys.stderr, flush=True)
     started = time.perf_counter()
     subprocess.run(command, check=True)
     records = read_log(out / LOG_FILE)
-    rollout = [(r["step"], r["rollout_entropy_nats"], r["reward"]) for r in records if r["rollout_entropy_nats"] is not None]
+    rollout = [
+        (r["step"], r["rollout_entropy_nats"], r["reward"]) for r in records if r["rollout_entropy_nats"] is not None
+    ]
     return {
         "folder": str(out),
         "wall_s": round(time.perf_counter() - started, 1),
@@ -119,7 +141,10 @@ def write_report(results: dict, args) -> None:
     for name, run in results["variants"].items():
         entropy_axis.plot(run["steps"], run["rollout_entropy_by_batch"], marker=".", label=name)
         reward_axis.plot(run["steps"], run["reward_by_batch"], marker=".", label=name)
-    for axis, label in ((entropy_axis, "rollout mean token entropy (nats)"), (reward_axis, "reward (accuracy of rollouts)")):
+    for axis, label in (
+        (entropy_axis, "rollout mean token entropy (nats)"),
+        (reward_axis, "reward (accuracy of rollouts)"),
+    ):
         axis.set_xlabel("optimizer step (its rollout batch sampled at its start)")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
@@ -144,7 +169,9 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=100)
     parser.add_argument("--samples", type=int, default=4, help="T 0.8 samples per held-out problem")
     parser.add_argument(
-        "--variants", type=lambda text: text.split(","), default=DEFAULT_VARIANTS,
+        "--variants",
+        type=lambda text: text.split(","),
+        default=DEFAULT_VARIANTS,
         help=f"comma-separated, of: {', '.join(VARIANTS)} (default: the first four)",
     )
     args = parser.parse_args()
@@ -155,7 +182,10 @@ def main() -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
     problems = arithmetic.generate(args.held_out, HELD_OUT_SEED, arithmetic.levels_named(["add-1digit"]))
     base = str(model_store.prepare_default_model())
-    results = {"settings": vars(args) | {"out": str(args.out)}, "before": asyncio.run(held_out_accuracy(base, problems, args.samples))}
+    results = {
+        "settings": vars(args) | {"out": str(args.out)},
+        "before": asyncio.run(held_out_accuracy(base, problems, args.samples)),
+    }
     print(f"before: {results['before']}", file=sys.stderr, flush=True)
     results["variants"] = {}
     for name in args.variants:

@@ -43,7 +43,9 @@ RATE_INTERVAL = "1m"  # what Grafana's $__rate_interval becomes here
 
 def run(*command: str, env: dict | None = None, capture: bool = False) -> str:
     print("+", " ".join(command), flush=True)
-    result = subprocess.run(command, env={**os.environ, **(env or {})}, cwd=ROOT, check=True, text=True, capture_output=capture)
+    result = subprocess.run(
+        command, env={**os.environ, **(env or {})}, cwd=ROOT, check=True, text=True, capture_output=capture
+    )
     return result.stdout if capture else ""
 
 
@@ -63,8 +65,14 @@ def debian_base_image() -> str:
     if subprocess.run(["docker", "image", "inspect", DEBIAN_BASE], capture_output=True).returncode == 0:
         return DEBIAN_BASE
     with tempfile.TemporaryDirectory() as rootfs:
-        run("debootstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates", "bookworm", rootfs,
-            "http://deb.debian.org/debian")
+        run(
+            "debootstrap",
+            "--variant=minbase",
+            "--include=python3,python3-venv,ca-certificates",
+            "bookworm",
+            rootfs,
+            "http://deb.debian.org/debian",
+        )
         tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
         subprocess.run(["docker", "import", "-", DEBIAN_BASE], stdin=tar.stdout, check=True, capture_output=True)
         tar.wait()
@@ -73,7 +81,9 @@ def debian_base_image() -> str:
 
 def pip_find_links() -> Path | None:
     """Where this machine's pip finds wheels PyPI lacks (the pinned CPU torch)."""
-    found = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.find-links"], capture_output=True, text=True)
+    found = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "get", "global.find-links"], capture_output=True, text=True
+    )
     return Path(found.stdout.strip()) if found.returncode == 0 and found.stdout.strip() else None
 
 
@@ -81,9 +91,27 @@ def train_probe(data: Path) -> None:
     """A small difficulty probe (the same recipe as the probe's end-to-end test)."""
     if (data / "probe" / "probe.json").exists():
         return
-    run(sys.executable, "-m", "entropy_serve", "train-probe", "--out", str(data / "probe"), "--problems", "36", "--samples", "4",
-        "--max-tokens", "32", "--max-model-len", "1024", "--hard-below-accuracy", "0.25", "--hidden-units", "32",
-        env={"ENTROPY_SERVE_KV_CACHE_GIB": "1"})
+    run(
+        sys.executable,
+        "-m",
+        "entropy_serve",
+        "train-probe",
+        "--out",
+        str(data / "probe"),
+        "--problems",
+        "36",
+        "--samples",
+        "4",
+        "--max-tokens",
+        "32",
+        "--max-model-len",
+        "1024",
+        "--hard-below-accuracy",
+        "0.25",
+        "--hidden-units",
+        "32",
+        env={"ENTROPY_SERVE_KV_CACHE_GIB": "1"},
+    )
 
 
 def wait_healthy(url: str, timeout_s: float = 600) -> float:
@@ -103,21 +131,33 @@ def traffic(url: str, api_key: str) -> None:
     """Requests that feed every series the dashboard shows."""
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=api_key, max_retries=0, timeout=300)
     reply = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "What is 2 + 3?"}], max_tokens=16, seed=1,
+        model=MODEL,
+        messages=[{"role": "user", "content": "What is 2 + 3?"}],
+        max_tokens=16,
+        seed=1,
         extra_body={"return_entropy": True},
     )
     entropy = reply.choices[0].model_extra["entropy"]
     assert len(entropy["model_entropy_nats"]) == reply.usage.completion_tokens > 0, entropy
     client.completions.create(
-        model=MODEL, prompt="The sea is", max_tokens=16, temperature=0.8,
+        model=MODEL,
+        prompt="The sea is",
+        max_tokens=16,
+        temperature=0.8,
         extra_body={"typical_p": 0.9, "adaptive_temperature": {"method": "hapo"}},
     )
     client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "What is 4 + 5?"}], max_tokens=16, temperature=0.8,
+        model=MODEL,
+        messages=[{"role": "user", "content": "What is 4 + 5?"}],
+        max_tokens=16,
+        temperature=0.8,
         extra_body={"strategy": {"name": "entropy_fork", "trees": 2, "forks": 1, "branches": 1}},
     )
     client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "What is 6 + 7?"}], max_tokens=16, extra_body={"strategy": "difficulty"}
+        model=MODEL,
+        messages=[{"role": "user", "content": "What is 6 + 7?"}],
+        max_tokens=16,
+        extra_body={"strategy": "difficulty"},
     )
     try:
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], n=0)
@@ -126,7 +166,11 @@ def traffic(url: str, api_key: str) -> None:
     else:
         raise AssertionError("n=0 was accepted")
     stream = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Tell me a long story."}], max_tokens=400, stream=True, extra_body={"ignore_eos": True}
+        model=MODEL,
+        messages=[{"role": "user", "content": "Tell me a long story."}],
+        max_tokens=400,
+        stream=True,
+        extra_body={"ignore_eos": True},
     )
     next(iter(stream))
     stream.close()  # the client leaves: the server aborts the request
@@ -135,7 +179,9 @@ def traffic(url: str, api_key: str) -> None:
 def prometheus_queries() -> tuple[list[str], list[str]]:
     dashboard = json.loads((DOCKER / "grafana/dashboards/entropy-serve.json").read_text())
     panels = [t["expr"].replace("$__rate_interval", RATE_INTERVAL) for p in dashboard["panels"] for t in p["targets"]]
-    rules = [r["expr"] for g in yaml.safe_load((DOCKER / "prometheus/alerts.yml").read_text())["groups"] for r in g["rules"]]
+    rules = [
+        r["expr"] for g in yaml.safe_load((DOCKER / "prometheus/alerts.yml").read_text())["groups"] for r in g["rules"]
+    ]
     return panels, rules
 
 
@@ -149,8 +195,14 @@ def check_with_prometheus(server_port: int, workdir: Path, url: str, api_key: st
     run("promtool", "check", "rules", str(DOCKER / "prometheus/alerts.yml"))
     port = 19090
     prometheus = subprocess.Popen(
-        ["prometheus", f"--config.file={config_path}", f"--storage.tsdb.path={workdir / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            "prometheus",
+            f"--config.file={config_path}",
+            f"--storage.tsdb.path={workdir / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     api = f"http://127.0.0.1:{port}/api/v1"
     try:
@@ -189,9 +241,17 @@ def _query(api: str, expr: str) -> list:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base-image", help="the Dockerfile's BASE_IMAGE (default: python:3.11-slim if it can be pulled, else a debootstrapped Debian)")
-    parser.add_argument("--wheels", type=Path, default=pip_find_links(), help="wheels pip cannot download (default: pip's find-links)")
-    parser.add_argument("--ca-bundle", type=Path, default=Path("/etc/ssl/certs/ca-certificates.crt"), help="CA bundle pip must trust")
+    parser.add_argument(
+        "--base-image",
+        help="the Dockerfile's BASE_IMAGE "
+        "(default: python:3.11-slim if it can be pulled, else a debootstrapped Debian)",
+    )
+    parser.add_argument(
+        "--wheels", type=Path, default=pip_find_links(), help="wheels pip cannot download (default: pip's find-links)"
+    )
+    parser.add_argument(
+        "--ca-bundle", type=Path, default=Path("/etc/ssl/certs/ca-certificates.crt"), help="CA bundle pip must trust"
+    )
     parser.add_argument("--keep", action="store_true", help="leave the stack running")
     args = parser.parse_args()
     for tool in ("docker", "prometheus", "promtool"):
@@ -204,7 +264,7 @@ def main() -> None:
         pulled = subprocess.run(["docker", "pull", "python:3.11-slim"], capture_output=True).returncode == 0
         base = "python:3.11-slim" if pulled else debian_base_image()
     wheels = DOCKER / "wheels"
-    for wheel in (args.wheels.glob("torch-*.whl") if args.wheels and args.wheels.is_dir() else ()):
+    for wheel in args.wheels.glob("torch-*.whl") if args.wheels and args.wheels.is_dir() else ():
         shutil.copy2(wheel, wheels / wheel.name)
     data = Path(tempfile.mkdtemp(prefix="entropy-serve-data-"))
     data.chmod(0o755)

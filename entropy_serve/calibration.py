@@ -116,7 +116,9 @@ async def sample_entropies(service, samples_per_prompt: int, max_tokens: int, se
             for i, prompt in enumerate(DEFAULT_PROMPTS)
         )
     )
-    return [h for reply in replies for choice in reply.choices for h in choice.model_extra["entropy"]["model_entropy_nats"]]
+    return [
+        h for reply in replies for choice in reply.choices for h in choice.model_extra["entropy"]["model_entropy_nats"]
+    ]
 
 
 def profile_record(

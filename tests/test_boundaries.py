@@ -16,7 +16,15 @@ FORBIDDEN = {
     "kernels": ("server", "probes", "trainer", "offline", "commands", "tasks"),
     "tasks": ("server", "probes", "trainer", "offline", "commands"),
     "probes": ("server", "trainer", "offline", "commands"),
-    "server/engine": ("server/api", "server/core", "server/strategies", "server/protocol", "trainer", "offline", "commands"),
+    "server/engine": (
+        "server/api",
+        "server/core",
+        "server/strategies",
+        "server/protocol",
+        "trainer",
+        "offline",
+        "commands",
+    ),
     "server/protocol": ("server/api", "server/strategies", "trainer", "offline", "commands"),
     "server/core": ("server/api", "trainer", "commands"),  # batches.py answers lines with offline/batch.py
     "server/strategies": ("server/api", "trainer", "offline", "commands"),
@@ -60,5 +68,7 @@ def test_the_checker_sees_an_import_across_a_boundary(tmp_path):
 
 
 def test_no_module_holds_more_than_300_lines():
-    long = {str(m.relative_to(PACKAGE)): n for m in PACKAGE.rglob("*.py") if (n := len(m.read_text().splitlines())) > 300}
+    long = {
+        str(m.relative_to(PACKAGE)): n for m in PACKAGE.rglob("*.py") if (n := len(m.read_text().splitlines())) > 300
+    }
     assert long == {}

@@ -68,9 +68,27 @@ def test_unreadable_profile_is_a_clear_error(tmp_path):
 @pytest.mark.e2e
 def test_calibrate_command_writes_a_profile(tmp_path):
     out = tmp_path / "profile.json"
-    command = [sys.executable, "-m", "entropy_serve", "calibrate", "--out", str(out), "--samples", "1",
-               "--max-tokens", "16", "--max-model-len", "1024"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "entropy_serve",
+        "calibrate",
+        "--out",
+        str(out),
+        "--samples",
+        "1",
+        "--max-tokens",
+        "16",
+        "--max-model-len",
+        "1024",
+    ]
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "VLLM_CPU_KVCACHE_SPACE": "1"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     profile = json.loads(out.read_text())
     assert profile["model"] == DEFAULT_MODEL_NAME
@@ -81,7 +99,9 @@ def test_calibrate_command_writes_a_profile(tmp_path):
 def test_calibrate_rejects_nonsense_flags():
     done = subprocess.run(
         [sys.executable, "-m", "entropy_serve", "calibrate", "--out", "x.json", "--samples", "0"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 2 and "argument --samples: must be at least 1, got 0" in done.stderr
 

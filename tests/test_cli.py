@@ -16,7 +16,13 @@ def test_every_command_has_help_flags_and_a_run_function():
     parser = build_parser()
     for name, command in COMMANDS.items():
         assert command.HELP and callable(command.add_arguments) and callable(command.run)
-        required = {"calibrate": ["--out", "x"], "train-probe": ["--out", "x"], "tune-strategies": ["--out", "x"], "batch": ["-i", "a", "-o", "b"], "score": ["-i", "a", "-o", "b"]}
+        required = {
+            "calibrate": ["--out", "x"],
+            "train-probe": ["--out", "x"],
+            "tune-strategies": ["--out", "x"],
+            "batch": ["-i", "a", "-o", "b"],
+            "score": ["-i", "a", "-o", "b"],
+        }
         assert parser.parse_args([name, *required.get(name, [])]).command == name
 
 
@@ -29,13 +35,28 @@ def test_every_command_has_help_flags_and_a_run_function():
         (["serve", "--probe", "/no/such/probe"], "argument --probe: /no/such/probe does not exist"),
         (["train-probe", "--out", "x", "--samples", "-2"], "argument --samples: must be at least 1, got -2"),
         (["calibrate"], "the following arguments are required: --out"),
-        (["tune-strategies", "--out", "x", "--temperatures", "0.5,3"], "argument --temperatures: temperatures must be in (0, 2]"),
-        (["train-probe", "--out", "x", "--tune-temperatures", "hot"], "argument --tune-temperatures: expected comma-separated"),
-        (["serve", "--strategy-defaults", "/no/such.json"], "argument --strategy-defaults: /no/such.json does not exist"),
+        (
+            ["tune-strategies", "--out", "x", "--temperatures", "0.5,3"],
+            "argument --temperatures: temperatures must be in (0, 2]",
+        ),
+        (
+            ["train-probe", "--out", "x", "--tune-temperatures", "hot"],
+            "argument --tune-temperatures: expected comma-separated",
+        ),
+        (
+            ["serve", "--strategy-defaults", "/no/such.json"],
+            "argument --strategy-defaults: /no/such.json does not exist",
+        ),
         (["batch", "-i", "in.jsonl"], "the following arguments are required: -o/--output-file"),
-        (["batch", "-i", "a", "-o", "b", "--output-order", "random"], "argument --output-order: invalid choice: 'random'"),
+        (
+            ["batch", "-i", "a", "-o", "b", "--output-order", "random"],
+            "argument --output-order: invalid choice: 'random'",
+        ),
         (["score", "-i", "a", "-o", "b", "--window", "0"], "argument --window: must be at least 1, got 0"),
-        (["serve", "--tool-call-parser", "nope"], "argument --tool-call-parser: unknown tool-call parser 'nope'; vLLM's are: "),
+        (
+            ["serve", "--tool-call-parser", "nope"],
+            "argument --tool-call-parser: unknown tool-call parser 'nope'; vLLM's are: ",
+        ),
     ],
 )
 def test_bad_flags_are_usage_errors_naming_the_flag(argv, message, capsys):
@@ -66,7 +87,9 @@ def test_auto_tool_choice_needs_a_parser():
     args = build_parser().parse_args(["serve", "--enable-auto-tool-choice"])
     with pytest.raises(UsageError, match="--enable-auto-tool-choice needs --tool-call-parser"):
         server_config(args)
-    args = build_parser().parse_args(["batch", "-i", "a", "-o", "b", "--enable-auto-tool-choice", "--tool-call-parser", "hermes"])
+    args = build_parser().parse_args(
+        ["batch", "-i", "a", "-o", "b", "--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+    )
     assert server_config(args).tool_call_parser == "hermes"
 
 
@@ -95,8 +118,16 @@ def test_every_flag_reads_its_environment_variable_and_the_flag_wins(monkeypatch
     "name, value, message",
     [
         ("ENTROPY_SERVE_MAX_N", "0", "argument --max-n: must be at least 1, got 0"),
-        ("ENTROPY_SERVE_ENABLE_AUTO_TOOL_CHOICE", "maybe", "ENTROPY_SERVE_ENABLE_AUTO_TOOL_CHOICE: expected true or false, got 'maybe'"),
-        ("ENTROPY_SERVE_DISTRIBUTED_EXECUTOR_BACKEND", "slurm", "ENTROPY_SERVE_DISTRIBUTED_EXECUTOR_BACKEND: invalid choice 'slurm'"),
+        (
+            "ENTROPY_SERVE_ENABLE_AUTO_TOOL_CHOICE",
+            "maybe",
+            "ENTROPY_SERVE_ENABLE_AUTO_TOOL_CHOICE: expected true or false, got 'maybe'",
+        ),
+        (
+            "ENTROPY_SERVE_DISTRIBUTED_EXECUTOR_BACKEND",
+            "slurm",
+            "ENTROPY_SERVE_DISTRIBUTED_EXECUTOR_BACKEND: invalid choice 'slurm'",
+        ),
     ],
 )
 def test_bad_environment_values_are_usage_errors(monkeypatch, capsys, name, value, message):

@@ -54,8 +54,11 @@ FIXED = {
     "tune-strategies": {"max_n": 16},  # its --traces
 }
 REQUIRED = {
-    "calibrate": ["--out", "x"], "train-probe": ["--out", "x"], "tune-strategies": ["--out", "x"],
-    "batch": ["-i", "a", "-o", "b"], "score": ["-i", "a", "-o", "b"],
+    "calibrate": ["--out", "x"],
+    "train-probe": ["--out", "x"],
+    "tune-strategies": ["--out", "x"],
+    "batch": ["-i", "a", "-o", "b"],
+    "score": ["-i", "a", "-o", "b"],
 }
 ENGINE_COMMANDS = [name for name, command in COMMANDS.items() if hasattr(command, "engine_config")]
 
@@ -86,8 +89,14 @@ def test_the_policy_trainers_engine_resolves_the_same_defaults(tmp_path):
     from entropy_serve.trainer.policy_config import PolicyConfig
 
     config = engine_config(PolicyConfig(output_dir=tmp_path), model="m")
-    own = {"dtype": "float32", "max_model_len": 1024, "gpu_memory_utilization": 0.3, "max_n": 8,
-           "logprobs_mode": "processed_logprobs", "cpu_cores": config.cpu_cores}
+    own = {
+        "dtype": "float32",
+        "max_model_len": 1024,
+        "gpu_memory_utilization": 0.3,
+        "max_n": 8,
+        "logprobs_mode": "processed_logprobs",
+        "cpu_cores": config.cpu_cores,
+    }
     assert {field: getattr(config, field) for field in RESOLVED} == {**RESOLVED, **own}
 
 

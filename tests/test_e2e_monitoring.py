@@ -52,7 +52,9 @@ def test_every_metric_the_dashboard_and_alerts_name_is_exported(server):
 
 def test_dashboard_is_what_grafana_provisions():
     dashboard = json.loads(DASHBOARD.read_text())
-    datasource = yaml.safe_load((DOCKER / "grafana/provisioning/datasources/prometheus.yml").read_text())["datasources"][0]
+    datasource = yaml.safe_load((DOCKER / "grafana/provisioning/datasources/prometheus.yml").read_text())[
+        "datasources"
+    ][0]
     assert dashboard["uid"] == "entropy-serve" and dashboard["panels"]
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(set(ids)) == len(ids)
@@ -62,5 +64,7 @@ def test_dashboard_is_what_grafana_provisions():
         assert {"x", "y", "w", "h"} <= set(panel["gridPos"])
         refs = [target["refId"] for target in panel["targets"]]
         assert len(set(refs)) == len(refs)
-    provider = yaml.safe_load((DOCKER / "grafana/provisioning/dashboards/entropy-serve.yml").read_text())["providers"][0]
+    provider = yaml.safe_load((DOCKER / "grafana/provisioning/dashboards/entropy-serve.yml").read_text())["providers"][
+        0
+    ]
     assert provider["options"]["path"] == "/var/lib/grafana/dashboards"

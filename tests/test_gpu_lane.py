@@ -16,7 +16,9 @@ SCRIPT = ROOT / "scripts" / "gpu_check.sh"
 
 def test_the_lane_script_runs_its_tests_and_benchmark_on_the_cpu(tmp_path):
     env = {**os.environ, "ENTROPY_SERVE_TEST_DEVICE": "cpu", "TRITON_INTERPRET": "1", "PYTHON": sys.executable}
-    done = subprocess.run(["bash", str(SCRIPT), "--dry-run", str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        ["bash", str(SCRIPT), "--dry-run", str(tmp_path)], env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     suite = ElementTree.parse(tmp_path / "tests.xml").getroot().find("testsuite")
     assert int(suite.get("tests")) >= 10 and suite.get("failures") == "0" and suite.get("errors") == "0"
@@ -27,14 +29,31 @@ def test_the_lane_script_runs_its_tests_and_benchmark_on_the_cpu(tmp_path):
 
 def test_the_lane_script_fails_when_a_test_fails(tmp_path):
     env = {**os.environ, "ENTROPY_SERVE_TEST_DEVICE": "no-such-device", "PYTHON": sys.executable}
-    done = subprocess.run(["bash", str(SCRIPT), "--dry-run", str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        ["bash", str(SCRIPT), "--dry-run", str(tmp_path)], env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode != 0
 
 
 def collected(marker: str) -> set[str]:
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", marker, "-p", "no:cacheprovider", "tests/gpu", "tests/test_host.py"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--collect-only",
+            "-q",
+            "-m",
+            marker,
+            "-p",
+            "no:cacheprovider",
+            "tests/gpu",
+            "tests/test_host.py",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stdout[-3000:]
     return {line.split("::")[0] for line in done.stdout.splitlines() if "::" in line}

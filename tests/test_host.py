@@ -33,7 +33,8 @@ def test_cpu_flags_of_this_host_are_read():
 
 
 @pytest.mark.parametrize(
-    "cpus, text", [([0], "0"), ([0, 1], "0-1"), ([0, 1, 2, 5], "0-2,5"), ([3, 1, 2, 7, 8], "1-3,7-8"), ([0, 2, 4], "0,2,4")]
+    "cpus, text",
+    [([0], "0"), ([0, 1], "0-1"), ([0, 1, 2, 5], "0-2,5"), ([3, 1, 2, 7, 8], "1-3,7-8"), ([0, 2, 4], "0,2,4")],
 )
 def test_cpu_lists_round_trip(cpus, text):
     assert host.cpu_list_text(cpus) == text
@@ -94,7 +95,8 @@ def test_a_claim_ends_with_its_process(tmp_path):
     """flock claims are the kernel's: a process that dies, however, frees its cores."""
     code = (
         "import sys; from pathlib import Path; from entropy_serve import host; "
-        f"c = host.CoreClaims(Path({str(tmp_path)!r})); assert c.try_claim(5); print('held', flush=True); sys.stdin.read()"
+        f"c = host.CoreClaims(Path({str(tmp_path)!r})); assert c.try_claim(5); "
+        "print('held', flush=True); sys.stdin.read()"
     )
     child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:

@@ -25,18 +25,24 @@ HELP = "answer a JSONL file of OpenAI batch requests (resumable), no server need
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-i", "--input-file", type=Path, required=True, help="OpenAI batch input JSONL")
-    parser.add_argument("-o", "--output-file", type=Path, required=True, help="batch output JSONL (appended to; rerun to resume)")
+    parser.add_argument(
+        "-o", "--output-file", type=Path, required=True, help="batch output JSONL (appended to; rerun to resume)"
+    )
     add_in_flight_flags(parser)
     add_server_flags(parser, ANSWERING)
 
 
 def add_in_flight_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--max-in-flight", type=positive_int, default=256,
+        "--max-in-flight",
+        type=positive_int,
+        default=256,
         help="lines submitted at once (the engine batches up to --max-num-seqs of them)",
     )
     parser.add_argument(
-        "--output-order", choices=[o.value for o in OutputOrder], default=OutputOrder.COMPLETED.value,
+        "--output-order",
+        choices=[o.value for o in OutputOrder],
+        default=OutputOrder.COMPLETED.value,
         help="write records as they complete, or in input order",
     )
 
@@ -78,8 +84,13 @@ async def _answer(config, todo, num_done, output, args) -> int:
     async with running_service(config) as service:
         try:
             tally = await answer_lines(
-                todo, num_done, lambda line: answer_line(service, line), output,
-                max_in_flight=args.max_in_flight, order=OutputOrder(args.output_order), description="batch",
+                todo,
+                num_done,
+                lambda line: answer_line(service, line),
+                output,
+                max_in_flight=args.max_in_flight,
+                order=OutputOrder(args.output_order),
+                description="batch",
             )
         except APIError as error:  # the service failed (a line's own errors are records)
             print(f"entropy-serve batch: stopped: {error.message}; rerun the same command to resume", file=sys.stderr)

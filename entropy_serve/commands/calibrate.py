@@ -35,12 +35,18 @@ def run(args: argparse.Namespace) -> int:
     config = engine_config(args)
     entropies = asyncio.run(collect_entropies(config, args.samples, args.max_tokens, args.seed))
     profile = profile_record(
-        config.served_model_name, config.model, entropies, samples_per_prompt=args.samples, max_tokens=args.max_tokens,
+        config.served_model_name,
+        config.model,
+        entropies,
+        samples_per_prompt=args.samples,
+        max_tokens=args.max_tokens,
         seed=args.seed,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(profile, indent=2) + "\n")
-    print(json.dumps({k: profile[k] for k in ("model", "log_entropy_pivot", "log_entropy_spread", "summary")}, indent=2))
+    print(
+        json.dumps({k: profile[k] for k in ("model", "log_entropy_pivot", "log_entropy_spread", "summary")}, indent=2)
+    )
     print(f"wrote {args.out}")
     return 0
 

@@ -22,10 +22,16 @@ HELP = "score a JSONL file: per-token log-probabilities and exact entropies (res
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-i", "--input-file", type=Path, required=True, help="records: prompt or messages, optional completion")
-    parser.add_argument("-o", "--output-file", type=Path, required=True, help="scores JSONL (appended to; rerun to resume)")
+    parser.add_argument(
+        "-i", "--input-file", type=Path, required=True, help="records: prompt or messages, optional completion"
+    )
+    parser.add_argument(
+        "-o", "--output-file", type=Path, required=True, help="scores JSONL (appended to; rerun to resume)"
+    )
     parser.add_argument("--window", type=positive_int, default=16, help="tokens in the reported highest-entropy window")
-    parser.add_argument("--probe", type=existing_path, help="difficulty probe folder (from train-probe): adds each prompt's class")
+    parser.add_argument(
+        "--probe", type=existing_path, help="difficulty probe folder (from train-probe): adds each prompt's class"
+    )
     add_in_flight_flags(parser)
     add_server_flags(parser)
 
@@ -48,8 +54,13 @@ async def _score(config, todo, num_done, output, args) -> int:
     scorer = await Scorer.start(config, args.window)
     try:
         tally = await answer_lines(
-            todo, num_done, scorer.answer, output,
-            max_in_flight=args.max_in_flight, order=OutputOrder(args.output_order), description="score",
+            todo,
+            num_done,
+            scorer.answer,
+            output,
+            max_in_flight=args.max_in_flight,
+            order=OutputOrder(args.output_order),
+            description="score",
         )
     finally:
         scorer.stop()

@@ -58,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"entropy-serve: {service.engine.failure}", file=sys.stderr)
         return 1
     if drain.cut:
-        print(f"entropy-serve: the drain ran out after {config.drain_timeout_s:g} s; open requests were ended", file=sys.stderr)
+        print(
+            f"entropy-serve: the drain ran out after {config.drain_timeout_s:g} s; open requests were ended",
+            file=sys.stderr,
+        )
         return DRAIN_CUT_EXIT
     return 0
-

@@ -20,26 +20,41 @@ HELP = "sample a task, label difficulty, train the DiffAdapt probe"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_server_flags(parser)
-    parser.add_argument("--task", default="arithmetic", help="'arithmetic' (built-in, seeded) or a question/answer JSONL file")
+    parser.add_argument(
+        "--task", default="arithmetic", help="'arithmetic' (built-in, seeded) or a question/answer JSONL file"
+    )
     parser.add_argument("--problems", type=positive_int, default=300, help="training problems (first N of a file)")
     parser.add_argument("--samples", type=positive_int, default=8, help="answers sampled per problem (k)")
     parser.add_argument("--max-tokens", type=positive_int, default=128, help="token budget of each sampled answer")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True, help="folder for samples.jsonl and the probe (resumable)")
-    parser.add_argument("--hard-below-accuracy", type=float, default=0.5, help="label rule: accuracy below this is hard")
     parser.add_argument(
-        "--easy-entropy-quantile", type=float, default=0.5,
+        "--hard-below-accuracy", type=float, default=0.5, help="label rule: accuracy below this is hard"
+    )
+    parser.add_argument(
+        "--easy-entropy-quantile",
+        type=float,
+        default=0.5,
         help="label rule: solved problems above this quantile of mean entropy are easy",
     )
-    parser.add_argument("--easy-entropy-above", type=float, help="label rule: an absolute entropy threshold (nats) instead")
-    parser.add_argument("--feature-suffix", default="", help="text appended to each prompt before reading its hidden state")
-    parser.add_argument("--hidden-units", type=positive_int, default=512)
     parser.add_argument(
-        "--table-samples", type=int, default=2,
-        help="answers per problem for each candidate strategy of the learned difficulty table (0: keep the paper's table)",
+        "--easy-entropy-above", type=float, help="label rule: an absolute entropy threshold (nats) instead"
     )
     parser.add_argument(
-        "--table-tolerance", type=float, default=0.02,
+        "--feature-suffix", default="", help="text appended to each prompt before reading its hidden state"
+    )
+    parser.add_argument("--hidden-units", type=positive_int, default=512)
+    parser.add_argument(
+        "--table-samples",
+        type=int,
+        default=2,
+        help="answers per problem for each candidate strategy of the learned difficulty table "
+        "(0: keep the paper's table)",
+    )
+    parser.add_argument(
+        "--table-tolerance",
+        type=float,
+        default=0.02,
         help="accuracy a cheaper candidate may give up against its class's best (0.02: 2 points)",
     )
     add_tuning_flags(parser, prefix="tune-")
@@ -75,17 +90,35 @@ def run(args: argparse.Namespace) -> int:
         metadata = train_probe(config, settings, args.out)
         learned = learn(config, tune_settings(args, "tune-"), args.out) if args.tune_temperatures else None
     except KeyboardInterrupt:
-        print(f"entropy-serve: interrupted; finished samples are kept in {args.out}: run the same command to resume",
-              file=sys.stderr)
+        print(
+            f"entropy-serve: interrupted; finished samples are kept in {args.out}: run the same command to resume",
+            file=sys.stderr,
+        )
         return 130
-    print(json.dumps({k: metadata[k] for k in ("class_balance", "entropy_threshold_nats", "feature_pooling", "probe", "num_train", "num_held_out")}))
+    print(
+        json.dumps(
+            {
+                k: metadata[k]
+                for k in (
+                    "class_balance",
+                    "entropy_threshold_nats",
+                    "feature_pooling",
+                    "probe",
+                    "num_train",
+                    "num_held_out",
+                )
+            }
+        )
+    )
     print(
         f"held-out accuracy {metadata['held_out_accuracy']:.3f} vs majority-class baseline "
         f"{metadata['majority_baseline_accuracy']:.3f} ({metadata['majority_class']})"
     )
     if "difficulty_table" in metadata:
-        print(f"difficulty table (per class, the cheapest strategy within {args.table_tolerance} of the best accuracy): "
-              f"{metadata['difficulty_table']['chosen']}")
+        print(
+            f"difficulty table (per class, the cheapest strategy within {args.table_tolerance} of the best accuracy): "
+            f"{metadata['difficulty_table']['chosen']}"
+        )
     if learned is not None:
         print(f"strategy defaults:\n{summary(learned)}")
     print(f"wrote {args.out}")

@@ -56,7 +56,9 @@ def request_of(line: InputLine, urls: Collection[str] = tuple(ENDPOINTS)) -> tup
         raise LineError(405, f"line {line.number}: method: only POST is allowed, got {method!r}", param="method")
     url = value.get("url")
     if url not in urls:
-        raise LineError(404, f"line {line.number}: url: {url!r} is not served here; use {' or '.join(sorted(urls))}", param="url")
+        raise LineError(
+            404, f"line {line.number}: url: {url!r} is not served here; use {' or '.join(sorted(urls))}", param="url"
+        )
     if "body" not in value:
         raise LineError(400, f"line {line.number}: body: required", param="body")
     body = value["body"]
@@ -81,7 +83,9 @@ async def answer_line(service: Service, line: InputLine, urls: Collection[str] =
         return Answered(record=_record(line, response), ok=False, num_tokens=0)
     assert isinstance(reply, Completion | ChatCompletion)  # stream was refused above
     response = {"status_code": 200, "request_id": reply.id, "body": reply.model_dump(mode="json", exclude_unset=True)}
-    return Answered(record=_record(line, response), ok=True, num_tokens=reply.usage.completion_tokens if reply.usage else 0)
+    return Answered(
+        record=_record(line, response), ok=True, num_tokens=reply.usage.completion_tokens if reply.usage else 0
+    )
 
 
 def _record(line: InputLine, response: dict) -> dict:

@@ -93,7 +93,9 @@ def output_projection(model_dir: str) -> torch.Tensor:
     raise ValueError(f"score: {model_dir} has no {name} in its safetensors files")
 
 
-def score_positions(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def score_positions(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """hidden [T, H] (predicting positions), weight [V, H], targets [T] (the token each
     position predicts) -> (logprob [T], entropy_nats [T]), float32."""
     logprobs, entropies = [], []
@@ -131,7 +133,9 @@ class Scorer:
     """Scores records on a pooling engine (ALL positions) of the model, and the difficulty
     router's engine when the config names a probe; `start` makes one, `stop` ends both."""
 
-    def __init__(self, engine: AsyncLLM, weight: torch.Tensor, model: str, router: DifficultyRouter | None, window: int):
+    def __init__(
+        self, engine: AsyncLLM, weight: torch.Tensor, model: str, router: DifficultyRouter | None, window: int
+    ):
         self.engine = engine
         self.weight = weight
         self.model = model
@@ -147,12 +151,18 @@ class Scorer:
         dtype = engine_args(config).create_model_config().dtype
         weight = output_projection(config.model).to(dtype)
         args = pooling_engine_args(
-            config.model, config.max_model_len, str(dtype).removeprefix("torch."), config.enforce_eager,
-            pooling_type="ALL", memory_fraction=config.gpu_memory_utilization,
+            config.model,
+            config.max_model_len,
+            str(dtype).removeprefix("torch."),
+            config.enforce_eager,
+            pooling_type="ALL",
+            memory_fraction=config.gpu_memory_utilization,
             kv_cache_memory_bytes=pooling_kv_cache_bytes(config),
         )
         router = DifficultyRouter.load(config.probe, config.model, config.difficulty_table, config.probe_min_confidence)
-        scorer = cls(await asyncio.to_thread(AsyncLLM.from_engine_args, args), weight, config.served_model_name, router, window)
+        scorer = cls(
+            await asyncio.to_thread(AsyncLLM.from_engine_args, args), weight, config.served_model_name, router, window
+        )
         if router is not None:
             try:
                 router.attach(await start_feature_engine(config, router.pooling, router.feature_suffix, dtype))
@@ -184,7 +194,9 @@ class Scorer:
         except (APIError, ValueError) as error:
             message = error.message if isinstance(error, APIError) else str(error)
             return Answered(record={**line.record_key_fields(), "error": {"message": message}}, ok=False, num_tokens=0)
-        return Answered(record={**line.record_key_fields(), **result, "error": None}, ok=True, num_tokens=len(scored.logprobs))
+        return Answered(
+            record={**line.record_key_fields(), **result, "error": None}, ok=True, num_tokens=len(scored.logprobs)
+        )
 
     def parse(self, line: InputLine) -> ScoreRecord:
         if line.error is not None:
@@ -206,12 +218,16 @@ class Scorer:
         hidden = await self._hidden_states(token_ids)  # [T, H]
         targets = torch.tensor(token_ids[first_scored:])
         # Off the event loop: the engine keeps being fed while this record's logits are computed.
-        logprobs, entropies = await asyncio.to_thread(score_positions, hidden[first_scored - 1 : -1], self.weight, targets)
+        logprobs, entropies = await asyncio.to_thread(
+            score_positions, hidden[first_scored - 1 : -1], self.weight, targets
+        )
         return ScoredTokens(token_ids, len(prompt_ids), first_scored, logprobs.tolist(), entropies.tolist())
 
     async def _hidden_states(self, token_ids: list[int]) -> torch.Tensor:
         final = None
-        async for output in self.engine.encode({"prompt_token_ids": token_ids}, PoolingParams(task="token_embed"), f"score-{uuid.uuid4().hex}"):
+        async for output in self.engine.encode(
+            {"prompt_token_ids": token_ids}, PoolingParams(task="token_embed"), f"score-{uuid.uuid4().hex}"
+        ):
             final = output
         return final.outputs.data
 
@@ -239,4 +255,3 @@ class Scorer:
                 "text": self.tokenizer.decode(ids[start:end]),
             },
         }
-

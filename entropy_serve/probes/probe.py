@@ -2,9 +2,10 @@
 (d -> 512 -> 3) or multinomial logistic regression (plain or class-weighted),
 whichever cross-validates better, with its held-out calibration reported.
 
-Trained with scikit-learn (standardized features), saved without pickle: `probe.npz` holds the scaler and the layer weights, `probe.json` the metadata
-(model fingerprint, hidden size, classes, label rule and threshold, class balance,
-held-out accuracy against the majority-class baseline). Inference is two matrix
+Trained with scikit-learn (standardized features), saved without pickle: `probe.npz`
+holds the scaler and the layer weights, `probe.json` the metadata (model fingerprint,
+hidden size, classes, label rule and threshold, class balance, held-out accuracy against
+the majority-class baseline). Inference is two matrix
 products in numpy (`Probe.probabilities`), checked against scikit-learn in the tests.
 """
 
@@ -73,12 +74,15 @@ def candidates(hidden_units: int, seed: int) -> dict[str, object]:
     # Classes are rarely balanced (a small model fails most hard problems alike):
     # weighting them inversely to their frequency is one more candidate, not a given.
     models |= {
-        f"logistic C={c} balanced": LogisticRegression(C=c, max_iter=5000, class_weight="balanced") for c in (0.01, 0.1, 1.0)
+        f"logistic C={c} balanced": LogisticRegression(C=c, max_iter=5000, class_weight="balanced")
+        for c in (0.01, 0.1, 1.0)
     }
     return models
 
 
-def calibration_report(probabilities: np.ndarray, labels: np.ndarray, classes: list[str], thresholds=(0.5, 0.6, 0.7, 0.8)) -> dict:
+def calibration_report(
+    probabilities: np.ndarray, labels: np.ndarray, classes: list[str], thresholds=(0.5, 0.6, 0.7, 0.8)
+) -> dict:
     """How far a probe's held-out probabilities can be trusted: log loss, the multi-class
     Brier score, the expected calibration error of the top class (10 equal-width bins),
     and, per confidence threshold, the share of problems whose top probability reaches it
@@ -107,7 +111,11 @@ def calibration_report(probabilities: np.ndarray, labels: np.ndarray, classes: l
 
 
 def fit_probe(
-    features: np.ndarray | dict[str, np.ndarray], labels: list[str], hidden_units: int, held_out_fraction: float, seed: int
+    features: np.ndarray | dict[str, np.ndarray],
+    labels: list[str],
+    hidden_units: int,
+    held_out_fraction: float,
+    seed: int,
 ) -> tuple[Probe, dict]:
     """Choose a candidate, and with several feature poolings (pooling -> [n, d] array)
     the pooling too, by 5-fold cross-validation on the training split; refit it on the

@@ -39,7 +39,9 @@ class DifficultyRouter:
         self.features: FeatureEngine | None = None
 
     @classmethod
-    def load(cls, probe_dir: str | None, model: str, table: str | None, min_confidence: float) -> DifficultyRouter | None:
+    def load(
+        cls, probe_dir: str | None, model: str, table: str | None, min_confidence: float
+    ) -> DifficultyRouter | None:
         """The router of the probe in `probe_dir` (checked against `model` now), or None
         without one; `table`: a JSON file or "diffadapt" (None: the probe's learned table)."""
         if not probe_dir:
@@ -67,7 +69,8 @@ class DifficultyRouter:
         if features.feature_size != self.probe.hidden_size:
             features.shutdown()
             raise ValueError(
-                f"the probe reads {self.probe.hidden_size}-wide features, the model gives {features.feature_size} ({self.pooling})"
+                f"the probe reads {self.probe.hidden_size}-wide features, "
+                f"the model gives {features.feature_size} ({self.pooling})"
             )
         self.features = features
 

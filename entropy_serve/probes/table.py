@@ -46,7 +46,9 @@ class DifficultyTable(BaseModel):
     )
     normal: ClassStrategy = ClassStrategy(temperature=0.8, top_p=0.95, budget_fraction=1.0)
     hard: ClassStrategy = ClassStrategy(
-        temperature=0.4, top_p=0.95, budget_fraction=0.5,
+        temperature=0.4,
+        top_p=0.95,
+        budget_fraction=0.5,
         instruction="Outline the key steps briefly, then give the final answer.",
     )
 
@@ -72,7 +74,9 @@ CANDIDATES: dict[str, ClassStrategy] = {
 }
 
 
-def choose_table(scores: dict[str, dict[str, tuple[float, float]]], tolerance: float) -> tuple[DifficultyTable, dict[str, str]]:
+def choose_table(
+    scores: dict[str, dict[str, tuple[float, float]]], tolerance: float
+) -> tuple[DifficultyTable, dict[str, str]]:
     """`scores`: class -> candidate -> (accuracy, tokens per answer) on that class's
     training problems. Per class, the fewest-token candidate whose accuracy is within
     `tolerance` of the best (ties: the higher accuracy, then CANDIDATES' order); a class

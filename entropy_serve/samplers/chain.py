@@ -100,7 +100,9 @@ class RowParams:
     vllm_order: torch.Tensor
 
     def has_penalties(self) -> bool:
-        return bool(((self.repetition_penalty != 1.0) | (self.frequency_penalty != 0.0) | (self.presence_penalty != 0.0)).any())
+        return bool(
+            ((self.repetition_penalty != 1.0) | (self.frequency_penalty != 0.0) | (self.presence_penalty != 0.0)).any()
+        )
 
     @classmethod
     def stack(cls, rows: list[SamplerParams], device: torch.device | None = None) -> RowParams:

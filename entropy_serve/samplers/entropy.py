@@ -54,7 +54,9 @@ def entropy_and_self_certainty(logits: torch.Tensor) -> tuple[torch.Tensor, torc
         log_normalizer, entropy_nats, _ = entropy_stats(logits)
         row_max = logits.amax(dim=-1)
         mean_shifted = (logits.float() - row_max.unsqueeze(-1).float()).clamp_min(FLOAT32_MIN_LOG_NORMAL).mean(dim=-1)
-        return entropy_nats, ((log_normalizer - row_max.float()) - mean_shifted - math.log(logits.shape[-1])).clamp_min(0.0)
+        return entropy_nats, ((log_normalizer - row_max.float()) - mean_shifted - math.log(logits.shape[-1])).clamp_min(
+            0.0
+        )
     return _cpu_entropy_and_self_certainty(logits)
 
 

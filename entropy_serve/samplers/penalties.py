@@ -31,7 +31,11 @@ class TokenHistory:
 
     @classmethod
     def of(
-        cls, prompts: Sequence[Sequence[int]], outputs: Sequence[Sequence[int]], vocab_size: int, device: torch.device | None = None
+        cls,
+        prompts: Sequence[Sequence[int]],
+        outputs: Sequence[Sequence[int]],
+        vocab_size: int,
+        device: torch.device | None = None,
     ) -> TokenHistory:
         counts = torch.zeros(len(outputs), vocab_size, dtype=torch.float32, device=device)
         seen = torch.zeros(len(outputs), vocab_size, dtype=torch.bool, device=device)

@@ -87,7 +87,9 @@ def typical_mask(
         shifted, threshold, exact_rows = _cut(sub, typical_p[rows], min_tokens_to_keep, stages)
         sub_remove = shifted > threshold
         if exact_rows.numel():
-            sub_remove[exact_rows] = typical_mask_reference(sub[exact_rows], typical_p[rows][exact_rows], min_tokens_to_keep)
+            sub_remove[exact_rows] = typical_mask_reference(
+                sub[exact_rows], typical_p[rows][exact_rows], min_tokens_to_keep
+            )
         remove[rows] = sub_remove
     return remove
 
@@ -179,9 +181,7 @@ def _candidate_threshold(
     return decided, top_shifted.gather(-1, last_kept.clamp(max=candidates - 1).unsqueeze(-1))
 
 
-def smallest(
-    scores: torch.Tensor, block_minima: torch.Tensor | None, k: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def smallest(scores: torch.Tensor, block_minima: torch.Tensor | None, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`torch.topk(scores, k, largest=False, sorted=True)` [batch, k], searching only k blocks.
 
     The k smallest scores all lie in the k blocks (of BLOCK consecutive tokens) whose

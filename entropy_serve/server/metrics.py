@@ -10,9 +10,7 @@ REQUESTS = Counter("entropy_serve_requests", "Requests received, by endpoint.", 
 ERRORS = Counter("entropy_serve_errors", "Error responses, by HTTP status.", ["status"])
 PROMPT_TOKENS = Counter("entropy_serve_prompt_tokens", "Prompt tokens processed.")
 GENERATION_TOKENS = Counter("entropy_serve_generation_tokens", "Tokens generated.")
-ABORTED = Counter(
-    "entropy_serve_requests_aborted", "Requests aborted in the engine because the client left."
-)
+ABORTED = Counter("entropy_serve_requests_aborted", "Requests aborted in the engine because the client left.")
 TIME_TO_FIRST_TOKEN_S = Histogram(
     "entropy_serve_time_to_first_token_seconds",
     "Seconds from request arrival to the first generated token.",
@@ -24,7 +22,9 @@ E2E_LATENCY_S = Histogram(
     buckets=LATENCY_BUCKETS_S,
 )
 REQUESTS_RUNNING = Gauge("entropy_serve_requests_running", "Requests being generated now.")
-ENGINE_READY = Gauge("entropy_serve_engine_ready", "1 while the engine answers (/health 200), else 0 (loading, dead, stopped).")
+ENGINE_READY = Gauge(
+    "entropy_serve_engine_ready", "1 while the engine answers (/health 200), else 0 (loading, dead, stopped)."
+)
 
 ENTROPY_BUCKETS_NATS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 1.5, 2, 3, 4, 5, 6, 8, 11)
 TEMPERATURE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2, 1.5, 2, 3, 5, 10)
@@ -51,15 +51,21 @@ TOKENS_BY_SAMPLER = Counter(
 )
 
 STRATEGY_LEAVES = Histogram(
-    "entropy_serve_strategy_leaves", "Leaves (answered samples) per strategy request.", ["strategy"],
+    "entropy_serve_strategy_leaves",
+    "Leaves (answered samples) per strategy request.",
+    ["strategy"],
     buckets=(1, 2, 4, 8, 12, 16, 24, 32, 48, 64),
 )
 STRATEGY_AGREEMENT = Histogram(
-    "entropy_serve_strategy_agreement", "The winning answer's share of the vote.", ["strategy"],
+    "entropy_serve_strategy_agreement",
+    "The winning answer's share of the vote.",
+    ["strategy"],
     buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
 )
 STRATEGY_LEAVES_SAVED = Counter(
-    "entropy_serve_strategy_leaves_saved", "Leaves of the budget never sampled: the vote was decided early.", ["strategy"]
+    "entropy_serve_strategy_leaves_saved",
+    "Leaves of the budget never sampled: the vote was decided early.",
+    ["strategy"],
 )
 STRATEGY_TRACES_STOPPED = Counter(
     "entropy_serve_strategy_traces_stopped", "Traces aborted in the engine by deepconf: their confidence fell too low."
@@ -85,7 +91,8 @@ DIFFICULTY_REQUESTS = Counter(
     "entropy_serve_difficulty_requests", "Requests routed by the difficulty probe, by class.", ["difficulty"]
 )
 PROBE_LATENCY_S = Histogram(
-    "entropy_serve_probe_latency_seconds", "Seconds to read a prompt's hidden state and classify it.",
+    "entropy_serve_probe_latency_seconds",
+    "Seconds to read a prompt's hidden state and classify it.",
     buckets=LATENCY_BUCKETS_S,
 )
 

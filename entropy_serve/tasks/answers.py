@@ -49,7 +49,7 @@ def extract_answer(text: str) -> str | None:
         return tail.splitlines()[0].strip() if tail else None
     phrases = list(ANSWER_PHRASE.finditer(text))
     if phrases:
-        tail = text[phrases[-1].end():]
+        tail = text[phrases[-1].end() :]
         line = tail.strip().split("\n", 1)[0]
         if "=" in line:  # the answer restates the working: the result follows the last "="
             tail = line.rsplit("=", 1)[1]

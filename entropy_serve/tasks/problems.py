@@ -18,7 +18,9 @@ class TrainingProblem:
     answer: str
 
 
-def load_problems(task: str, num_problems: int, seed: int, levels: tuple[str, ...] = TRAINING_LEVELS) -> list[TrainingProblem]:
+def load_problems(
+    task: str, num_problems: int, seed: int, levels: tuple[str, ...] = TRAINING_LEVELS
+) -> list[TrainingProblem]:
     """The built-in arithmetic `levels` (seeded) or the first problems of a JSONL file."""
     if task == "arithmetic":
         levels = arithmetic.levels_named(levels)

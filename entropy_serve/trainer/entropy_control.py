@@ -66,8 +66,13 @@ def clip_fraction(clipped: torch.Tensor, valid: torch.Tensor) -> float:
 
 
 def ppo_loss(
-    log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-    *, eps_low: float = 0.2, eps_high: float = 0.2,
+    log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
 ) -> CovLoss:
     """PPO's clipped surrogate with no covariance control (no token selected), 0 off the mask."""
     loss, clipped = clipped_surrogate(log_probs, old_log_probs, advantages, eps_low, eps_high)

@@ -133,7 +133,9 @@ class PolicyTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
         if self.settings.entropy_advantage:
-            scale = torch.tensor(self._advantage_scale, dtype=output["advantages"].dtype, device=output["advantages"].device)
+            scale = torch.tensor(
+                self._advantage_scale, dtype=output["advantages"].dtype, device=output["advantages"].device
+            )
             output["advantages"] = output["advantages"] * scale
         return output
 
@@ -144,11 +146,21 @@ class PolicyTrainer(GRPOTrainer):
         s = self.settings
         if s.entropy_control == "clip_cov":
             return clip_cov_loss(
-                log_probs, old_log_probs, advantages, mask, generator=self._cov_generator, ratio=s.clip_cov_ratio,
-                lower=s.clip_cov_lower, upper=s.clip_cov_upper, eps_low=s.epsilon, eps_high=s.epsilon_high,
+                log_probs,
+                old_log_probs,
+                advantages,
+                mask,
+                generator=self._cov_generator,
+                ratio=s.clip_cov_ratio,
+                lower=s.clip_cov_lower,
+                upper=s.clip_cov_upper,
+                eps_low=s.epsilon,
+                eps_high=s.epsilon_high,
             )
         if s.entropy_control == "kl_cov":
-            return kl_cov_loss(log_probs, old_log_probs, advantages, mask, fraction=s.kl_cov_fraction, coef=s.kl_cov_coef)
+            return kl_cov_loss(
+                log_probs, old_log_probs, advantages, mask, fraction=s.kl_cov_fraction, coef=s.kl_cov_coef
+            )
         return ppo_loss(log_probs, old_log_probs, advantages, mask, eps_low=s.epsilon, eps_high=s.epsilon_high)
 
     def _compute_loss(self, model, inputs):

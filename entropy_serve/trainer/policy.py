@@ -85,7 +85,9 @@ def check_output_folder(settings: PolicyConfig, write: bool = True) -> None:
     if recorded.exists():
         previous = PolicyConfig.model_validate_json(recorded.read_text())
         if previous.resumable_fields() != settings.resumable_fields():
-            changed = sorted(k for k, v in settings.resumable_fields().items() if previous.resumable_fields().get(k) != v)
+            changed = sorted(
+                k for k, v in settings.resumable_fields().items() if previous.resumable_fields().get(k) != v
+            )
             raise ValueError(f"{out} holds a run with other settings ({', '.join(changed)}); use a new --output-dir")
     if write:
         recorded.write_text(settings.model_dump_json(indent=2) + "\n")
@@ -151,7 +153,9 @@ def train_policy(settings: PolicyConfig) -> dict:
     out = settings.output_dir
     model_path = settings.model or str(model_store.prepare_default_model())
     problems = load_problems(settings.task, settings.num_problems, settings.seed, tuple(settings.levels))
-    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": p.question}], "answer": p.answer} for p in problems])
+    dataset = Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": p.question}], "answer": p.answer} for p in problems]
+    )
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     checkpoint = get_last_checkpoint(str(out / CHECKPOINTS)) if (out / CHECKPOINTS).is_dir() else None
@@ -207,10 +211,20 @@ def train_policy(settings: PolicyConfig) -> dict:
         stop.restore()
         engine.close()
     profile = profile_record(
-        out.name, str(out), entropies, samples_per_prompt=settings.calibration_samples, max_tokens=128, seed=settings.seed
+        out.name,
+        str(out),
+        entropies,
+        samples_per_prompt=settings.calibration_samples,
+        max_tokens=128,
+        seed=settings.seed,
     )
     (out / PROFILE_FILE).write_text(json.dumps(profile, indent=2) + "\n")
-    return {"interrupted": False, "step": trainer.state.global_step, "steps_logged": len(records), "entropy_profile": profile["summary"]}
+    return {
+        "interrupted": False,
+        "step": trainer.state.global_step,
+        "steps_logged": len(records),
+        "entropy_profile": profile["summary"],
+    }
 
 
 def save_model(model: torch.nn.Module, tokenizer, source: str, out: Path) -> None:

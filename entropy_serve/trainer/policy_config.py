@@ -24,10 +24,14 @@ class PolicyConfig(BaseModel):
 
     # What to train, and the engine its rollouts run on.
     model: str | None = Field(None, description="HF model folder (default: the embedded SmolLM2-135M-Instruct)")
-    dtype: str = Field("float32", description="engine dtype; float32 makes the engine's log-probs the trainer's (see README)")
+    dtype: str = Field(
+        "float32", description="engine dtype; float32 makes the engine's log-probs the trainer's (see README)"
+    )
     max_model_len: int = Field(1024, ge=64, description="the rollout engine's context length")
     gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0, description="the rollout engine's share of memory")
-    entropy_profile: str | None = Field(None, description="profile JSON for hapo rollouts (default: the embedded model's)")
+    entropy_profile: str | None = Field(
+        None, description="profile JSON for hapo rollouts (default: the embedded model's)"
+    )
     # The task and its reward.
     task: str = Field("arithmetic", description="'arithmetic' (built-in, seeded) or a question/answer JSONL file")
     levels: list[str] = Field(["add-1digit"], min_length=1, description="arithmetic levels to train on")
@@ -39,12 +43,16 @@ class PolicyConfig(BaseModel):
     # The loss (TRL's GRPO) and its entropy control.
     loss_type: Literal["dapo", "grpo", "dr_grpo", "bnpo"] = "dapo"
     entropy_control: Literal["none", "clip_cov", "kl_cov"] = "none"
-    clip_cov_ratio: float = Field(2e-4, gt=0.0, le=1.0, description="Clip-Cov: fraction of tokens whose gradient is dropped")
+    clip_cov_ratio: float = Field(
+        2e-4, gt=0.0, le=1.0, description="Clip-Cov: fraction of tokens whose gradient is dropped"
+    )
     clip_cov_lower: float = Field(1.0, description="Clip-Cov: covariance band, lower bound")
     clip_cov_upper: float = Field(5.0, description="Clip-Cov: covariance band, upper bound")
     kl_cov_fraction: float = Field(2e-3, gt=0.0, le=1.0, description="KL-Cov: fraction of tokens penalized")
     kl_cov_coef: float = Field(1.0, ge=0.0, description="KL-Cov: penalty coefficient")
-    top_entropy_quantile: float = Field(1.0, gt=0.0, le=1.0, description="train only on this top fraction of tokens by entropy (0.2: the 80/20 rule)")
+    top_entropy_quantile: float = Field(
+        1.0, gt=0.0, le=1.0, description="train only on this top fraction of tokens by entropy (0.2: the 80/20 rule)"
+    )
     beta: float = Field(0.0, ge=0.0, description="k3 KL to the initial model")
     epsilon: float = Field(0.2, gt=0.0, description="PPO clip, lower side")
     epsilon_high: float = Field(0.28, gt=0.0, description="PPO clip, upper side (DAPO's clip-higher)")
@@ -69,9 +77,13 @@ class PolicyConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> PolicyConfig:
         if self.clip_cov_lower >= self.clip_cov_upper:
-            raise ValueError(f"clip_cov_lower ({self.clip_cov_lower}) must be below clip_cov_upper ({self.clip_cov_upper})")
+            raise ValueError(
+                f"clip_cov_lower ({self.clip_cov_lower}) must be below clip_cov_upper ({self.clip_cov_upper})"
+            )
         if self.entropy_control == "kl_cov" and self.updates_per_batch < 2:
-            raise ValueError("entropy_control kl_cov: needs updates_per_batch >= 2 (fully on-policy its penalty is zero)")
+            raise ValueError(
+                "entropy_control kl_cov: needs updates_per_batch >= 2 (fully on-policy its penalty is zero)"
+            )
         return self
 
     def resumable_fields(self) -> dict:

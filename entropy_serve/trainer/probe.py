@@ -63,8 +63,15 @@ class TrainSettings:
     table_tolerance: float = 0.02  # accuracy a cheaper candidate may give up against its class's best
 
 
-def answer_body(config: ServerConfig, problem: TrainingProblem, *, strategy: ClassStrategy, settings: TrainSettings,
-                samples: int, seed: int) -> dict:
+def answer_body(
+    config: ServerConfig,
+    problem: TrainingProblem,
+    *,
+    strategy: ClassStrategy,
+    settings: TrainSettings,
+    samples: int,
+    seed: int,
+) -> dict:
     """A chat request answering `problem` with `strategy` (instruction as a system message),
     `samples` answers (one when greedy: they would all be the same), with entropies."""
     messages = [{"role": "user", "content": problem.question}]
@@ -97,14 +104,20 @@ def answer_record(problem: TrainingProblem, reply) -> dict:
 
 
 async def sample_problems(
-    config: ServerConfig, problems: list[TrainingProblem], *, todo: list[int], candidate_todo: list[tuple[str, int]],
-    settings: TrainSettings, out: Path,
+    config: ServerConfig,
+    problems: list[TrainingProblem],
+    *,
+    todo: list[int],
+    candidate_todo: list[tuple[str, int]],
+    settings: TrainSettings,
+    out: Path,
 ) -> None:
     """On one engine: the `todo` problems with the Normal strategy (labels, samples.jsonl),
     then the `candidate_todo` (candidate, problem) pairs (the table search)."""
     normal = DifficultyTable().normal
 
     async with running_service(config) as service:
+
         def label_record(key: tuple, reply, body: dict) -> dict:
             (index,) = key
             (prompt_token_ids,) = service.prompt_token_ids(body, Endpoint.CHAT_COMPLETIONS)
@@ -116,7 +129,11 @@ async def sample_problems(
 
         bodies = {
             (i,): answer_body(
-                config, problems[i], strategy=normal, settings=settings, samples=settings.samples,
+                config,
+                problems[i],
+                strategy=normal,
+                settings=settings,
+                samples=settings.samples,
                 seed=settings.seed * 1_000_003 + i * settings.samples,
             )
             for i in todo
@@ -124,7 +141,11 @@ async def sample_problems(
         await sample_to(service, bodies, label_record, out / SAMPLES_FILE, "sampling")
         bodies = {
             (name, i): answer_body(
-                config, problems[i], strategy=CANDIDATES[name], settings=settings, samples=settings.table_samples,
+                config,
+                problems[i],
+                strategy=CANDIDATES[name],
+                settings=settings,
+                samples=settings.table_samples,
                 seed=settings.seed * 1_000_003 + i * settings.samples,
             )
             for name, i in candidate_todo
@@ -133,7 +154,9 @@ async def sample_problems(
             await sample_to(service, bodies, candidate_record, out / TABLE_SAMPLES_FILE, "table search")
 
 
-def read_probe_samples(out: Path, problems: list[TrainingProblem]) -> tuple[dict[int, dict], dict[tuple[str, int], dict]]:
+def read_probe_samples(
+    out: Path, problems: list[TrainingProblem]
+) -> tuple[dict[int, dict], dict[tuple[str, int], dict]]:
     """What an earlier run of the same command sampled: problems with the Normal strategy
     (by index), and (candidate, problem) pairs of the table search."""
     finished = read_records(out / SAMPLES_FILE, problems, key=lambda record: record["index"], what="samples")
@@ -180,21 +203,31 @@ def train_probe(config: ServerConfig, settings: TrainSettings, out: Path) -> dic
     searched = [name for name in CANDIDATES if name != NORMAL_CANDIDATE] if settings.table_samples else []
     candidate_todo = [(name, i) for name in searched for i in range(len(problems)) if (name, i) not in candidates]
     if todo or candidate_todo:
-        print(f"sampling {len(todo)} problems x {settings.samples} ({len(finished)} already in {store}), "
-              f"then {len(candidate_todo)} (candidate strategy, problem) pairs x {settings.table_samples}")
-        asyncio.run(sample_problems(config, problems, todo=todo, candidate_todo=candidate_todo, settings=settings, out=out))
+        print(
+            f"sampling {len(todo)} problems x {settings.samples} ({len(finished)} already in {store}), "
+            f"then {len(candidate_todo)} (candidate strategy, problem) pairs x {settings.table_samples}"
+        )
+        asyncio.run(
+            sample_problems(config, problems, todo=todo, candidate_todo=candidate_todo, settings=settings, out=out)
+        )
         finished, candidates = read_probe_samples(out, problems)
     records = [finished[i] for i in range(len(problems))]
     labels = label_problems([r["accuracy"] for r in records], [r["mean_entropy_nats"] for r in records], settings.rule)
     print(f"labels: {labels.balance()} (entropy threshold {labels.entropy_threshold_nats} nats)")
     features = asyncio.run(featurize(config, [r["prompt_token_ids"] for r in records], settings.feature_suffix))
-    probe, report = fit_probe(features, labels.classes, settings.hidden_units, settings.held_out_fraction, settings.seed)
+    probe, report = fit_probe(
+        features, labels.classes, settings.hidden_units, settings.held_out_fraction, settings.seed
+    )
     if settings.table_samples:
         scores = table_scores(labels.classes, [{"num_answers": settings.samples, **r} for r in records], candidates)
         table, chosen = choose_table(scores, settings.table_tolerance)
         (out / TABLE_FILE).write_text(table.model_dump_json(indent=2) + "\n")
-        report["difficulty_table"] = {"chosen": chosen, "tolerance": settings.table_tolerance,
-                                      "samples_per_candidate": settings.table_samples, "scores": scores}
+        report["difficulty_table"] = {
+            "chosen": chosen,
+            "tolerance": settings.table_tolerance,
+            "samples_per_candidate": settings.table_samples,
+            "scores": scores,
+        }
     probe.metadata = {
         "model": config.served_model_name,
         "fingerprint": model_fingerprint(config.model),

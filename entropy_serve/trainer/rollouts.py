@@ -57,8 +57,18 @@ class Rollout:
 
 # torch.distributed's launcher variables (accelerate launch, torchrun): the trainer's
 # ranks, which the rollout engine, a one-rank vLLM of its own, must not take for its own.
-LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
-                      "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+LAUNCHER_VARIABLES = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "ROLE_RANK",
+    "ROLE_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TORCHELASTIC_RUN_ID",
+)
 
 
 def engine_variables(environ: dict[str, str], num_cuda_devices: int) -> dict[str, str | None]:
@@ -155,7 +165,9 @@ class RolloutEngine:
         self.sync_dir.mkdir(parents=True, exist_ok=True)
         state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
         if getattr(model.config, "tie_word_embeddings", False) and "lm_head.weight" in state:
-            state["lm_head.weight"] = state["lm_head.weight"].clone()  # its own storage: safetensors refuses shared ones
+            state["lm_head.weight"] = state[
+                "lm_head.weight"
+            ].clone()  # its own storage: safetensors refuses shared ones
         save_file(state, str(self.sync_dir / WEIGHTS_FILE))
         self._wait(self._reload())
         return time.perf_counter() - started

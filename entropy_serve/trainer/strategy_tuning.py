@@ -50,7 +50,12 @@ ESCALATE_GRID = {
     "window": (16,),
 }
 CISC_TEMPERATURES = (0.1, 0.5)  # nats: traces' mean self-certainties differ by tenths of a nat
-DEEPCONF_GRID = {"confidence": ("entropy",), "window": (8, 16, 32), "keep": (0.1, 0.5, 0.9), "consensus": (0.8, 0.9, 0.95)}
+DEEPCONF_GRID = {
+    "confidence": ("entropy",),
+    "window": (8, 16, 32),
+    "keep": (0.1, 0.5, 0.9),
+    "consensus": (0.8, 0.9, 0.95),
+}
 
 
 @dataclass(frozen=True)
@@ -111,7 +116,7 @@ def replay_escalate(problem: ProblemTraces, strategy: Escalate) -> tuple[str | N
         return greedy.answer, tokens
     pool = problem.pool[: strategy.n]
     for start in range(0, len(pool), strategy.wave):
-        wave = pool[start: start + strategy.wave]
+        wave = pool[start : start + strategy.wave]
         for trace in wave:
             tally.add(trace.answer, weight(trace))
             tokens += trace.num_tokens
@@ -133,7 +138,7 @@ def replay_deepconf(problem: ProblemTraces, strategy: DeepConf) -> tuple[str | N
     answers = [t.answer for t in warmup]
     tokens = sum(t.num_tokens for t in warmup)
     for start in range(strategy.warmup, len(pool), strategy.wave):
-        for trace in pool[start: start + strategy.wave]:
+        for trace in pool[start : start + strategy.wave]:
             watch = TraceWatch(strategy.window, threshold)
             if watch.add(confidences(trace)):
                 answers.append(None)
@@ -143,7 +148,10 @@ def replay_deepconf(problem: ProblemTraces, strategy: DeepConf) -> tuple[str | N
                 answers.append(trace.answer)
                 lowest_of.append(lowest_group_confidence(confidences(trace), strategy.window))
                 tokens += trace.num_tokens
-        if consensus_decided(vote(answers, weights=trace_weights(lowest_of, "entropy")).table, strategy.consensus) is not None:
+        if (
+            consensus_decided(vote(answers, weights=trace_weights(lowest_of, "entropy")).table, strategy.consensus)
+            is not None
+        ):
             break
     return vote(answers, weights=trace_weights(lowest_of, "entropy")).winner, tokens
 
@@ -161,7 +169,8 @@ def plain_decoding(problems: list[ProblemTraces]) -> dict[str, Score]:
     k = 1
     while k <= num_traces:
         frontier[f"self_consistency_{k}"] = score(
-            problems, lambda p, k=k: (vote([t.answer for t in p.pool[:k]]).winner, sum(t.num_tokens for t in p.pool[:k]))
+            problems,
+            lambda p, k=k: (vote([t.answer for t in p.pool[:k]]).winner, sum(t.num_tokens for t in p.pool[:k])),
         )
         k *= 2
     return frontier
@@ -181,7 +190,9 @@ def escalate_candidates(problems: list[ProblemTraces], num_traces: int) -> list[
     weighings += [{"weighting": "self_certainty", "cisc_temperature": t} for t in CISC_TEMPERATURES]
     other = {name: values for name, values in ESCALATE_GRID.items() if name != "weighting"}
     for fields in (fields | weighing for fields in grid(other) for weighing in weighings):
-        entropies = [uncertainty(fields["signal"], p.greedy.entropies_nats, p.greedy.span, fields["window"]) for p in problems]
+        entropies = [
+            uncertainty(fields["signal"], p.greedy.entropies_nats, p.greedy.span, fields["window"]) for p in problems
+        ]
         thresholds = sorted({round(float(np.quantile(entropies, q)), 6) for q in THRESHOLD_QUANTILES} | {NEVER_NATS})
         candidates += [
             Escalate(name="escalate", n=num_traces, threshold_nats=min(t, NEVER_NATS), **fields) for t in thresholds
@@ -204,11 +215,18 @@ def tune_temperature(problems: list[ProblemTraces], temperature: float, token_sh
     if num_traces < 2:
         raise ValueError(f"tuning needs at least 2 traces per problem, got {num_traces}")
     frontier = plain_decoding(problems)
-    full = frontier[max((k for k in frontier if k.startswith("self_consistency_")), key=lambda k: int(k.rsplit("_", 1)[1]))]
+    full = frontier[
+        max((k for k in frontier if k.startswith("self_consistency_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+    ]
     budget = token_share * full.tokens_per_problem
-    escalate = choose([(c, score(problems, lambda p, c=c: replay_escalate(p, c))) for c in escalate_candidates(problems, num_traces)], budget)
+    escalate = choose(
+        [(c, score(problems, lambda p, c=c: replay_escalate(p, c))) for c in escalate_candidates(problems, num_traces)],
+        budget,
+    )
     warmup = min(DeepConf.model_fields["warmup"].default, num_traces - 1)
-    deepconf_candidates = [DeepConf(name="deepconf", n=num_traces, warmup=warmup, **fields) for fields in grid(DEEPCONF_GRID)]
+    deepconf_candidates = [
+        DeepConf(name="deepconf", n=num_traces, warmup=warmup, **fields) for fields in grid(DEEPCONF_GRID)
+    ]
     deepconf = choose([(c, score(problems, lambda p, c=c: replay_deepconf(p, c))) for c in deepconf_candidates], budget)
     training = {name: vars(s) for name, s in frontier.items()}
     training |= {"escalate": vars(escalate[1]), "deepconf": vars(deepconf[1]), "token_budget_per_problem": budget}
@@ -222,11 +240,12 @@ def tune_temperature(problems: list[ProblemTraces], temperature: float, token_sh
     )
 
 
-def tune(traces: dict[float, list[ProblemTraces]], token_share: float, model: str, fingerprint: str, made_by: str) -> StrategyDefaults:
+def tune(
+    traces: dict[float, list[ProblemTraces]], token_share: float, model: str, fingerprint: str, made_by: str
+) -> StrategyDefaults:
     return StrategyDefaults(
         model=model,
         fingerprint=fingerprint,
         made_by=made_by,
         temperatures=[tune_temperature(problems, t, token_share) for t, problems in sorted(traces.items())],
     ).check()
-

@@ -64,8 +64,13 @@ def read_traces(path: Path, problems: list[TrainingProblem]) -> dict[tuple[str, 
     return read_records(path, problems, key=lambda record: (record["kind"], record["index"]), what="traces")
 
 
-async def sample_traces(config: ServerConfig, problems: list[TrainingProblem], todo: list[tuple[str, int]],
-                        settings: TuneSettings, path: Path) -> None:
+async def sample_traces(
+    config: ServerConfig,
+    problems: list[TrainingProblem],
+    todo: list[tuple[str, int]],
+    settings: TuneSettings,
+    path: Path,
+) -> None:
     def record(key: tuple, reply, body: dict) -> dict:
         kind, index = key
         choices = [choice.model_dump(include={"message", "entropy", "logprobs"}) for choice in reply.choices]
@@ -76,7 +81,9 @@ async def sample_traces(config: ServerConfig, problems: list[TrainingProblem], t
         await sample_to(service, bodies, record, path, "tuning traces")
 
 
-def problem_traces(records: dict[tuple[str, int], dict], problems: list[TrainingProblem], temperature: float) -> list[ProblemTraces]:
+def problem_traces(
+    records: dict[tuple[str, int], dict], problems: list[TrainingProblem], temperature: float
+) -> list[ProblemTraces]:
     return [
         ProblemTraces(
             reference=problem.answer,
@@ -99,9 +106,11 @@ def learn(config: ServerConfig, settings: TuneSettings, out: Path) -> StrategyDe
         asyncio.run(sample_traces(config, problems, todo, settings, path))
         finished = read_traces(path, problems)
     traces = {t: problem_traces(finished, problems, t) for t in settings.temperatures}
-    made_by = (f"{len(problems)} problems of {settings.task} (seed {settings.seed}), greedy and {settings.num_traces} "
-               f"traces at T {list(settings.temperatures)}, {settings.max_tokens} tokens; budget {settings.token_share} "
-               "of self-consistency's tokens")
+    made_by = (
+        f"{len(problems)} problems of {settings.task} (seed {settings.seed}), greedy and {settings.num_traces} "
+        f"traces at T {list(settings.temperatures)}, {settings.max_tokens} tokens; budget {settings.token_share} "
+        "of self-consistency's tokens"
+    )
     learned = tune(traces, settings.token_share, config.served_model_name, model_fingerprint(config.model), made_by)
     (out / DEFAULTS_FILE).write_text(learned.model_dump_json(indent=2) + "\n")
     return learned

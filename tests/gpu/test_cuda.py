@@ -51,7 +51,9 @@ def adversarial_rows(vocab: int, generator: torch.Generator) -> dict[str, torch.
         "lm_like": torch.randn(4, vocab, generator=generator).exp() * 3,  # a heavy right tail, as LM logits have
         "one_hot": one_hot,
         "uniform": torch.zeros(2, vocab),
-        "masked_70%": torch.randn(3, vocab, generator=generator).masked_fill(torch.rand(3, vocab, generator=generator) < 0.7, NEG_INF),
+        "masked_70%": torch.randn(3, vocab, generator=generator).masked_fill(
+            torch.rand(3, vocab, generator=generator) < 0.7, NEG_INF
+        ),
         "one_survivor": torch.full((1, vocab), NEG_INF).index_fill_(1, torch.tensor([vocab - 1]), 2.0),
         "huge_logits": torch.randn(2, vocab, generator=generator) * 300,
         "offset_1e4": 1e4 + torch.randn(2, vocab, generator=generator) * 3,
@@ -76,7 +78,9 @@ def test_triton_entropy_kernel_matches_float64(vocab, dtype):
     # A strided view (every other row of a wider buffer) reads the right elements.
     wide = torch.randn(6, vocab + 64, generator=generator)
     view = wide[::2, :vocab]
-    torch.testing.assert_close(fused_entropy_stats(view.to(DEVICE))[1].cpu(), reference_entropy_stats(view)[1], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        fused_entropy_stats(view.to(DEVICE))[1].cpu(), reference_entropy_stats(view)[1], atol=1e-4, rtol=1e-4
+    )
 
 
 WARPER_CHAINS = [
@@ -99,7 +103,9 @@ def test_sampler_chain_on_device_matches_transformers(chosen):
     )
 
     generator = torch.Generator().manual_seed(1)
-    logits = torch.cat([torch.randn(6, VOCABS[0], generator=generator) * 3, adversarial_rows(VOCABS[0], generator)["masked_70%"]])
+    logits = torch.cat(
+        [torch.randn(6, VOCABS[0], generator=generator) * 3, adversarial_rows(VOCABS[0], generator)["masked_70%"]]
+    )
     ours = logits.clone().to(DEVICE)  # a copy on the CPU too: the chain works in place
     apply_chain(ours, RowParams.uniform(logits.shape[0], DEVICE, **chosen))
     # transformers applies the same warpers in the same order (temperature first), on the CPU.
@@ -172,7 +178,9 @@ def test_trainer_losses_on_device_match_float64(dtype, tolerance):
         # Token selection depends on ranking covariances, which low precision can reorder:
         # the selected tokens are compared as sets in float32 only.
         "kl_cov": lambda x: kl_cov_loss(**x, fraction=0.02),
-        "clip_cov": lambda x: clip_cov_loss(**x, generator=torch.Generator().manual_seed(0), ratio=0.02, lower=-1e9, upper=1e9),
+        "clip_cov": lambda x: clip_cov_loss(
+            **x, generator=torch.Generator().manual_seed(0), ratio=0.02, lower=-1e9, upper=1e9
+        ),
     }
     for name, loss in losses.items():
         ours, expected = loss(here), loss(reference)
@@ -180,5 +188,7 @@ def test_trainer_losses_on_device_match_float64(dtype, tolerance):
         if dtype == torch.float32:
             assert torch.equal(ours.selected.cpu(), expected.selected), name
         same = ours.selected.cpu() == expected.selected
-        torch.testing.assert_close(ours.loss.cpu().double()[same], expected.loss[same], atol=tolerance, rtol=tolerance, msg=name)
+        torch.testing.assert_close(
+            ours.loss.cpu().double()[same], expected.loss[same], atol=tolerance, rtol=tolerance, msg=name
+        )
         assert ours.clip_fraction == pytest.approx(expected.clip_fraction, abs=0.02), name

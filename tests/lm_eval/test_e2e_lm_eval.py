@@ -42,8 +42,21 @@ def run_lm_eval(server, tmp_path: Path, model: str, endpoint: str, tasks: str, *
     if model == "local-completions":
         model_args += f",tokenizer={prepare_default_model()},tokenizer_backend=huggingface"
     env = {**os.environ, "OPENAI_API_KEY": API_KEY, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    command = [str(LM_EVAL), "--model", model, "--model_args", model_args, "--tasks", tasks,
-               "--include_path", str(TASKS), "--output_path", str(tmp_path), "--log_samples", *extra]
+    command = [
+        str(LM_EVAL),
+        "--model",
+        model,
+        "--model_args",
+        model_args,
+        "--tasks",
+        tasks,
+        "--include_path",
+        str(TASKS),
+        "--output_path",
+        str(tmp_path),
+        "--log_samples",
+        *extra,
+    ]
     done = subprocess.run(command, cwd=TASKS, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     samples = {}
@@ -62,8 +75,10 @@ def test_loglikelihood_and_generate_until_through_local_completions(server, clie
         context = tokenizer.encode(f"Question: {doc['question']}\nAnswer:")
         for choice, response in zip(doc["choices"], sample["resps"]):
             continuation = tokenizer.encode(f" {choice}", add_special_tokens=False)
-            scored = client.completions.create(model=MODEL, prompt=context + continuation, max_tokens=0, echo=True, logprobs=1)
-            expected = math.fsum(scored.choices[0].logprobs.token_logprobs[len(context):])
+            scored = client.completions.create(
+                model=MODEL, prompt=context + continuation, max_tokens=0, echo=True, logprobs=1
+            )
+            expected = math.fsum(scored.choices[0].logprobs.token_logprobs[len(context) :])
             loglikelihood, _ = response[0]
             assert math.isclose(float(loglikelihood), expected, abs_tol=1e-4), (doc, choice)
 
@@ -76,12 +91,16 @@ def test_loglikelihood_and_generate_until_through_local_completions(server, clie
 
 def test_generate_until_through_local_chat_completions(server, client, tmp_path):
     before = metric(server, 'entropy_serve_requests_total{endpoint="chat_completions"}', default=0.0)
-    samples = run_lm_eval(server, tmp_path, "local-chat-completions", "chat/completions", "addition_gen", "--apply_chat_template")
+    samples = run_lm_eval(
+        server, tmp_path, "local-chat-completions", "chat/completions", "addition_gen", "--apply_chat_template"
+    )
     docs = read_docs("addition_gen")
     assert len(samples["addition_gen"]) == len(docs)
     for sample, doc in zip(samples["addition_gen"], docs):
         messages = [{"role": "user", "content": f"Question: {doc['question']}\nAnswer:"}]
-        greedy = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, temperature=0, stop=["\n"])
+        greedy = client.chat.completions.create(
+            model=MODEL, messages=messages, max_tokens=8, temperature=0, stop=["\n"]
+        )
         assert sample["resps"][0][0] == greedy.choices[0].message.content, doc
     after = metric(server, 'entropy_serve_requests_total{endpoint="chat_completions"}')
     assert after - before == 2 * len(docs)  # lm-eval's request per document, and the test's own

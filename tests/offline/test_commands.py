@@ -30,7 +30,9 @@ def test_an_output_that_is_not_ours_is_refused(command, tmp_path, capsys):
 @pytest.mark.parametrize("command", ["batch", "score"])
 def test_nothing_left_to_answer_starts_no_engine(command, tmp_path, capsys):
     (tmp_path / "in.jsonl").write_text('{"custom_id": "a"}\nnot json\n')
-    (tmp_path / "out.jsonl").write_text(json.dumps({"custom_id": "a"}) + "\n" + json.dumps({"custom_id": None, "line": 2}) + "\n")
+    (tmp_path / "out.jsonl").write_text(
+        json.dumps({"custom_id": "a"}) + "\n" + json.dumps({"custom_id": None, "line": 2}) + "\n"
+    )
     assert main([command, "-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl")]) == 0
     assert "all 2 lines are already in" in capsys.readouterr().err
 

@@ -36,17 +36,38 @@ def line(custom_id: str, url: str, **body) -> dict:
 
 SEEDED = [
     line("chat", "/v1/chat/completions", messages=CHAT, max_tokens=12, temperature=0.8, seed=1),
-    line("typical", "/v1/completions", prompt="Once upon a time", max_tokens=10, seed=2, typical_p=0.9, return_entropy=True),
-    line("dynatemp", "/v1/completions", prompt="The ocean is", max_tokens=10, seed=3, adaptive_temperature={"method": "dynatemp"}),
+    line(
+        "typical",
+        "/v1/completions",
+        prompt="Once upon a time",
+        max_tokens=10,
+        seed=2,
+        typical_p=0.9,
+        return_entropy=True,
+    ),
+    line(
+        "dynatemp",
+        "/v1/completions",
+        prompt="The ocean is",
+        max_tokens=10,
+        seed=3,
+        adaptive_temperature={"method": "dynatemp"},
+    ),
     line("n2", "/v1/completions", prompt=["Red,", "One,"], max_tokens=6, n=2, seed=4, logprobs=1),
     line("echo", "/v1/completions", prompt="Paris is the capital of France", max_tokens=0, echo=True, logprobs=1),
 ]
 # Several engine requests per line (a strategy's leaves): which steps they share depends
 # on when each reaches the engine, so their text is not compared with HTTP's (module doc).
-VOTE = line("vote", "/v1/chat/completions", messages=CHAT, max_tokens=16, seed=5, strategy={"name": "self_consistency", "n": 3})
+VOTE = line(
+    "vote", "/v1/chat/completions", messages=CHAT, max_tokens=16, seed=5, strategy={"name": "self_consistency", "n": 3}
+)
 REFUSED = {
     "too-hot": (line("too-hot", "/v1/completions", prompt="x", temperature=9), 400, "temperature"),
-    "no-model": ({**line("no-model", "/v1/completions", prompt="x"), "body": {"model": "gpt-9", "prompt": "x"}}, 404, "gpt-9"),
+    "no-model": (
+        {**line("no-model", "/v1/completions", prompt="x"), "body": {"model": "gpt-9", "prompt": "x"}},
+        404,
+        "gpt-9",
+    ),
     "embeddings": (line("embeddings", "/v1/embeddings", input="x"), 404, "/v1/embeddings"),
     "streamed": (line("streamed", "/v1/completions", prompt="x", stream=True), 400, "stream"),
 }
@@ -90,10 +111,17 @@ def resumed(tmp_path_factory):
     (folder / "in.jsonl").write_text(jsonl(STORIES) + example + jsonl(after) + "this line is not JSON\n")
     out = folder / "out.jsonl"
     flags = ("-i", folder / "in.jsonl", "-o", out, *ENGINE_FLAGS, *ONE_IN_FLIGHT, "--output-order", "input")
-    killed = subprocess.Popen(cli_command("batch", *flags), env=command_env(), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
+    killed = subprocess.Popen(
+        cli_command("batch", *flags),
+        env=command_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
-        assert wait_for(lambda: out.exists() and out.read_text().count("\n") >= 3, timeout_s=300), "no records before the kill"
+        assert wait_for(lambda: out.exists() and out.read_text().count("\n") >= 3, timeout_s=300), (
+            "no records before the kill"
+        )
     finally:
         os.killpg(killed.pid, signal.SIGKILL)  # the command and its engine process, mid-batch
         killed.wait()
@@ -115,8 +143,15 @@ def test_a_killed_run_resumes_to_one_record_per_line_in_input_order(resumed):
     text = out.read_text()
     assert text.endswith("\n") and "batch_req_torn" not in text  # the torn line was cut, not merged
     records = read_records(out)
-    expected = [*(r["custom_id"] for r in STORIES), "request-1", "request-2", *(r["custom_id"] for r in SEEDED),
-                "vote", *REFUSED, NOT_JSON_LINE]
+    expected = [
+        *(r["custom_id"] for r in STORIES),
+        "request-1",
+        "request-2",
+        *(r["custom_id"] for r in SEEDED),
+        "vote",
+        *REFUSED,
+        NOT_JSON_LINE,
+    ]
     assert list(records) == expected
     assert all(r["id"].startswith("batch_req_") and r["error"] is None for r in records.values())
 

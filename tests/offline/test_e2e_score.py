@@ -34,14 +34,30 @@ def scored(tmp_path_factory):
     # A probe of the last and the mean hidden state side by side (576 each): its engine
     # returns every token's state, and the router pools them.
     probe = Probe(
-        mean=np.zeros(1152), scale=np.ones(1152), weights=[np.random.default_rng(0).normal(size=(1152, 3)) / 10],
-        biases=[np.zeros(3)], classes=list(CLASSES),
+        mean=np.zeros(1152),
+        scale=np.ones(1152),
+        weights=[np.random.default_rng(0).normal(size=(1152, 3)) / 10],
+        biases=[np.zeros(3)],
+        classes=list(CLASSES),
         metadata={"fingerprint": model_fingerprint(str(model)), "feature_pooling": "last+mean"},
     )
     probe.save(folder / "probe")
     write_jsonl(folder / "in.jsonl", RECORDS)
-    run_cli("score", "-i", folder / "in.jsonl", "-o", folder / "out.jsonl", "--dtype", "float32",
-            "--max-model-len", "2048", "--window", "3", "--probe", folder / "probe")
+    run_cli(
+        "score",
+        "-i",
+        folder / "in.jsonl",
+        "-o",
+        folder / "out.jsonl",
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "2048",
+        "--window",
+        "3",
+        "--probe",
+        folder / "probe",
+    )
     records = [json.loads(line) for line in (folder / "out.jsonl").read_text().splitlines()]
     return {r["custom_id"] or r["line"]: r for r in records}, probe
 

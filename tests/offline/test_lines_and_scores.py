@@ -30,7 +30,11 @@ def test_a_request_line_gives_its_endpoint_and_body():
         ([1, 2], 400, "must be a JSON object"),
         ({"method": "POST", "url": "/v1/completions", "body": {}}, 400, "custom_id: required"),
         ({"custom_id": "x", "method": "GET", "url": "/v1/completions", "body": {}}, 405, "only POST"),
-        ({"custom_id": "x", "method": "POST", "url": "/v1/embeddings", "body": {}}, 404, "'/v1/embeddings' is not served"),
+        (
+            {"custom_id": "x", "method": "POST", "url": "/v1/embeddings", "body": {}},
+            404,
+            "'/v1/embeddings' is not served",
+        ),
         ({"custom_id": "x", "method": "POST", "url": "/v1/completions"}, 400, "body: required"),
     ],
 )

@@ -28,7 +28,12 @@ def test_lines_are_keyed_by_custom_id_else_line_number(tmp_path):
 
 def test_lines_past_the_parsers_bounds_are_error_lines_not_a_crash(tmp_path):
     path = tmp_path / "in.jsonl"
-    write_lines(path, '{"custom_id": "big", "body": {"n": ' + "1" * 5000 + "}}", "[" * 100_000 + "]" * 100_000, '{"custom_id": "ok"}')
+    write_lines(
+        path,
+        '{"custom_id": "big", "body": {"n": ' + "1" * 5000 + "}}",
+        "[" * 100_000 + "]" * 100_000,
+        '{"custom_id": "ok"}',
+    )
     lines = read_input(path)
     assert lines[0].error == "line 1: not JSON (an integer of 5000 digits in 'n'; at most 1000 are accepted)"
     assert lines[1].error == "line 2: not JSON (nested deeper than 128 levels)"
@@ -76,14 +81,23 @@ def answered_after(delays: dict[str, float]):
     return answer
 
 
-@pytest.mark.parametrize("order, expected", [(OutputOrder.COMPLETED, ["c", "b", "a"]), (OutputOrder.INPUT, ["a", "b", "c"])])
+@pytest.mark.parametrize(
+    "order, expected", [(OutputOrder.COMPLETED, ["c", "b", "a"]), (OutputOrder.INPUT, ["a", "b", "c"])]
+)
 def test_records_are_written_as_completed_or_in_input_order(tmp_path, order, expected):
     (tmp_path / "in.jsonl").write_text("".join(json.dumps({"custom_id": k}) + "\n" for k in "abc"))
     lines = read_input(tmp_path / "in.jsonl")
     with ResumableOutput(tmp_path / "out.jsonl") as output:
         tally = asyncio.run(
-            answer_lines(lines, 0, answered_after({"a": 0.3, "b": 0.2, "c": 0.1}), output,
-                         max_in_flight=8, order=order, description="test")
+            answer_lines(
+                lines,
+                0,
+                answered_after({"a": 0.3, "b": 0.2, "c": 0.1}),
+                output,
+                max_in_flight=8,
+                order=order,
+                description="test",
+            )
         )
     written = [json.loads(line)["custom_id"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert written == expected
@@ -103,8 +117,17 @@ def test_at_most_max_in_flight_lines_run_at_once(tmp_path):
         return Answered(record={"custom_id": line.key}, ok=True, num_tokens=1)
 
     with ResumableOutput(tmp_path / "out.jsonl") as output:
-        asyncio.run(answer_lines(read_input(tmp_path / "in.jsonl"), 0, answer, output,
-                                 max_in_flight=2, order=OutputOrder.COMPLETED, description="test"))
+        asyncio.run(
+            answer_lines(
+                read_input(tmp_path / "in.jsonl"),
+                0,
+                answer,
+                output,
+                max_in_flight=2,
+                order=OutputOrder.COMPLETED,
+                description="test",
+            )
+        )
     assert most == 2
     assert ResumableOutput(tmp_path / "out.jsonl").done == set("abcdef")
 
@@ -120,7 +143,16 @@ def test_a_failure_of_the_service_stops_the_run_and_writes_nothing_for_it(tmp_pa
         return Answered(record={"custom_id": line.key}, ok=True, num_tokens=1)
 
     with ResumableOutput(tmp_path / "out.jsonl") as output, pytest.raises(RuntimeError, match="engine died"):
-        asyncio.run(answer_lines(read_input(tmp_path / "in.jsonl"), 0, answer, output,
-                                 max_in_flight=8, order=OutputOrder.COMPLETED, description="test"))
+        asyncio.run(
+            answer_lines(
+                read_input(tmp_path / "in.jsonl"),
+                0,
+                answer,
+                output,
+                max_in_flight=8,
+                order=OutputOrder.COMPLETED,
+                description="test",
+            )
+        )
     # a finished before the failure; c was cancelled: a rerun answers b and c.
     assert ResumableOutput(tmp_path / "out.jsonl").done == {"a"}

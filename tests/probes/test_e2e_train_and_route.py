@@ -25,9 +25,30 @@ pytestmark = pytest.mark.e2e  # drives a real server process
 
 NUM_PROBLEMS = 36
 TRAIN = [
-    sys.executable, "-m", "entropy_serve", "train-probe", "--problems", str(NUM_PROBLEMS), "--samples", "4",
-    "--max-tokens", "32", "--max-model-len", "1024", "--hard-below-accuracy", "0.25", "--hidden-units", "32",
-    "--table-samples", "1", "--tune-problems", "6", "--tune-traces", "4", "--tune-temperatures", "0.7",
+    sys.executable,
+    "-m",
+    "entropy_serve",
+    "train-probe",
+    "--problems",
+    str(NUM_PROBLEMS),
+    "--samples",
+    "4",
+    "--max-tokens",
+    "32",
+    "--max-model-len",
+    "1024",
+    "--hard-below-accuracy",
+    "0.25",
+    "--hidden-units",
+    "32",
+    "--table-samples",
+    "1",
+    "--tune-problems",
+    "6",
+    "--tune-traces",
+    "4",
+    "--tune-temperatures",
+    "0.7",
 ]
 ENV = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
 
@@ -45,7 +66,11 @@ def trained(tmp_path_factory):
     # the child, even when this run was started as a background job (which ignores it,
     # and a child inherits that: Python then installs no KeyboardInterrupt).
     first = subprocess.Popen(
-        [*TRAIN, "--out", str(out)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [*TRAIN, "--out", str(out)],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert wait_for(lambda: len(sampled_lines(out)) >= 4 or first.poll() is not None, timeout_s=600)
@@ -137,7 +162,9 @@ def test_difficulty_routes_by_class_and_says_so(probe_server):
     by_hand = client.chat.completions.create(model=MODEL, messages=[*system, *messages], max_tokens=1)
     assert response.usage.prompt_tokens == by_hand.usage.prompt_tokens
     # Features are deterministic: the same prompt gets the same probabilities.
-    again = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=1, extra_body={"strategy": "difficulty"})
+    again = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=1, extra_body={"strategy": "difficulty"}
+    )
     assert again.model_extra["difficulty"]["probabilities"] == pytest.approx(probabilities, abs=1e-4)
     assert metric(probe_server, f'entropy_serve_difficulty_requests_total{{difficulty="{name}"}}') >= 2
 
@@ -147,7 +174,10 @@ def test_difficulty_by_model_prefix_and_streaming(probe_server):
     response = client.completions.create(model=f"difficulty:{MODEL}", prompt="Compute 2 + 5 =", max_tokens=12)
     assert response.model_extra["difficulty"]["class"] in CLASSES
     with client.chat.completions.with_streaming_response.create(
-        model=MODEL, messages=[{"role": "user", "content": "Compute 2 + 5."}], max_tokens=12, stream=True,
+        model=MODEL,
+        messages=[{"role": "user", "content": "Compute 2 + 5."}],
+        max_tokens=12,
+        stream=True,
         extra_body={"strategy": "difficulty"},
     ) as stream:
         assert stream.headers["x-entropy-serve-difficulty"] in CLASSES
@@ -161,7 +191,10 @@ def test_difficulty_by_model_prefix_and_streaming(probe_server):
 def test_auto_runs_with_the_defaults_learned_beside_the_probe(probe_server):
     (entry,) = defaults.load(probe_server.probe / defaults.DEFAULTS_FILE).temperatures
     response = probe_client(probe_server).chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Compute 2 + 5."}], max_tokens=12, seed=1,
+        model=MODEL,
+        messages=[{"role": "user", "content": "Compute 2 + 5."}],
+        max_tokens=12,
+        seed=1,
         extra_body={"strategy": "auto"},
     )
     escalation = response.model_extra["strategy"]["escalation"]
@@ -171,7 +204,9 @@ def test_auto_runs_with_the_defaults_learned_beside_the_probe(probe_server):
 
 def test_without_a_probe_difficulty_is_a_400_saying_how_to_get_one(server):
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "strategy": "difficulty"}
-    response = httpx.post(f"{server.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"})
+    response = httpx.post(
+        f"{server.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"}
+    )
     assert response.status_code == 400
     assert "train-probe" in response.json()["error"]["message"] and "--probe" in response.json()["error"]["message"]
 
@@ -179,8 +214,11 @@ def test_without_a_probe_difficulty_is_a_400_saying_how_to_get_one(server):
 def test_a_probe_that_cannot_be_read_stops_serve_with_a_message(tmp_path):
     started = time.monotonic()
     run = subprocess.run(
-        [sys.executable, "-m", "entropy_serve", "serve", "--probe", str(tmp_path)], capture_output=True, text=True,
-        timeout=300, env=ENV,
+        [sys.executable, "-m", "entropy_serve", "serve", "--probe", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
     )
     assert run.returncode == 2 and "cannot read probe" in run.stderr
     assert time.monotonic() - started < 120  # refused before any engine starts

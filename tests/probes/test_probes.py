@@ -29,7 +29,9 @@ def test_an_absolute_threshold_overrides_the_quantile_and_nothing_solved_is_all_
     assert nothing.classes == ["hard", "hard"] and nothing.entropy_threshold_nats is None
 
 
-@pytest.mark.parametrize("fields", [{"hard_below_accuracy": 0}, {"easy_entropy_quantile": 1.5}, {"easy_entropy_above": -1}])
+@pytest.mark.parametrize(
+    "fields", [{"hard_below_accuracy": 0}, {"easy_entropy_quantile": 1.5}, {"easy_entropy_above": -1}]
+)
 def test_bad_rules_are_errors(fields):
     with pytest.raises(ValueError):
         LabelRule(**fields)
@@ -144,8 +146,14 @@ def test_an_unsure_probe_routes_as_normal():
 
     from entropy_serve.probes.router import DifficultyRouter
 
-    probe = Probe(np.zeros(2), np.ones(2), [np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])], [np.zeros(3)],
-                  ["easy", "normal", "hard"], {})
+    probe = Probe(
+        np.zeros(2),
+        np.ones(2),
+        [np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])],
+        [np.zeros(3)],
+        ["easy", "normal", "hard"],
+        {},
+    )
 
     class Features:
         async def features(self, prompts):
@@ -179,8 +187,12 @@ def test_cross_validation_chooses_the_pooling_that_carries_the_classes():
     rng = np.random.default_rng(3)
     informative, labels = three_blobs(rng)
     noise = rng.normal(0.0, 1.0, informative.shape)
-    probe, report = fit_probe({"last": noise, "mean": informative}, labels, hidden_units=8, held_out_fraction=0.25, seed=0)
+    probe, report = fit_probe(
+        {"last": noise, "mean": informative}, labels, hidden_units=8, held_out_fraction=0.25, seed=0
+    )
     assert report["feature_pooling"] == "mean"
     assert report["held_out_accuracy"] > 0.9
-    assert set(report["cross_validation_accuracy"]) == {f"{p} / {n}" for p in ("last", "mean") for n in candidates(8, 0)}
+    assert set(report["cross_validation_accuracy"]) == {
+        f"{p} / {n}" for p in ("last", "mean") for n in candidates(8, 0)
+    }
     assert probe.hidden_size == informative.shape[1]

@@ -62,7 +62,12 @@ def test_vllm_order_equals_vllms_sampler(seed):
     apply_chain(ours, params, history=TokenHistory.of(PROMPTS, OUTPUTS, VOCAB))
 
     expected = apply_penalties(
-        logits.clone(), padded(PROMPTS), padded(OUTPUTS), params.presence_penalty, params.frequency_penalty, params.repetition_penalty
+        logits.clone(),
+        padded(PROMPTS),
+        padded(OUTPUTS),
+        params.presence_penalty,
+        params.frequency_penalty,
+        params.repetition_penalty,
     )
     expected /= params.temperature.unsqueeze(-1)
     probs = expected.softmax(-1)  # vLLM's MinPLogitsProcessor

@@ -54,7 +54,9 @@ ALL_LOGITS += [random_logits(seed=4, vocab=256), adversarial_logits(vocab=48)]
 
 
 def test_entropy_by_hand():
-    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0], [math.log(3), 0.0, NEG_INF, NEG_INF], [0.0, NEG_INF, NEG_INF, NEG_INF]])
+    logits = torch.tensor(
+        [[0.0, 0.0, 0.0, 0.0], [math.log(3), 0.0, NEG_INF, NEG_INF], [0.0, NEG_INF, NEG_INF, NEG_INF]]
+    )
     h, v = entropy_and_varentropy(logits)
     p = torch.tensor([0.75, 0.25])
     expected_h = -(p * p.log()).sum()
@@ -118,7 +120,10 @@ def test_chain_equals_transformers_warper_chain(logits):
     apply_chain(ours, params(rows, **chosen))
     theirs = logits.clone()
     for warper in (
-        TemperatureLogitsWarper(0.7), TopKLogitsWarper(20), TopPLogitsWarper(0.9), MinPLogitsWarper(0.05),
+        TemperatureLogitsWarper(0.7),
+        TopKLogitsWarper(20),
+        TopPLogitsWarper(0.9),
+        MinPLogitsWarper(0.05),
         TypicalLogitsWarper(0.8),
     ):
         theirs = warper(None, theirs)

@@ -28,7 +28,9 @@ def chat(**fields) -> ChatCompletionRequest:
 
 def test_response_format_json_schema_and_json_object():
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
-    constraint = chat(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": True}}).constraint()
+    constraint = chat(
+        response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": True}}
+    ).constraint()
     assert constraint.field == "response_format" and constraint.params.json == schema
     assert chat(response_format={"type": "json_object"}).constraint().params.json_object is True
     assert chat(response_format={"type": "text"}).constraint() is None
@@ -56,7 +58,13 @@ def test_two_constraints_are_a_400_naming_the_second():
 
 
 def test_grammar_text_builds_each_kind_and_refuses_what_xgrammar_cannot_build():
-    for fields in ({"json": WEATHER}, {"json_object": True}, {"regex": "[0-9]+"}, {"choice": ["a", "b"]}, {"grammar": 'root ::= "x"'}):
+    for fields in (
+        {"json": WEATHER},
+        {"json_object": True},
+        {"regex": "[0-9]+"},
+        {"choice": ["a", "b"]},
+        {"grammar": 'root ::= "x"'},
+    ):
         assert "::=" in chat(structured_outputs=fields).constraint().grammar_text()
     with pytest.raises(BadRequest, match="structured_outputs: the constraint cannot be built") as raised:
         chat(structured_outputs={"regex": "(unclosed"}).constraint().grammar_text()
@@ -127,21 +135,28 @@ def test_auto_needs_the_servers_tool_parser_flags():
 
 
 def test_named_and_required_replies_read_as_tool_calls():
-    named = ToolReader.of(chat(tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_weather"}}), None, None)
+    named = ToolReader.of(
+        chat(tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_weather"}}), None, None
+    )
     read = named.read('{"city": "Paris"}')
     assert read.content is None and read.finish_reason is None  # OpenAI keeps `stop` for a forced function
     assert [(c.function.name, c.function.arguments) for c in read.tool_calls] == [("get_weather", '{"city": "Paris"}')]
     required = ToolReader.of(chat(tools=TOOLS, tool_choice="required"), None, None)
     read = required.read('[{"name": "get_weather", "parameters": {"city": "Oslo"}}, {"name": "now", "parameters": {}}]')
     assert read.finish_reason == "tool_calls" and read.content is None
-    assert [(c.function.name, json.loads(c.function.arguments)) for c in read.tool_calls] == [("get_weather", {"city": "Oslo"}), ("now", {})]
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in read.tool_calls] == [
+        ("get_weather", {"city": "Oslo"}),
+        ("now", {}),
+    ]
     assert len({c.id for c in read.tool_calls}) == 2
     cut_short = required.read('[{"name": "get_weather", "param')
     assert cut_short.tool_calls == [] and cut_short.content == '[{"name": "get_weather", "param'
 
 
 def test_streamed_named_and_required_deltas_reassemble():
-    named = ToolReader.of(chat(tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_weather"}}), None, None)
+    named = ToolReader.of(
+        chat(tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_weather"}}), None, None
+    )
     streamer = named.streamer()
     pieces = ['{"ci', 'ty": "Pa', 'ris"}']
     deltas = [streamer.step(p, [i], finished=i == 2) for i, p in enumerate(pieces)]
@@ -155,5 +170,7 @@ def test_streamed_named_and_required_deltas_reassemble():
     assert [(d.index, d.function.name, d.function.arguments) for d in first.tool_calls] == [(0, "now", "{}")]
     assert first.tool_calls[0].id and first.finish_reason is None
     last = required.step('ty": "Oslo"}}]', [3], finished=True)
-    assert [(d.index, d.function.name, json.loads(d.function.arguments)) for d in last.tool_calls] == [(1, "get_weather", {"city": "Oslo"})]
+    assert [(d.index, d.function.name, json.loads(d.function.arguments)) for d in last.tool_calls] == [
+        (1, "get_weather", {"city": "Oslo"})
+    ]
     assert last.finish_reason == "tool_calls"

@@ -38,9 +38,22 @@ class Deployment:
 
     def start(self) -> ServerProcess:
         return ServerProcess(
-            "--api-key", ALICE, "--api-key", BOB, "--database-url", f"sqlite:///{self.database}",
-            "--max-file-bytes", str(MAX_FILE_BYTES), "--max-batch-lines", str(MAX_LINES), "--batch-max-in-flight", "2",
-            "--max-model-len", "2048", "--dtype", "float32",
+            "--api-key",
+            ALICE,
+            "--api-key",
+            BOB,
+            "--database-url",
+            f"sqlite:///{self.database}",
+            "--max-file-bytes",
+            str(MAX_FILE_BYTES),
+            "--max-batch-lines",
+            str(MAX_LINES),
+            "--batch-max-in-flight",
+            "2",
+            "--max-model-len",
+            "2048",
+            "--dtype",
+            "float32",
         ).__enter__()
 
     def client(self, key: str = ALICE) -> openai.OpenAI:
@@ -60,8 +73,16 @@ def deployment(tmp_path_factory):
 
 def chat_line(custom_id: str, question: str, **body) -> dict:
     return {
-        "custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
-        "body": {"model": MODEL, "messages": [{"role": "user", "content": question}], "max_tokens": 8, "temperature": 0, **body},
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": question}],
+            "max_tokens": 8,
+            "temperature": 0,
+            **body,
+        },
     }
 
 
@@ -71,7 +92,9 @@ def upload(client: openai.OpenAI, lines: list) -> str:
 
 
 def create(client: openai.OpenAI, lines: list) -> openai.types.Batch:
-    return client.batches.create(input_file_id=upload(client, lines), endpoint="/v1/chat/completions", completion_window="24h")
+    return client.batches.create(
+        input_file_id=upload(client, lines), endpoint="/v1/chat/completions", completion_window="24h"
+    )
 
 
 def wait(client: openai.OpenAI, batch_id: str, until=lambda batch: batch.status in FINAL, timeout_s: float = 300):
@@ -158,8 +181,10 @@ def test_bad_files_and_batches_are_refused_clearly(deployment):
         client.files.create(file=("x.jsonl", io.BytesIO(b"{}")), purpose="fine-tune")
     assert raised.value.body["param"] == "purpose"
     response = httpx.post(
-        f"{deployment.server.url}/v1/files", headers={"Authorization": f"Bearer {ALICE}"},
-        files={"file": ("big.jsonl", b"x" * (MAX_FILE_BYTES + 1))}, data={"purpose": "batch"},
+        f"{deployment.server.url}/v1/files",
+        headers={"Authorization": f"Bearer {ALICE}"},
+        files={"file": ("big.jsonl", b"x" * (MAX_FILE_BYTES + 1))},
+        data={"purpose": "batch"},
     )
     assert response.status_code == 413 and response.json()["error"]["type"] == "invalid_request_error"
     file_id = upload(client, [chat_line("a", "hi")])
@@ -189,7 +214,9 @@ def test_a_restart_mid_batch_resumes_without_answering_a_line_twice(deployment):
     wait(client, batch.id, until=lambda b: b.request_counts is not None and b.request_counts.completed >= 3)
     deployment.restart()
     with sqlite3.connect(deployment.database) as db:
-        before = dict(db.execute("SELECT line_number, record FROM batch_lines WHERE batch_id = ?", (batch.id,)).fetchall())
+        before = dict(
+            db.execute("SELECT line_number, record FROM batch_lines WHERE batch_id = ?", (batch.id,)).fetchall()
+        )
     assert 3 <= len(before) < 14  # stopped in the middle
     client = deployment.client()
     batch = wait(client, batch.id)

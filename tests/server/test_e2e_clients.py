@@ -44,7 +44,12 @@ def test_langchain_keeps_entropies_in_its_logprobs(server):
     from langchain_openai import ChatOpenAI
 
     llm = ChatOpenAI(
-        base_url=f"{server.url}/v1", api_key=API_KEY, model=MODEL, max_tokens=8, temperature=0, logprobs=True,
+        base_url=f"{server.url}/v1",
+        api_key=API_KEY,
+        model=MODEL,
+        max_tokens=8,
+        temperature=0,
+        logprobs=True,
         extra_body={"return_entropy": True},
     )
     message = llm.invoke("What is the capital of France?")

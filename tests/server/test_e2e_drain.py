@@ -28,7 +28,9 @@ def test_a_drain_that_runs_out_ends_every_request_with_a_word():
         plain: dict = {}
 
         def stream():
-            with httpx.stream("POST", f"{server.url}/v1/completions", json={**LONG, "stream": True}, timeout=120) as response:
+            with httpx.stream(
+                "POST", f"{server.url}/v1/completions", json={**LONG, "stream": True}, timeout=120
+            ) as response:
                 for line in response.iter_lines():
                     if line:
                         stream_lines.append(line)

@@ -109,8 +109,11 @@ LONE_SURROGATE = "\ud800"  # a legal JSON escape that no UTF-8 text can hold
         ("/v1/completions", {"stop": [LONE_SURROGATE]}, "stop.0"),
         ("/v1/completions", {"vllm_xargs": {"note": LONE_SURROGATE}}, "vllm_xargs.note"),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": LONE_SURROGATE}]}, "messages.0.content"),
-        ("/v1/chat/completions", {"messages": [{"role": "system", "content": LONE_SURROGATE}, {"role": "user", "content": "hi"}]},
-         "messages.0.content"),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "system", "content": LONE_SURROGATE}, {"role": "user", "content": "hi"}]},
+            "messages.0.content",
+        ),
     ],
 )
 def test_lone_surrogates_are_400_naming_the_field(server, client, path, change, field):
@@ -145,7 +148,9 @@ DIGITS = "1" * 5000  # past Python's 4,300-digit int-string limit
     ],
 )
 def test_json_past_the_parsers_bounds_is_400(server, client, path, extra, mentions, param):
-    response = post(server, path, content=f"{{{BASES[path]}, {extra}}}".encode(), headers={"Content-Type": "application/json"})
+    response = post(
+        server, path, content=f"{{{BASES[path]}, {extra}}}".encode(), headers={"Content-Type": "application/json"}
+    )
     error = assert_openai_error(response, 400, f"malformed JSON body: {mentions}")
     assert error["param"] == param
     assert client.completions.create(model=MODEL, prompt="Hi", max_tokens=1).usage.prompt_tokens == 1  # server fine

@@ -71,8 +71,10 @@ def test_seeded_samples_repeat_and_differ_by_seed(client):
 def heavy_schema(tag: str) -> dict:
     """40 strings, each with a pattern of its own: about 2 s for xgrammar to compile on a
     2-core AMD EPYC (the tag makes it new to every cache)."""
-    properties = {f"{tag}_{i}": {"type": "string", "pattern": f"{tag}{i}[A-Z][a-z]{{3,12}}( [A-Z][a-z]{{3,12}}){{0,4}}"}
-                  for i in range(40)}  # fmt: skip
+    properties = {
+        f"{tag}_{i}": {"type": "string", "pattern": f"{tag}{i}[A-Z][a-z]{{3,12}}( [A-Z][a-z]{{3,12}}){{0,4}}"}
+        for i in range(40)
+    }
     return {"type": "object", "properties": properties, "required": list(properties)}
 
 
@@ -91,10 +93,13 @@ def test_a_heavy_schema_does_not_stall_a_stream_beside_it(async_client):
     async def race() -> tuple[list[float], float, float]:
         arrivals: list[float] = []
         await async_client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": "A number."}], max_tokens=4, temperature=0.0,
+            model=MODEL,
+            messages=[{"role": "user", "content": "A number."}],
+            max_tokens=4,
+            temperature=0.0,
             response_format={"type": "json_schema", "json_schema": {"name": "small", "schema": small}},
             extra_body={"return_entropy": True},
-        )  # fmt: skip
+        )
         stream = await async_client.completions.create(
             model=MODEL, prompt=SHORT, max_tokens=1000, stream=True, temperature=0.0, extra_body={"ignore_eos": True}
         )
@@ -109,10 +114,13 @@ def test_a_heavy_schema_does_not_stall_a_stream_beside_it(async_client):
             await asyncio.sleep(0.01)
         submitted = time.perf_counter()
         reply = await async_client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": "Fill in the form."}], max_tokens=8, temperature=0.0,
+            model=MODEL,
+            messages=[{"role": "user", "content": "Fill in the form."}],
+            max_tokens=8,
+            temperature=0.0,
             response_format={"type": "json_schema", "json_schema": {"name": "form", "schema": schema}},
             extra_body={"return_entropy": True},  # our adapter constrains it: its grammar, its compile
-        )  # fmt: skip
+        )
         answered = time.perf_counter()
         assert reply.choices[0].message.content.startswith("{")
         assert not reading.done()  # the stream ran all the while the schema's request did

@@ -20,7 +20,11 @@ def test_logit_bias_forces_a_token_under_greedy_decoding(client, tokenizer):
     assert plain.choices[0].text != tokenizer.decode([token] * 3)
     assert biased.choices[0].text == tokenizer.decode([token] * 3)
     chat = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2, temperature=0, logit_bias={str(token): 100}
+        model=MODEL,
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=2,
+        temperature=0,
+        logit_bias={str(token): 100},
     )
     assert chat.choices[0].message.content == tokenizer.decode([token] * 2)
 
@@ -49,7 +53,9 @@ def test_allowed_token_ids_and_bad_words(client, tokenizer):
 )
 def test_fields_not_honoured_are_400s_naming_them(client, fields, param):
     with pytest.raises(openai.BadRequestError) as raised:
-        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2, **fields)
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2, **fields
+        )
     assert raised.value.status_code == 400
     assert raised.value.body["param"] == param
     assert param in raised.value.body["message"]
@@ -57,12 +63,22 @@ def test_fields_not_honoured_are_400s_naming_them(client, fields, param):
 
 def test_fields_that_cannot_change_the_output_are_accepted(client):
     reply = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2, temperature=0,
-        user="u1", metadata={"team": "a"}, store=False, service_tier="auto", tools=[], tool_choice="none",
+        model=MODEL,
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=2,
+        temperature=0,
+        user="u1",
+        metadata={"team": "a"},
+        store=False,
+        service_tier="auto",
+        tools=[],
+        tool_choice="none",
     )
     assert reply.choices[0].message.content
 
 
 def test_logit_bias_with_entropy_is_refused(client):
     with pytest.raises(openai.BadRequestError, match="logit_bias: cannot be combined"):
-        client.completions.create(model=MODEL, prompt="x", max_tokens=2, logit_bias={"5": 1}, extra_body={"return_entropy": True})
+        client.completions.create(
+            model=MODEL, prompt="x", max_tokens=2, logit_bias={"5": 1}, extra_body={"return_entropy": True}
+        )

@@ -97,8 +97,9 @@ def test_entropies_stay_right_under_preemption(small_server):
     """A KV cache too small for the batch forces vLLM to preempt and recompute requests;
     per-token entropies are keyed by output position, so they still line up."""
     client = openai.AsyncOpenAI(base_url=f"{small_server.url}/v1", api_key="x", max_retries=0, timeout=600)
-    kwargs = dict(model=MODEL, max_tokens=300, temperature=0, logprobs=0,
-                  extra_body={"return_entropy": True, "ignore_eos": True})
+    kwargs = dict(
+        model=MODEL, max_tokens=300, temperature=0, logprobs=0, extra_body={"return_entropy": True, "ignore_eos": True}
+    )
     prompts = [f"Tell me about the number {i}." for i in range(8)]
 
     async def batch_then_alone():
@@ -136,8 +137,15 @@ def test_entropies_stay_right_under_preemption(small_server):
 def test_sigterm_drains_in_flight_streams_and_exits_zero(small_server):
     """Ends the module's server: keep it last."""
     num_tokens = 48
-    body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": num_tokens, "stream": True,
-            "ignore_eos": True, "logprobs": 0, "stream_options": {"include_usage": True}}
+    body = {
+        "model": MODEL,
+        "prompt": "Once upon a time",
+        "max_tokens": num_tokens,
+        "stream": True,
+        "ignore_eos": True,
+        "logprobs": 0,
+        "stream_options": {"include_usage": True},
+    }
     first_chunk = threading.Event()
     lines: list[str] = []
 

@@ -19,8 +19,14 @@ def test_32_concurrent_streams_all_complete(server, async_client):
 
     async def one(i: int):
         stream = await async_client.completions.create(
-            model=MODEL, prompt=f"Count from {i}:", max_tokens=num_tokens, stream=True,
-            stream_options={"include_usage": True}, seed=i, extra_body={"ignore_eos": True}, logprobs=0,
+            model=MODEL,
+            prompt=f"Count from {i}:",
+            max_tokens=num_tokens,
+            stream=True,
+            stream_options={"include_usage": True},
+            seed=i,
+            extra_body={"ignore_eos": True},
+            logprobs=0,
         )
         text, tokens, finish, usage = "", 0, None, None
         async for chunk in stream:

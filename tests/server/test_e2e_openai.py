@@ -79,7 +79,12 @@ def test_chat_completion_greedy(client, tokenizer):
 
 
 def test_chat_accepts_content_parts_like_strings(client):
-    parts = [{"role": "user", "content": [{"type": "text", "text": "What is the capital "}, {"type": "text", "text": "of France?"}]}]
+    parts = [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "What is the capital "}, {"type": "text", "text": "of France?"}],
+        }
+    ]
     plain = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=8, temperature=0)
     split = client.chat.completions.create(model=MODEL, messages=parts, max_tokens=8, temperature=0)
     assert split.choices[0].message.content == plain.choices[0].message.content
@@ -114,7 +119,9 @@ def test_completion_prompt_list_and_n(client):
 
 
 def test_n_samples_differ(client):
-    response = client.completions.create(model=MODEL, prompt="My favourite animal is", n=4, max_tokens=12, temperature=1.0, seed=5)
+    response = client.completions.create(
+        model=MODEL, prompt="My favourite animal is", n=4, max_tokens=12, temperature=1.0, seed=5
+    )
     assert len({c.text for c in response.choices}) > 1
 
 
@@ -138,7 +145,9 @@ def test_stop_sequences_end_and_are_excluded(client, stop):
 
 
 def test_completion_logprobs(client):
-    response = client.completions.create(model=MODEL, prompt="The sky is", max_tokens=5, temperature=0, logprobs=3, extra_body={"ignore_eos": True})
+    response = client.completions.create(
+        model=MODEL, prompt="The sky is", max_tokens=5, temperature=0, logprobs=3, extra_body={"ignore_eos": True}
+    )
     logprobs = response.choices[0].logprobs
     assert len(logprobs.tokens) == len(logprobs.token_logprobs) == len(logprobs.top_logprobs) == 5
     assert "".join(logprobs.tokens) == response.choices[0].text
@@ -152,7 +161,9 @@ def test_completion_logprobs(client):
 
 
 def test_chat_logprobs(client):
-    response = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=4, temperature=0, logprobs=True, top_logprobs=2)
+    response = client.chat.completions.create(
+        model=MODEL, messages=CHAT, max_tokens=4, temperature=0, logprobs=True, top_logprobs=2
+    )
     content = response.choices[0].logprobs.content
     assert len(content) == response.usage.completion_tokens
     for entry in content:
@@ -181,7 +192,13 @@ def test_penalties_and_vllm_extras_are_accepted(client):
         presence_penalty=1.5,
         frequency_penalty=1.0,
         user="tester",
-        extra_body={"top_k": 5, "min_p": 0.05, "repetition_penalty": 1.3, "vllm_xargs": {"note": "x"}, "ignore_eos": True},
+        extra_body={
+            "top_k": 5,
+            "min_p": 0.05,
+            "repetition_penalty": 1.3,
+            "vllm_xargs": {"note": "x"},
+            "ignore_eos": True,
+        },
     )
     assert response.usage.completion_tokens == 8
 

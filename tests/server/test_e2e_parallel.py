@@ -58,7 +58,11 @@ def served_tensor_parallel(folder, prompts: list[list[int]]) -> tuple[list, list
         tokens, entropies = [], []
         for prompt in prompts:
             reply = client.completions.create(
-                model=folder.name, prompt=prompt, max_tokens=NUM_TOKENS, temperature=0, logprobs=0,
+                model=folder.name,
+                prompt=prompt,
+                max_tokens=NUM_TOKENS,
+                temperature=0,
+                logprobs=0,
                 extra_body={"return_entropy": True, "ignore_eos": True},
             )
             tokens.append(reply.choices[0].logprobs.tokens)
@@ -76,10 +80,15 @@ def single_rank_reference(folder, prompts: list[list[int]]) -> tuple[list, list]
     for prompt in prompts:
         with torch.no_grad():
             out = model.generate(
-                torch.tensor([prompt]), max_new_tokens=NUM_TOKENS, min_new_tokens=NUM_TOKENS, do_sample=False,
-                output_logits=True, return_dict_in_generate=True, pad_token_id=tokenizer.eos_token_id,
+                torch.tensor([prompt]),
+                max_new_tokens=NUM_TOKENS,
+                min_new_tokens=NUM_TOKENS,
+                do_sample=False,
+                output_logits=True,
+                return_dict_in_generate=True,
+                pad_token_id=tokenizer.eos_token_id,
             )
-        new = out.sequences[0, len(prompt):].tolist()
+        new = out.sequences[0, len(prompt) :].tolist()
         tokens.append([tokenizer.decode([t]) for t in new])
         log_p = [torch.log_softmax(logits[0].double(), -1) for logits in out.logits]  # raw: before min_new_tokens' mask
         entropies.append([float(-(lp.exp() * lp).sum()) for lp in log_p])

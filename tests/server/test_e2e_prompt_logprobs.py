@@ -37,8 +37,8 @@ def test_echoed_prompt_logprobs_equal_the_logprobs_of_the_same_tokens_generated(
     generated = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, temperature=0, logprobs=0)
     text = generated.choices[0].text
     echoed = client.completions.create(model=MODEL, prompt=PROMPT + text, max_tokens=0, echo=True, logprobs=0)
-    tail = echoed.choices[0].logprobs.token_logprobs[-len(generated.choices[0].logprobs.tokens):]
-    if echoed.choices[0].logprobs.tokens[-len(tail):] != generated.choices[0].logprobs.tokens:
+    tail = echoed.choices[0].logprobs.token_logprobs[-len(generated.choices[0].logprobs.tokens) :]
+    if echoed.choices[0].logprobs.tokens[-len(tail) :] != generated.choices[0].logprobs.tokens:
         pytest.fail("the generated text re-tokenized differently; pick another prompt")
     for scored, sampled in zip(tail, generated.choices[0].logprobs.token_logprobs):
         # bfloat16 logits (~20) carry ~0.06 of rounding, and prefill and decode round differently.
@@ -82,7 +82,9 @@ def test_vllm_prompt_logprobs_extra_on_both_endpoints(client, tokenizer):
         assert str(token_id) in position
         assert all(set(entry) == {"logprob", "rank", "decoded_token"} for entry in position.values())
     echoed = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=0, echo=True, logprobs=1)
-    assert [position[str(t)]["logprob"] for t, position in zip(ids[1:], field[1:])] == echoed.choices[0].logprobs.token_logprobs[1:]
+    assert [position[str(t)]["logprob"] for t, position in zip(ids[1:], field[1:])] == echoed.choices[
+        0
+    ].logprobs.token_logprobs[1:]
 
     chat = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=1, extra_body={"prompt_logprobs": 0}

@@ -12,12 +12,14 @@ from conftest import MODEL
 pytestmark = pytest.mark.e2e  # drives a real server process
 
 QUESTION = "What is the capital of France?"
-WEATHER = [{
-    "type": "function",
-    "name": "get_weather",
-    "description": "The weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-}]
+WEATHER = [
+    {
+        "type": "function",
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    }
+]
 
 
 def chat_text(client, messages, max_tokens) -> str:
@@ -26,7 +28,9 @@ def chat_text(client, messages, max_tokens) -> str:
 
 
 def test_a_response_says_what_chat_says(client):
-    response = client.responses.create(model=MODEL, input=QUESTION, instructions="Answer briefly.", max_output_tokens=16, temperature=0)
+    response = client.responses.create(
+        model=MODEL, input=QUESTION, instructions="Answer briefly.", max_output_tokens=16, temperature=0
+    )
     assert response.object == "response" and response.status in ("completed", "incomplete")
     messages = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": QUESTION}]
     assert response.output_text == chat_text(client, messages, 16)
@@ -35,10 +39,22 @@ def test_a_response_says_what_chat_says(client):
 
 
 def test_a_stream_is_openais_event_sequence_ending_in_the_whole_response(client):
-    events = list(client.responses.create(model=MODEL, input=QUESTION, max_output_tokens=12, temperature=0, stream=True))
+    events = list(
+        client.responses.create(model=MODEL, input=QUESTION, max_output_tokens=12, temperature=0, stream=True)
+    )
     types = [event.type for event in events]
-    assert types[:4] == ["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"]
-    assert types[-4:] == ["response.output_text.done", "response.content_part.done", "response.output_item.done", types[-1]]
+    assert types[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert types[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        types[-1],
+    ]
     assert types[-1] in ("response.completed", "response.incomplete")
     assert [event.sequence_number for event in events] == list(range(len(events)))
     deltas = "".join(event.delta for event in events if event.type == "response.output_text.delta")
@@ -51,8 +67,13 @@ def test_a_stream_is_openais_event_sequence_ending_in_the_whole_response(client)
 @pytest.mark.parametrize("stream", [False, True])
 def test_function_tools_give_function_call_items(client, stream):
     created = client.responses.create(
-        model=MODEL, input="What is the weather in Paris?", tools=WEATHER, tool_choice="required",
-        max_output_tokens=64, temperature=0, stream=stream,
+        model=MODEL,
+        input="What is the weather in Paris?",
+        tools=WEATHER,
+        tool_choice="required",
+        max_output_tokens=64,
+        temperature=0,
+        stream=stream,
     )
     response = list(created)[-1].response if stream else created
     calls = [item for item in response.output if item.type == "function_call"]
@@ -60,16 +81,26 @@ def test_function_tools_give_function_call_items(client, stream):
     assert "city" in json.loads(calls[0].arguments)
     # The tool's output goes back as an input item; the conversation goes on.
     follow_up = client.responses.create(
-        model=MODEL, previous_response_id=response.id, max_output_tokens=16, temperature=0,
+        model=MODEL,
+        previous_response_id=response.id,
+        max_output_tokens=16,
+        temperature=0,
         input=[{"type": "function_call_output", "call_id": calls[0].call_id, "output": "sunny, 21 C"}],
     )
     assert follow_up.output_text
 
 
 def test_json_schema_output_matches_it(client):
-    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}, "required": ["name", "age"]}
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+    }
     response = client.responses.create(
-        model=MODEL, input="Ann is 3 years old. Give her as JSON.", max_output_tokens=64, temperature=0,
+        model=MODEL,
+        input="Ann is 3 years old. Give her as JSON.",
+        max_output_tokens=64,
+        temperature=0,
         text={"format": {"type": "json_schema", "name": "person", "schema": schema, "strict": True}},
     )
     jsonschema.validate(json.loads(response.output_text), schema)
@@ -77,7 +108,9 @@ def test_json_schema_output_matches_it(client):
 
 def test_previous_response_continues_the_stored_conversation(client):
     first = client.responses.create(model=MODEL, input=QUESTION, max_output_tokens=12, temperature=0)
-    second = client.responses.create(model=MODEL, input="And of Germany?", previous_response_id=first.id, max_output_tokens=12, temperature=0)
+    second = client.responses.create(
+        model=MODEL, input="And of Germany?", previous_response_id=first.id, max_output_tokens=12, temperature=0
+    )
     messages = [
         {"role": "user", "content": QUESTION},
         {"role": "assistant", "content": first.output_text},
@@ -101,8 +134,11 @@ def test_store_false_keeps_nothing(client):
 
 def test_our_extensions_ride_on_the_response(client):
     response = client.responses.create(
-        model=MODEL, input=QUESTION, max_output_tokens=8,
-        include=["message.output_text.logprobs"], top_logprobs=2,
+        model=MODEL,
+        input=QUESTION,
+        max_output_tokens=8,
+        include=["message.output_text.logprobs"],
+        top_logprobs=2,
         extra_body={"return_entropy": True, "typical_p": 0.5, "seed": 3},
     )
     entropy = response.model_extra["entropy"]
@@ -111,7 +147,9 @@ def test_our_extensions_ride_on_the_response(client):
     assert [entry.model_extra["entropy"]["model_entropy_nats"] for entry in logprobs] == entropy["model_entropy_nats"]
     assert all(len(entry.top_logprobs) == 2 for entry in logprobs)
     voted = client.responses.create(
-        model=MODEL, input="What is 2+3? Answer with the number.", max_output_tokens=8,
+        model=MODEL,
+        input="What is 2+3? Answer with the number.",
+        max_output_tokens=8,
         extra_body={"strategy": {"name": "self_consistency", "n": 3}},
     )
     assert voted.model_extra["strategy"]["name"] == "self_consistency"

@@ -28,7 +28,12 @@ def test_entropy_fields_cover_every_token(client):
     )
     field = entropy_of(response.choices[0])
     num_tokens = response.usage.completion_tokens
-    assert len(field["model_entropy_nats"]) == len(field["sampled_entropy_nats"]) == len(field["temperature"]) == num_tokens
+    assert (
+        len(field["model_entropy_nats"])
+        == len(field["sampled_entropy_nats"])
+        == len(field["temperature"])
+        == num_tokens
+    )
     assert all(0.0 <= h <= VOCAB_LOG + 1e-3 for h in field["model_entropy_nats"])
     # Plain sampling at T=1 with no filter draws from the model's own distribution.
     assert field["sampled_entropy_nats"] == pytest.approx(field["model_entropy_nats"], abs=1e-4)
@@ -61,7 +66,11 @@ def test_xargs_and_extra_body_spellings_are_the_same_request(client):
 def test_typical_sampling_lowers_the_entropy_of_what_is_sampled(client):
     def run(extra):
         response = client.completions.create(
-            model=MODEL, prompt=STORY, max_tokens=24, n=4, seed=5,
+            model=MODEL,
+            prompt=STORY,
+            max_tokens=24,
+            n=4,
+            seed=5,
             extra_body={"return_entropy": True, "ignore_eos": True, **extra},
         )
         texts = [c.text for c in response.choices]
@@ -76,7 +85,11 @@ def test_typical_sampling_lowers_the_entropy_of_what_is_sampled(client):
 
 def test_seed_reproduces_sampler_output(client):
     kwargs = dict(
-        model=MODEL, prompt=STORY, max_tokens=10, seed=9, n=2,
+        model=MODEL,
+        prompt=STORY,
+        max_tokens=10,
+        seed=9,
+        n=2,
         extra_body={"typical_p": 0.5, "return_entropy": True, "min_tokens": 10},  # never an empty text
     )
     first, second = client.completions.create(**kwargs), client.completions.create(**kwargs)
@@ -91,15 +104,16 @@ def test_mixed_batch_of_samplers_runs_together(server, async_client):
         "greedy": {"temperature": 0.0, "extra_body": {"return_entropy": True}},
         "typical": {"extra_body": {"typical_p": 0.4, "return_entropy": True}},
         "edt": {"extra_body": {"adaptive_temperature": {"method": "edt", "theta": 0.5}, "return_entropy": True}},
-        "dynatemp": {"extra_body": {"adaptive_temperature": {"method": "dynatemp", "range": 0.4}, "return_entropy": True}},
+        "dynatemp": {
+            "extra_body": {"adaptive_temperature": {"method": "dynatemp", "range": 0.4}, "return_entropy": True}
+        },
         "hapo": {"extra_body": {"adaptive_temperature": {"method": "hapo", "tau": 0.5}, "return_entropy": True}},
         "filters": {"top_p": 0.9, "extra_body": {"top_k": 30, "min_p": 0.05, "return_entropy": True}},
     }
+
     async def one(name, kwargs):
         kwargs = {"temperature": temperature, **kwargs}
-        response = await async_client.completions.create(
-            model=MODEL, prompt=STORY, max_tokens=16, seed=1, **kwargs
-        )
+        response = await async_client.completions.create(model=MODEL, prompt=STORY, max_tokens=16, seed=1, **kwargs)
         return name, response
 
     async def all_requests():
@@ -126,8 +140,13 @@ def test_mixed_batch_of_samplers_runs_together(server, async_client):
 
 
 def test_streamed_entropy_adds_up_and_ends_with_a_summary(client):
-    kwargs = dict(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=8, seed=2,
-                  extra_body={"return_entropy": True, "adaptive_temperature": {"method": "edt"}})
+    kwargs = dict(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=8,
+        seed=2,
+        extra_body={"return_entropy": True, "adaptive_temperature": {"method": "edt"}},
+    )
     whole = client.chat.completions.create(**kwargs)
     chunks = [c for c in client.chat.completions.create(stream=True, **kwargs) if c.choices]
     per_token = [h for c in chunks for h in entropy_of(c.choices[0])["model_entropy_nats"]]

@@ -27,9 +27,17 @@ PERSON_SCHEMA = {
     "additionalProperties": False,
 }
 WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
-CITY = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"], "additionalProperties": False}
+CITY = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}},
+    "required": ["city"],
+    "additionalProperties": False,
+}
 TOOLS = [
-    {"type": "function", "function": {"name": "get_weather", "description": "Current weather of a city", "parameters": CITY}},
+    {
+        "type": "function",
+        "function": {"name": "get_weather", "description": "Current weather of a city", "parameters": CITY},
+    },
     {"type": "function", "function": {"name": "get_time", "description": "Local time of a city", "parameters": CITY}},
 ]
 GET_WEATHER = {"type": "function", "function": {"name": "get_weather"}}
@@ -48,8 +56,12 @@ def json_schema_format(schema: dict) -> dict:
 def test_json_schema_output_parses_and_validates_under_every_chain(client, extra):
     """vLLM's grammar (no extra), and ours: greedy measured, and our sampler chain."""
     reply = client.chat.completions.create(
-        model=MODEL, messages=PERSON, max_tokens=80, temperature=extra.pop("temperature", 0),
-        response_format=json_schema_format(PERSON_SCHEMA), extra_body=extra,
+        model=MODEL,
+        messages=PERSON,
+        max_tokens=80,
+        temperature=extra.pop("temperature", 0),
+        response_format=json_schema_format(PERSON_SCHEMA),
+        extra_body=extra,
     )
     jsonschema.validate(json.loads(reply.choices[0].message.content), PERSON_SCHEMA)
     assert reply.choices[0].finish_reason == "stop"
@@ -64,17 +76,28 @@ def test_json_object_whole_and_streamed_agree(client):
 
 
 def test_parse_helper_with_a_pydantic_model(client):
-    reply = client.chat.completions.parse(model=MODEL, messages=PERSON, max_tokens=80, temperature=0, response_format=Person)
+    reply = client.chat.completions.parse(
+        model=MODEL, messages=PERSON, max_tokens=80, temperature=0, response_format=Person
+    )
     assert isinstance(reply.choices[0].message.parsed, Person)
 
 
 def test_structured_outputs_extra_on_completions(client):
     choice = client.completions.create(
-        model=MODEL, prompt="Is the sky blue? Answer:", max_tokens=5, temperature=0, extra_body={"structured_outputs": {"choice": ["yes", "no"]}}
+        model=MODEL,
+        prompt="Is the sky blue? Answer:",
+        max_tokens=5,
+        temperature=0,
+        extra_body={"structured_outputs": {"choice": ["yes", "no"]}},
     )
     assert choice.choices[0].text in ("yes", "no")
     chunks = client.completions.create(
-        model=MODEL, prompt="A year:", max_tokens=8, temperature=0, stream=True, extra_body={"structured_outputs": {"regex": "(19|20)[0-9]{2}"}}
+        model=MODEL,
+        prompt="A year:",
+        max_tokens=8,
+        temperature=0,
+        stream=True,
+        extra_body={"structured_outputs": {"regex": "(19|20)[0-9]{2}"}},
     )
     year = "".join(chunk.choices[0].text for chunk in chunks if chunk.choices)
     assert len(year) == 4 and year[:2] in ("19", "20") and year.isdigit()
@@ -84,9 +107,15 @@ def test_entropy_under_a_grammar(client):
     """The first token's model entropy is the unconstrained model's (the same logits as
     without the grammar); the sampled entropy is of at most ten digits; once the digit is
     written only the stop token is left (sampled entropy 0)."""
-    fields = dict(model=MODEL, messages=[{"role": "user", "content": "Pick a number."}], max_tokens=3, temperature=1.0, seed=1)
-    free = client.chat.completions.create(**fields, extra_body={"return_entropy": True}).choices[0].model_extra["entropy"]
-    digit = client.chat.completions.create(**fields, extra_body={"return_entropy": True, "structured_outputs": {"regex": "[0-9]"}})
+    fields = dict(
+        model=MODEL, messages=[{"role": "user", "content": "Pick a number."}], max_tokens=3, temperature=1.0, seed=1
+    )
+    free = (
+        client.chat.completions.create(**fields, extra_body={"return_entropy": True}).choices[0].model_extra["entropy"]
+    )
+    digit = client.chat.completions.create(
+        **fields, extra_body={"return_entropy": True, "structured_outputs": {"regex": "[0-9]"}}
+    )
     entropy = digit.choices[0].model_extra["entropy"]
     assert digit.choices[0].message.content.isdigit()
     assert math.isclose(entropy["model_entropy_nats"][0], free["model_entropy_nats"][0], rel_tol=1e-5)
@@ -96,7 +125,9 @@ def test_entropy_under_a_grammar(client):
 
 
 def test_named_tool_call_arguments_follow_the_schema(client):
-    reply = client.chat.completions.create(model=MODEL, messages=WEATHER, tools=TOOLS, tool_choice=GET_WEATHER, max_tokens=60, temperature=0)
+    reply = client.chat.completions.create(
+        model=MODEL, messages=WEATHER, tools=TOOLS, tool_choice=GET_WEATHER, max_tokens=60, temperature=0
+    )
     message = reply.choices[0].message
     (call,) = message.tool_calls
     assert call.function.name == "get_weather" and call.id.startswith("call_") and message.content is None
@@ -107,7 +138,12 @@ def test_named_tool_call_arguments_follow_the_schema(client):
 def test_streamed_named_tool_call_reassembles_to_the_whole_one(client):
     fields = dict(model=MODEL, messages=WEATHER, tools=TOOLS, tool_choice=GET_WEATHER, max_tokens=60, temperature=0)
     whole = client.chat.completions.create(**fields).choices[0].message.tool_calls[0]
-    deltas = [d for chunk in client.chat.completions.create(**fields, stream=True) if chunk.choices for d in chunk.choices[0].delta.tool_calls or ()]
+    deltas = [
+        d
+        for chunk in client.chat.completions.create(**fields, stream=True)
+        if chunk.choices
+        for d in chunk.choices[0].delta.tool_calls or ()
+    ]
     assert deltas[0].id and deltas[0].function.name == "get_weather" and len(deltas) > 1
     assert {d.index for d in deltas} == {0}
     assert "".join(d.function.arguments or "" for d in deltas) == whole.function.arguments
@@ -115,28 +151,48 @@ def test_streamed_named_tool_call_reassembles_to_the_whole_one(client):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_required_tool_choice(client, stream):
-    fields = dict(model=MODEL, messages=WEATHER, tools=TOOLS, tool_choice="required", max_tokens=100, temperature=0, parallel_tool_calls=False)
+    fields = dict(
+        model=MODEL,
+        messages=WEATHER,
+        tools=TOOLS,
+        tool_choice="required",
+        max_tokens=100,
+        temperature=0,
+        parallel_tool_calls=False,
+    )
     if stream:
         chunks = [c for c in client.chat.completions.create(**fields, stream=True) if c.choices]
         calls = [d for c in chunks for d in c.choices[0].delta.tool_calls or ()]
-        names, arguments, finish = [d.function.name for d in calls], [d.function.arguments for d in calls], chunks[-1].choices[0].finish_reason
+        names, arguments, finish = (
+            [d.function.name for d in calls],
+            [d.function.arguments for d in calls],
+            chunks[-1].choices[0].finish_reason,
+        )
     else:
         reply = client.chat.completions.create(**fields)
         calls = reply.choices[0].message.tool_calls
-        names, arguments, finish = [c.function.name for c in calls], [c.function.arguments for c in calls], reply.choices[0].finish_reason
+        names, arguments, finish = (
+            [c.function.name for c in calls],
+            [c.function.arguments for c in calls],
+            reply.choices[0].finish_reason,
+        )
     assert finish == "tool_calls" and len(names) == 1 and names[0] in ("get_weather", "get_time")
     jsonschema.validate(json.loads(arguments[0]), CITY)
 
 
 def test_tool_round_trip(client):
-    first = client.chat.completions.create(model=MODEL, messages=WEATHER, tools=TOOLS, tool_choice=GET_WEATHER, max_tokens=60, temperature=0)
+    first = client.chat.completions.create(
+        model=MODEL, messages=WEATHER, tools=TOOLS, tool_choice=GET_WEATHER, max_tokens=60, temperature=0
+    )
     call = first.choices[0].message.tool_calls[0]
     history = [
         *WEATHER,
         {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
         {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21 degrees Celsius."},
     ]
-    final = client.chat.completions.create(model=MODEL, messages=history, tools=TOOLS, tool_choice="none", max_tokens=40, temperature=0)
+    final = client.chat.completions.create(
+        model=MODEL, messages=history, tools=TOOLS, tool_choice="none", max_tokens=40, temperature=0
+    )
     assert final.choices[0].message.content and final.choices[0].message.tool_calls is None
     assert final.usage.prompt_tokens > first.usage.prompt_tokens  # the call and its result are in the prompt
 
@@ -145,7 +201,14 @@ AUTO_CALL = r'<tool_call>\n\{"name": "get_weather", "arguments": \{"city": "Pari
 
 
 def test_auto_finds_the_models_tool_call_through_vllms_parser(client):
-    fields = dict(model=MODEL, messages=WEATHER, tools=TOOLS, max_tokens=60, temperature=0, extra_body={"structured_outputs": {"regex": AUTO_CALL}})
+    fields = dict(
+        model=MODEL,
+        messages=WEATHER,
+        tools=TOOLS,
+        max_tokens=60,
+        temperature=0,
+        extra_body={"structured_outputs": {"regex": AUTO_CALL}},
+    )
     reply = client.chat.completions.create(**fields)
     (call,) = reply.choices[0].message.tool_calls
     assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Paris"})
@@ -158,14 +221,21 @@ def test_auto_finds_the_models_tool_call_through_vllms_parser(client):
 
 
 def test_auto_without_a_call_is_plain_content(client):
-    reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hi."}], tools=TOOLS, max_tokens=8, temperature=0)
+    reply = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Say hi."}], tools=TOOLS, max_tokens=8, temperature=0
+    )
     assert reply.choices[0].message.content and reply.choices[0].message.tool_calls is None
     assert reply.choices[0].finish_reason in ("stop", "length")
 
 
 def test_self_consistency_votes_over_parsed_json(client):
     reply = client.chat.completions.create(
-        model=MODEL, messages=PERSON, max_tokens=60, temperature=0.8, seed=3, response_format=json_schema_format(PERSON_SCHEMA),
+        model=MODEL,
+        messages=PERSON,
+        max_tokens=60,
+        temperature=0.8,
+        seed=3,
+        response_format=json_schema_format(PERSON_SCHEMA),
         extra_body={"strategy": {"name": "self_consistency", "n": 4}},
     )
     winner = json.loads(reply.choices[0].message.content)
@@ -177,7 +247,10 @@ def test_self_consistency_votes_over_parsed_json(client):
 @pytest.mark.parametrize(
     "fields, param",
     [
-        ({"response_format": {"type": "json_object"}, "extra_body": {"structured_outputs": {"regex": "a"}}}, "structured_outputs"),
+        (
+            {"response_format": {"type": "json_object"}, "extra_body": {"structured_outputs": {"regex": "a"}}},
+            "structured_outputs",
+        ),
         ({"extra_body": {"structured_outputs": {"regex": "(unclosed"}}}, "structured_outputs"),
         ({"extra_body": {"structured_outputs": {"regex": "(unclosed"}, "return_entropy": True}}, "structured_outputs"),
         ({"response_format": {"type": "json_object"}, "extra_body": {"min_tokens": 3}}, "min_tokens"),

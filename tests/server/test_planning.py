@@ -62,7 +62,8 @@ def test_our_rows_take_over_temperature_and_filters():
     params = job.params
     assert (params.temperature, params.top_p, params.top_k, params.min_p) == (1.0, 1.0, 0, 0.0)
     assert RowSpec.from_extra_args(params.extra_args) == RowSpec(
-        key=job.key, shape=True,
+        key=job.key,
+        shape=True,
         params=SamplerParams(temperature=0.7, method=FIXED, top_k=20, top_p=0.9, min_p=0.1, typical_p=0.5),
     )
     assert plan_sampler(req, PROFILE).labels == ("typical",)
@@ -70,9 +71,18 @@ def test_our_rows_take_over_temperature_and_filters():
 
 def test_adaptive_parameters_reach_the_spec():
     (spec,) = specs(request(temperature=0.8, adaptive_temperature={"method": "edt", "theta": 0.3, "base": 0.7}))
-    assert (spec.params.method, spec.params.edt_theta, spec.params.edt_base, spec.params.temperature) == (EDT, 0.3, 0.7, 0.8)
-    (spec,) = specs(request(temperature=1.0, adaptive_temperature={"method": "dynatemp", "range": 0.6, "exponent": 2.0}))
-    assert (spec.params.dynatemp_min, spec.params.dynatemp_max, spec.params.dynatemp_exponent) == pytest.approx((0.4, 1.6, 2.0))
+    assert (spec.params.method, spec.params.edt_theta, spec.params.edt_base, spec.params.temperature) == (
+        EDT,
+        0.3,
+        0.7,
+        0.8,
+    )
+    (spec,) = specs(
+        request(temperature=1.0, adaptive_temperature={"method": "dynatemp", "range": 0.6, "exponent": 2.0})
+    )
+    assert (spec.params.dynatemp_min, spec.params.dynatemp_max, spec.params.dynatemp_exponent) == pytest.approx(
+        (0.4, 1.6, 2.0)
+    )
     (spec,) = specs(request(adaptive_temperature={"method": "hapo"}))
     assert (spec.params.method, spec.params.hapo_tau) == (HAPO, 0.5)  # the documented serving default
 
@@ -108,13 +118,25 @@ def test_where_the_adapter_draws_seeds_vllm_gets_none():
     planned = plan(req, draws_seeds=True)
     assert [j.params.seed for j in planned.jobs] == [None] * 4
     assert [RowSpec.from_extra_args(j.params.extra_args).seed for j in planned.jobs] == [10, 11, 10, 11]
-    greedy = plan(req.model_copy(update={"temperature": 0.0, "n": 1}), draws_seeds=True)  # a seed changes nothing: no draw
+    greedy = plan(
+        req.model_copy(update={"temperature": 0.0, "n": 1}), draws_seeds=True
+    )  # a seed changes nothing: no draw
     assert [RowSpec.from_extra_args(j.params.extra_args).seed for j in greedy.jobs] == [None] * 2
 
 
 def test_a_plain_seeded_request_is_drawn_by_the_adapter_with_vllms_sampling():
-    fields = dict(seed=5, n=2, temperature=0.8, top_p=0.9, top_k=7, min_p=0.05, frequency_penalty=0.4, presence_penalty=0.2,
-                  repetition_penalty=1.1, logit_bias={"3": 2.0})  # fmt: skip
+    fields = dict(
+        seed=5,
+        n=2,
+        temperature=0.8,
+        top_p=0.9,
+        top_k=7,
+        min_p=0.05,
+        frequency_penalty=0.4,
+        presence_penalty=0.2,
+        repetition_penalty=1.1,
+        logit_bias={"3": 2.0},
+    )
     req = request(**fields)
     sampler = plan_sampler(req, PROFILE, draws_seeds=True)
     assert (sampler.chain, sampler.labels, sampler.draws_seed) == (Chain.SEEDED, ("vllm",), True)
@@ -122,14 +144,31 @@ def test_a_plain_seeded_request_is_drawn_by_the_adapter_with_vllms_sampling():
     assert not planned.measures_entropy
     for i, job in enumerate(planned.jobs):
         params = job.params
-        assert (params.n, params.seed, params.temperature, params.top_p, params.top_k, params.min_p) == (1, None, 1.0, 1.0, 0, 0.0)
+        assert (params.n, params.seed, params.temperature, params.top_p, params.top_k, params.min_p) == (
+            1,
+            None,
+            1.0,
+            1.0,
+            0,
+            0.0,
+        )
         assert (params.frequency_penalty, params.presence_penalty, params.repetition_penalty) == (0.0, 0.0, 1.0)
         assert params.logit_bias == {3: 2.0}  # vLLM applies it before our adapter, as it would anyway
         assert RowSpec.from_extra_args(params.extra_args) == RowSpec(
-            key=job.key, shape=True, seed=5 + i,
-            params=SamplerParams(temperature=0.8, top_k=7, top_p=0.9, min_p=0.05, repetition_penalty=1.1,
-                                 frequency_penalty=0.4, presence_penalty=0.2, vllm_order=1),
-        )  # fmt: skip
+            key=job.key,
+            shape=True,
+            seed=5 + i,
+            params=SamplerParams(
+                temperature=0.8,
+                top_k=7,
+                top_p=0.9,
+                min_p=0.05,
+                repetition_penalty=1.1,
+                frequency_penalty=0.4,
+                presence_penalty=0.2,
+                vllm_order=1,
+            ),
+        )
     unseeded = plan(req.model_copy(update={"seed": None}), draws_seeds=True)
     assert plan_sampler(req.model_copy(update={"seed": None}), PROFILE, True).chain is Chain.VLLM
     assert [(j.params.n, j.params.temperature) for j in unseeded.jobs] == [(2, 0.8)]

@@ -8,7 +8,8 @@ from vllm.sampling_params import RequestOutputKind
 
 from entropy_serve.server.core.sampler_plan import engine_sampling_params, plan_sampler
 from entropy_serve.server.errors import BadRequest
-from entropy_serve.server.protocol.requests import IGNORED, ChatCompletionRequest, CompletionRequest, SamplingRequest
+from entropy_serve.server.protocol.field_kinds import IGNORED
+from entropy_serve.server.protocol.requests import ChatCompletionRequest, CompletionRequest, SamplingRequest
 
 
 def completion(**fields) -> CompletionRequest:
@@ -31,8 +32,19 @@ def test_defaults_map_to_vllm_defaults():
 
 def test_every_sampling_field_reaches_vllm():
     request = completion(
-        n=3, temperature=0.7, top_p=0.9, stop="\n", seed=5, presence_penalty=0.5, frequency_penalty=-0.5,
-        top_k=40, min_p=0.1, repetition_penalty=1.2, logprobs=2, min_tokens=1, ignore_eos=True,
+        n=3,
+        temperature=0.7,
+        top_p=0.9,
+        stop="\n",
+        seed=5,
+        presence_penalty=0.5,
+        frequency_penalty=-0.5,
+        top_k=40,
+        min_p=0.1,
+        repetition_penalty=1.2,
+        logprobs=2,
+        min_tokens=1,
+        ignore_eos=True,
         vllm_xargs={"a": 1},
     )
     params = sampling_params(request, 10)
@@ -47,10 +59,23 @@ def test_every_sampling_field_reaches_vllm():
 
 @pytest.mark.parametrize(
     "fields",
-    [{"temperature": 2.01}, {"top_p": 0.0}, {"n": 0}, {"max_tokens": 0}, {"seed": 2**64}, {"logprobs": 21},
-     {"stop": [""]}, {"stream_options": {"include_usage": True}}, {"suffix": "x"}, {"prompt": []},
-     {"prompt_logprobs": 21}, {"prompt_logprobs": -1}, {"prompt_logprobs": 1, "stream": True},
-     {"echo": True, "strategy": "self_consistency"}, {"prompt_logprobs": 0, "strategy": "self_consistency"}],
+    [
+        {"temperature": 2.01},
+        {"top_p": 0.0},
+        {"n": 0},
+        {"max_tokens": 0},
+        {"seed": 2**64},
+        {"logprobs": 21},
+        {"stop": [""]},
+        {"stream_options": {"include_usage": True}},
+        {"suffix": "x"},
+        {"prompt": []},
+        {"prompt_logprobs": 21},
+        {"prompt_logprobs": -1},
+        {"prompt_logprobs": 1, "stream": True},
+        {"echo": True, "strategy": "self_consistency"},
+        {"prompt_logprobs": 0, "strategy": "self_consistency"},
+    ],
 )
 def test_invalid_values_raise(fields):
     with pytest.raises(ValidationError):
@@ -94,8 +119,13 @@ def test_fields_that_cannot_change_the_output_are_accepted(name):
 
 @pytest.mark.parametrize(
     "fields",
-    [{"functions": [{"name": "f"}]}, {"function_call": "auto"}, {"modalities": ["text", "audio"]},
-     {"reasoning_effort": "low"}, {"audio": {"voice": "x"}}],
+    [
+        {"functions": [{"name": "f"}]},
+        {"function_call": "auto"},
+        {"modalities": ["text", "audio"]},
+        {"reasoning_effort": "low"},
+        {"audio": {"voice": "x"}},
+    ],
 )
 def test_fields_not_honoured_are_refused_naming_them(fields):
     with pytest.raises(ValidationError) as raised:
@@ -104,7 +134,9 @@ def test_fields_not_honoured_are_refused_naming_them(fields):
 
 
 def test_neutral_values_of_fields_not_honoured_pass():
-    request = ChatCompletionRequest(**CHAT, tools=[], tool_choice="none", response_format={"type": "text"}, modalities=["text"])
+    request = ChatCompletionRequest(
+        **CHAT, tools=[], tool_choice="none", response_format={"type": "text"}, modalities=["text"]
+    )
     assert request.extra_fields() == {}
     assert completion(best_of=1, suffix="").extra_fields() == {}
     with pytest.raises(ValidationError, match="best_of"):
@@ -112,7 +144,9 @@ def test_neutral_values_of_fields_not_honoured_pass():
 
 
 def test_logit_bias_reaches_vllm_with_integer_token_ids():
-    params = sampling_params(completion(logit_bias={"9906": 100, "2": -50.5}, allowed_token_ids=[1, 2], bad_words=["x"]), 4)
+    params = sampling_params(
+        completion(logit_bias={"9906": 100, "2": -50.5}, allowed_token_ids=[1, 2], bad_words=["x"]), 4
+    )
     assert params.logit_bias == {9906: 100.0, 2: -50.5}
     assert params.allowed_token_ids == [1, 2] and params.bad_words == ["x"]
     for bad in ({"x": 1}, {"5": 101}, {"5": "1"}):

@@ -19,7 +19,9 @@ def output(index=0, finish_reason="length") -> Generated:
         {5: Logprob(-0.1, 1, "He"), 6: Logprob(-2.5, 2, "We"), 7: Logprob(-3.0, 3, "I")},
         {9: Logprob(-1.2, 2, "llo"), 8: Logprob(-0.5, 1, "y")},
     ]
-    return Generated(index=index, prompt_index=0, text="Hello", token_ids=[5, 9], logprobs=logprobs, finish_reason=finish_reason)
+    return Generated(
+        index=index, prompt_index=0, text="Hello", token_ids=[5, 9], logprobs=logprobs, finish_reason=finish_reason
+    )
 
 
 def test_completion_logprobs_top_k_by_rank_and_offsets():
@@ -53,7 +55,11 @@ def test_usage_totals():
 
 def test_chat_completion_response_shape():
     response = responses.chat_completion_response(
-        request_id="id-1", model="m", created=123, choices=[output(0), output(1, "stop")], num_top_logprobs=None,
+        request_id="id-1",
+        model="m",
+        created=123,
+        choices=[output(0), output(1, "stop")],
+        num_top_logprobs=None,
         usage=responses.usage(3, 4),
     )
     body = response.model_dump(exclude_unset=True)
@@ -66,7 +72,9 @@ def test_chat_completion_response_shape():
 
 def test_sse_event_format():
     chunk = responses.chat_chunk(
-        request_id="id", model="m", created=1,
+        request_id="id",
+        model="m",
+        created=1,
         choices=[responses.chat_delta_choice(choice=output(), num_top_logprobs=None, first=True)],
     )
 

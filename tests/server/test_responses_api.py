@@ -8,7 +8,8 @@ import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import ValidationError
 
-from entropy_serve.server.api.responses_api.reply import EventStream, answer_of, response_object
+from entropy_serve.server.api.responses_api.events import EventStream
+from entropy_serve.server.api.responses_api.reply import answer_of, response_object
 from entropy_serve.server.api.responses_api.request import ResponsesRequest
 from entropy_serve.server.api.responses_api.routes import parse_responses_request, renamed
 from entropy_serve.server.errors import BadRequest
@@ -17,18 +18,20 @@ MODEL = "m"
 
 
 def test_input_items_become_chat_messages_in_order():
-    request = ResponsesRequest.model_validate({
-        "model": MODEL,
-        "instructions": "Be brief.",
-        "input": [
-            {"role": "user", "content": "weather in Paris and Rome?"},
-            {"type": "function_call", "call_id": "c1", "name": "weather", "arguments": '{"city": "Paris"}'},
-            {"type": "function_call", "call_id": "c2", "name": "weather", "arguments": '{"city": "Rome"}'},
-            {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
-            {"type": "function_call_output", "call_id": "c2", "output": [{"type": "input_text", "text": "rain"}]},
-            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Sunny; rain."}]},
-        ],
-    })
+    request = ResponsesRequest.model_validate(
+        {
+            "model": MODEL,
+            "instructions": "Be brief.",
+            "input": [
+                {"role": "user", "content": "weather in Paris and Rome?"},
+                {"type": "function_call", "call_id": "c1", "name": "weather", "arguments": '{"city": "Paris"}'},
+                {"type": "function_call", "call_id": "c2", "name": "weather", "arguments": '{"city": "Rome"}'},
+                {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+                {"type": "function_call_output", "call_id": "c2", "output": [{"type": "input_text", "text": "rain"}]},
+                {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Sunny; rain."}]},
+            ],
+        }
+    )
     history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
     messages = request.chat_body(history)["messages"]
     assert messages[0] == {"role": "system", "content": "Be brief."}
@@ -42,22 +45,26 @@ def test_input_items_become_chat_messages_in_order():
 
 
 def test_fields_translate_to_chats_and_extensions_pass_through():
-    body = ResponsesRequest.model_validate({
-        "model": MODEL,
-        "input": "hi",
-        "max_output_tokens": 9,
-        "temperature": 0.5,
-        "tools": [{"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}}}],
-        "tool_choice": {"type": "function", "name": "f"},
-        "parallel_tool_calls": False,
-        "include": ["message.output_text.logprobs"],
-        "top_logprobs": 3,
-        "stream": True,
-        "return_entropy": True,
-        "typical_p": 0.4,
-    }).chat_body([])
+    body = ResponsesRequest.model_validate(
+        {
+            "model": MODEL,
+            "input": "hi",
+            "max_output_tokens": 9,
+            "temperature": 0.5,
+            "tools": [{"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}}}],
+            "tool_choice": {"type": "function", "name": "f"},
+            "parallel_tool_calls": False,
+            "include": ["message.output_text.logprobs"],
+            "top_logprobs": 3,
+            "stream": True,
+            "return_entropy": True,
+            "typical_p": 0.4,
+        }
+    ).chat_body([])
     assert body["max_completion_tokens"] == 9 and body["temperature"] == 0.5
-    assert body["tools"] == [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
+    assert body["tools"] == [
+        {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+    ]
     assert body["tool_choice"] == {"type": "function", "function": {"name": "f"}}
     assert body["parallel_tool_calls"] is False
     assert (body["logprobs"], body["top_logprobs"]) == (True, 3)
@@ -84,7 +91,12 @@ def test_text_format_becomes_response_format(format_, expected):
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("reasoning", {"effort": "high"}), ("background", True), ("truncation", "auto"), ("include", ["file_search_call.results"])],
+    [
+        ("reasoning", {"effort": "high"}),
+        ("background", True),
+        ("truncation", "auto"),
+        ("include", ["file_search_call.results"]),
+    ],
 )
 def test_fields_we_cannot_honour_are_400s_naming_them(field, value):
     with pytest.raises(BadRequest) as raised:
@@ -93,12 +105,16 @@ def test_fields_we_cannot_honour_are_400s_naming_them(field, value):
 
 
 def test_neutral_values_of_unsupported_fields_pass():
-    parse_responses_request({"model": MODEL, "input": "x", "background": False, "truncation": "disabled", "reasoning": None})
+    parse_responses_request(
+        {"model": MODEL, "input": "x", "background": False, "truncation": "disabled", "reasoning": None}
+    )
 
 
 def test_input_must_be_text():
     with pytest.raises(ValidationError):
-        ResponsesRequest.model_validate({"model": MODEL, "input": [{"role": "user", "content": [{"type": "input_image"}]}]})
+        ResponsesRequest.model_validate(
+            {"model": MODEL, "input": [{"role": "user", "content": [{"type": "input_image"}]}]}
+        )
 
 
 def test_chat_errors_name_the_responses_field():
@@ -107,12 +123,19 @@ def test_chat_errors_name_the_responses_field():
 
 
 def chat_reply(**message) -> ChatCompletion:
-    return ChatCompletion.model_validate({
-        "id": "c", "object": "chat.completion", "created": 1, "model": MODEL,
-        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", **message}, "logprobs": None}],
-        "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
-        "strategy": {"name": "self_consistency"},
-    })
+    return ChatCompletion.model_validate(
+        {
+            "id": "c",
+            "object": "chat.completion",
+            "created": 1,
+            "model": MODEL,
+            "choices": [
+                {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", **message}, "logprobs": None}
+            ],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+            "strategy": {"name": "self_consistency"},
+        }
+    )
 
 
 def test_whole_reply_with_tool_calls_and_extensions():
@@ -134,9 +157,16 @@ def chunk(content=None, tool_calls=None, finish_reason=None, entropy=None, usage
         if entropy is not None:
             choice["entropy"] = entropy
         choices.append(choice)
-    return ChatCompletionChunk.model_validate({
-        "id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL, "choices": choices, "usage": usage,
-    })
+    return ChatCompletionChunk.model_validate(
+        {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": MODEL,
+            "choices": choices,
+            "usage": usage,
+        }
+    )
 
 
 def run_stream(request: ResponsesRequest, chunks: list[ChatCompletionChunk]) -> tuple[list, EventStream]:
@@ -153,18 +183,43 @@ def run_stream(request: ResponsesRequest, chunks: list[ChatCompletionChunk]) -> 
 
 def test_stream_of_text_with_entropy_ends_with_the_whole_response():
     request = ResponsesRequest.model_validate({"model": MODEL, "input": "x", "stream": True})
-    events, stream = run_stream(request, [
-        chunk(content="Hel", entropy={"model_entropy_nats": [1.0], "sampled_entropy_nats": [1.0], "temperature": [1.0],
-                                      "self_certainty_nats": [2.0]}),
-        chunk(content="lo", finish_reason="length",
-              entropy={"model_entropy_nats": [0.5], "sampled_entropy_nats": [0.5], "temperature": [1.0],
-                       "self_certainty_nats": [3.0], "summary": {"num_tokens": 2}}),
-        chunk(usage={"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}),
-    ])
+    events, stream = run_stream(
+        request,
+        [
+            chunk(
+                content="Hel",
+                entropy={
+                    "model_entropy_nats": [1.0],
+                    "sampled_entropy_nats": [1.0],
+                    "temperature": [1.0],
+                    "self_certainty_nats": [2.0],
+                },
+            ),
+            chunk(
+                content="lo",
+                finish_reason="length",
+                entropy={
+                    "model_entropy_nats": [0.5],
+                    "sampled_entropy_nats": [0.5],
+                    "temperature": [1.0],
+                    "self_certainty_nats": [3.0],
+                    "summary": {"num_tokens": 2},
+                },
+            ),
+            chunk(usage={"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}),
+        ],
+    )
     assert [e.type for e in events] == [
-        "response.created", "response.in_progress", "response.output_item.added", "response.content_part.added",
-        "response.output_text.delta", "response.output_text.delta", "response.output_text.done",
-        "response.content_part.done", "response.output_item.done", "response.incomplete",
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.incomplete",
     ]
     assert [e.sequence_number for e in events] == list(range(len(events)))
     final = events[-1].response
@@ -182,15 +237,23 @@ def test_streamed_tool_call_arguments_arrive_in_pieces():
     start = [{"index": 0, "id": "call_9", "type": "function", "function": {"name": "f", "arguments": ""}}]
     more = [{"index": 0, "function": {"arguments": '{"a": '}}]
     last = [{"index": 0, "function": {"arguments": "1}"}}]
-    events, _ = run_stream(request, [chunk(tool_calls=start), chunk(tool_calls=more), chunk(tool_calls=last, finish_reason="tool_calls")])
+    events, _ = run_stream(
+        request, [chunk(tool_calls=start), chunk(tool_calls=more), chunk(tool_calls=last, finish_reason="tool_calls")]
+    )
     types = [e.type for e in events]
     assert types[2:] == [
-        "response.output_item.added", "response.function_call_arguments.delta", "response.function_call_arguments.delta",
-        "response.function_call_arguments.done", "response.output_item.done", "response.completed",
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
     ]
     assert events[-3].arguments == '{"a": 1}'
     final = events[-1].response
-    assert [(item.type, item.call_id, item.arguments) for item in final.output] == [("function_call", "call_9", '{"a": 1}')]
+    assert [(item.type, item.call_id, item.arguments) for item in final.output] == [
+        ("function_call", "call_9", '{"a": 1}')
+    ]
 
 
 def test_a_stream_that_says_nothing_still_has_its_message():

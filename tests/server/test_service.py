@@ -23,13 +23,29 @@ COMPLETION = {"model": "m", "prompt": "hi"}
         ({"typical_p": True}, Endpoint.COMPLETIONS, "typical_p: Input should be a valid number"),
         ({"return_entropy": "yes"}, Endpoint.COMPLETIONS, "return_entropy: Input should be a valid boolean"),
         ({"return_entropy": 1}, Endpoint.COMPLETIONS, "return_entropy: Input should be a valid boolean"),
-        ({"strategy": {"name": "entropy_fork", "trees": "4"}}, Endpoint.COMPLETIONS, "strategy.trees: Input should be a valid integer"),
-        ({"stream": True, "stream_options": {"include_usage": "yes"}}, Endpoint.COMPLETIONS, "stream_options.include_usage"),
+        (
+            {"strategy": {"name": "entropy_fork", "trees": "4"}},
+            Endpoint.COMPLETIONS,
+            "strategy.trees: Input should be a valid integer",
+        ),
+        (
+            {"stream": True, "stream_options": {"include_usage": "yes"}},
+            Endpoint.COMPLETIONS,
+            "stream_options.include_usage",
+        ),
         ({"logprobs": True}, Endpoint.COMPLETIONS, "logprobs: Input should be a valid integer"),
         ({"prompt": [True]}, Endpoint.COMPLETIONS, "prompt.list[int].0: Input should be a valid integer"),
-        ({"logprobs": True, "top_logprobs": True}, Endpoint.CHAT_COMPLETIONS, "top_logprobs: Input should be a valid integer"),
+        (
+            {"logprobs": True, "top_logprobs": True},
+            Endpoint.CHAT_COMPLETIONS,
+            "top_logprobs: Input should be a valid integer",
+        ),
         ({"messages": [{"role": "user"}]}, Endpoint.CHAT_COMPLETIONS, "content: a user message needs content"),
-        ({"messages": [{"role": "user", "content": None}]}, Endpoint.CHAT_COMPLETIONS, "content: a user message needs content"),
+        (
+            {"messages": [{"role": "user", "content": None}]},
+            Endpoint.CHAT_COMPLETIONS,
+            "content: a user message needs content",
+        ),
     ],
 )
 def test_types_are_strict(change, endpoint, message):
@@ -41,7 +57,9 @@ def test_types_are_strict(change, endpoint, message):
 
 
 def test_an_assistant_message_may_have_no_content():
-    request = parse_request({**CHAT, "messages": [*CHAT["messages"], {"role": "assistant", "content": None}]}, Endpoint.CHAT_COMPLETIONS)
+    request = parse_request(
+        {**CHAT, "messages": [*CHAT["messages"], {"role": "assistant", "content": None}]}, Endpoint.CHAT_COMPLETIONS
+    )
     assert request.chat_messages()[-1] == {"role": "assistant", "content": ""}
 
 
@@ -53,7 +71,10 @@ def test_an_assistant_message_may_have_no_content():
         ({"stop": ["\ud800"]}, "stop.0"),
         ({"vllm_xargs": {"note": "\ud800"}}, "vllm_xargs.note"),
         ({"messages": [{"role": "system", "content": "\ud800"}]}, "messages.0.content"),
-        ({"messages": [{"role": "user", "content": [{"type": "text", "text": "\ud800"}]}]}, "messages.0.content.0.text"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "\ud800"}]}]},
+            "messages.0.content.0.text",
+        ),
     ],
 )
 def test_lone_surrogates_name_their_field(body, field):
@@ -100,7 +121,9 @@ def test_answer_before_the_engine_is_up_is_503():
 
 
 def test_models_card_names_files_not_paths():
-    config = ServerConfig(model="/srv/models/m", served_model_name="m", entropy_profile="/srv/profiles/p.json", probe="/srv/probe")
+    config = ServerConfig(
+        model="/srv/models/m", served_model_name="m", entropy_profile="/srv/profiles/p.json", probe="/srv/probe"
+    )
     listed = model_card(config, max_model_len=2048, created=1)
     assert (listed["root"], listed["entropy_profile"], listed["difficulty_probe"]) == ("m", "p.json", "probe")
     assert "/srv" not in str(listed)

@@ -77,14 +77,18 @@ def test_a_line_is_recorded_once(store):
     assert store.line_counts(batch_id) == (1, 1)
     assert store.line_records(batch_id, ok=True) == [{"custom_id": "b"}]
     assert store.line_records(batch_id, ok=False) == [{"custom_id": "a"}]
-    fields = store.update_batch(batch_id, status="in_progress", request_counts={"total": 3, "completed": 0, "failed": 0})
+    fields = store.update_batch(
+        batch_id, status="in_progress", request_counts={"total": 3, "completed": 0, "failed": 0}
+    )
     assert with_live_counts(store, fields)["request_counts"] == {"total": 3, "completed": 1, "failed": 1}
 
 
 def test_status_changes_only_from_the_expected_status(store):
     batch_id = batch(store)["id"]
     assert store.update_batch(batch_id, expect=("in_progress",), status="cancelling") is None
-    assert store.update_batch(batch_id, expect=("validating",), status="cancelling", cancelling_at=5)["cancelling_at"] == 5
+    assert (
+        store.update_batch(batch_id, expect=("validating",), status="cancelling", cancelling_at=5)["cancelling_at"] == 5
+    )
     assert store.batch(batch_id, "alice")["status"] == "cancelling"
     assert store.batch(batch_id, "bob") is None
 

@@ -39,9 +39,12 @@ def test_levels_have_their_digits():
 
 @pytest.mark.parametrize(
     "levels,message",
-    [((), "at least one level"), ((arithmetic.Level("x", digits=0),), "invalid level"),
-     ((arithmetic.Level("x", 1, ("/",)),), "unknown operations"),
-     ((arithmetic.Level("x", 1, ("*", "+")),), "precedence")],
+    [
+        ((), "at least one level"),
+        ((arithmetic.Level("x", digits=0),), "invalid level"),
+        ((arithmetic.Level("x", 1, ("/",)),), "unknown operations"),
+        ((arithmetic.Level("x", 1, ("*", "+")),), "precedence"),
+    ],
 )
 def test_bad_levels_are_errors(levels, message):
     with pytest.raises(ValueError, match=message):
@@ -71,9 +74,18 @@ def test_extract_answer(text, expected):
 @pytest.mark.parametrize(
     "a,b,same",
     [
-        ("42", "42.0", True), ("1,234", "1234", True), ("\\frac{1}{2}", "0.5", True), ("3/4", "0.75", True),
-        ("$5", "5", True), ("7.", "7", True), ("-3", "3", False), ("\\text{Paris}", "paris", True),
-        ("\\left(1, 2\\right)", "(1,2)", True), ("x", "y", False), (None, "1", False), ("1", None, False),
+        ("42", "42.0", True),
+        ("1,234", "1234", True),
+        ("\\frac{1}{2}", "0.5", True),
+        ("3/4", "0.75", True),
+        ("$5", "5", True),
+        ("7.", "7", True),
+        ("-3", "3", False),
+        ("\\text{Paris}", "paris", True),
+        ("\\left(1, 2\\right)", "(1,2)", True),
+        ("x", "y", False),
+        (None, "1", False),
+        ("1", None, False),
     ],
 )
 def test_equivalent(a, b, same):
@@ -99,15 +111,21 @@ def test_reference_answers_in_each_format():
 def test_load_jsonl_formats_and_errors(tmp_path):
     good = tmp_path / "good.jsonl"
     good.write_text(
-        "\n".join(json.dumps(r) for r in [
-            {"question": "1+1?", "answer": "It is 2.\n#### 2"},
-            {"problem": "Half of 1?", "solution": "$\\boxed{\\frac{1}{2}}$"},
-            {"prompt": "Capital of France?", "answer": "Paris"},
-        ]) + "\n\n"
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"question": "1+1?", "answer": "It is 2.\n#### 2"},
+                {"problem": "Half of 1?", "solution": "$\\boxed{\\frac{1}{2}}$"},
+                {"prompt": "Capital of France?", "answer": "Paris"},
+            ]
+        )
+        + "\n\n"
     )
     items = load_jsonl(good)
     assert [(i.question, i.answer) for i in items] == [
-        ("1+1?", "2"), ("Half of 1?", "\\frac{1}{2}"), ("Capital of France?", "Paris")
+        ("1+1?", "2"),
+        ("Half of 1?", "\\frac{1}{2}"),
+        ("Capital of France?", "Paris"),
     ]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "x", "answer": "1"}\n{"question": "no answer"}\n')

@@ -40,8 +40,11 @@ def test_no_answers_no_winner():
 
 @pytest.mark.parametrize(
     "kwargs,message",
-    [({"mode": "plurality"}, "unknown mode"), ({"mode": "entropy_weighted"}, "one mean entropy per answer"),
-     ({"mode": "entropy_weighted", "mean_entropies_nats": [1.0]}, "one mean entropy per answer")],
+    [
+        ({"mode": "plurality"}, "unknown mode"),
+        ({"mode": "entropy_weighted"}, "one mean entropy per answer"),
+        ({"mode": "entropy_weighted", "mean_entropies_nats": [1.0]}, "one mean entropy per answer"),
+    ],
 )
 def test_bad_vote_requests(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -50,11 +53,18 @@ def test_bad_vote_requests(kwargs, message):
 
 def test_constrained_json_answers_are_compared_as_parsed_values():
     params = StructuredOutputsParams(json_object=True)
-    answers = [constrained_answer(text, params) for text in ('{"b": 1, "a": [1, 2]}', '{ "a":[1,2],\n "b":1 }', '{"a": "X"}', '{"a": "x"}', '{"a": ')]
+    answers = [
+        constrained_answer(text, params)
+        for text in ('{"b": 1, "a": [1, 2]}', '{ "a":[1,2],\n "b":1 }', '{"a": "X"}', '{"a": "x"}', '{"a": ')
+    ]
     assert answers[0] == answers[1] == '{"a":[1,2],"b":1}' and answers[4] is None
     result = vote(answers, same=EXACT)
     assert result.winner == '{"a":[1,2],"b":1}' and result.winner_leaves == [0, 1]
-    assert result.table == {'{"a":[1,2],"b":1}': 2.0, '{"a":"X"}': 1.0, '{"a":"x"}': 1.0}  # case is not equivalence here
+    assert result.table == {
+        '{"a":[1,2],"b":1}': 2.0,
+        '{"a":"X"}': 1.0,
+        '{"a":"x"}': 1.0,
+    }  # case is not equivalence here
 
 
 def test_other_constrained_answers_are_the_text_as_written():

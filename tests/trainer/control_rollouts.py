@@ -30,7 +30,12 @@ def main(run_dir: Path, out: Path) -> None:
             records = list(records)
             groups = engine.generate([r["body"] for r in records])
             for group in groups:
-                replayed.append({"step": step, "responses": [{"completion_ids": r.completion_ids, "logprobs": r.logprobs} for r in group]})
+                replayed.append(
+                    {
+                        "step": step,
+                        "responses": [{"completion_ids": r.completion_ids, "logprobs": r.logprobs} for r in group],
+                    }
+                )
     finally:
         engine.close()
     out.write_text(json.dumps(replayed))

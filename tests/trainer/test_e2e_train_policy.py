@@ -26,9 +26,24 @@ pytestmark = pytest.mark.e2e  # starts real engines
 # Small and fast, a rollout every step (updates 1), a large step so one step moves the weights;
 # no checkpoint but the one Ctrl-C leaves.
 FLAGS = (
-    "--group-size", "4", "--prompts-per-step", "2", "--updates-per-batch", "1", "--max-tokens", "24",
-    "--num-problems", "8", "--save-steps", "10", "--learning-rate", "1e-4", "--calibration-samples", "1",
-    "--entropy-control", "clip_cov",
+    "--group-size",
+    "4",
+    "--prompts-per-step",
+    "2",
+    "--updates-per-batch",
+    "1",
+    "--max-tokens",
+    "24",
+    "--num-problems",
+    "8",
+    "--save-steps",
+    "10",
+    "--learning-rate",
+    "1e-4",
+    "--calibration-samples",
+    "1",
+    "--entropy-control",
+    "clip_cov",
 )
 CONTROL = Path(__file__).parent / "control_rollouts.py"
 
@@ -40,7 +55,9 @@ def run_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("train") / "policy"
     command = cli_command("train-policy", "--output-dir", out, "--steps", "3", *FLAGS)
     with (out.parent / "first.log").open("w") as output:
-        first = subprocess.Popen(command, env=command_env(), stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        first = subprocess.Popen(
+            command, env=command_env(), stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             assert wait_for(lambda: read_log(out / LOG_FILE) or first.poll() is not None, timeout_s=600)
             os.killpg(first.pid, signal.SIGINT)
@@ -75,7 +92,9 @@ def test_synced_weights_change_the_next_rollout(run_dir, tmp_path):
     assert sorted({r["step"] for r in logged}) == [0, 1, 2]
     assert len(logged) == 3 * 2  # two problems per step, each once (the resumed run redid its own)
     replay = tmp_path / "replay.json"
-    subprocess.run([sys.executable, str(CONTROL), str(run_dir), str(replay)], env=command_env(), check=True, timeout=600)
+    subprocess.run(
+        [sys.executable, str(CONTROL), str(run_dir), str(replay)], env=command_env(), check=True, timeout=600
+    )
     replayed = json.loads(replay.read_text())
     assert [r["step"] for r in replayed] == [r["step"] for r in logged]
 
@@ -103,8 +122,12 @@ def test_output_folder_is_served_with_its_profile(run_dir):
         assert card.id == "policy" and card.model_extra["entropy_profile"] == PROFILE_FILE
         # hapo needs the model's profile: served from the folder's own.
         reply = client.chat.completions.create(
-            model=card.id, messages=[{"role": "user", "content": "Compute 2 + 3. Reply with only the result."}],
-            max_tokens=8, temperature=0.7, seed=0, extra_body={"adaptive_temperature": {"method": "hapo"}, "return_entropy": True},
+            model=card.id,
+            messages=[{"role": "user", "content": "Compute 2 + 3. Reply with only the result."}],
+            max_tokens=8,
+            temperature=0.7,
+            seed=0,
+            extra_body={"adaptive_temperature": {"method": "hapo"}, "return_entropy": True},
         )
         assert reply.choices[0].message.content
         assert len(reply.choices[0].model_extra["entropy"]["temperature"]) == reply.usage.completion_tokens

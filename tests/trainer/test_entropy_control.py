@@ -45,7 +45,9 @@ def test_clip_cov_drops_the_gradient_of_k_random_tokens_in_the_band():
     expected = torch.where(result.selected, torch.zeros_like(a), -a)  # on-policy: ratio 1, loss -A
     assert torch.equal(result.loss, expected)
     lp = lp.clone().requires_grad_()
-    clip_cov_loss(lp, lp.detach(), a, torch.ones_like(a), generator=torch.Generator().manual_seed(0)).loss.sum().backward()
+    clip_cov_loss(
+        lp, lp.detach(), a, torch.ones_like(a), generator=torch.Generator().manual_seed(0)
+    ).loss.sum().backward()
     assert (lp.grad[result.selected] == 0).all() and (lp.grad[~result.selected] != 0).all()
 
 
@@ -100,7 +102,11 @@ def test_majority_rewards_compare_each_answer_with_the_label_not_its_cluster():
     from entropy_serve.tasks.answers import equivalent
 
     answers = ["\\text{5}", "5.0", "5.0", "5.0", "5"]
-    assert equivalent(answers[0], answers[4]) and equivalent(answers[4], answers[1]) and not equivalent(answers[0], answers[1])
+    assert (
+        equivalent(answers[0], answers[4])
+        and equivalent(answers[4], answers[1])
+        and not equivalent(answers[0], answers[1])
+    )
     assert majority_rewards(answers) == [0.0, 1.0, 1.0, 1.0, 1.0]
 
 

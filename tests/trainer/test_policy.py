@@ -38,10 +38,21 @@ def test_flags_win_over_the_file_and_the_file_over_defaults(tmp_path):
 
 
 def test_every_kind_of_flag_parses(tmp_path):
-    settings = resolve_config(parse(
-        "--output-dir", str(tmp_path), "--levels", "add-1digit, add-3digit", "--entropy-advantage",
-        "--adaptive-temperature", '{"method": "hapo", "tau": 0.3}', "--typical-p", "0.9", "--reward", "majority",
-    ))
+    settings = resolve_config(
+        parse(
+            "--output-dir",
+            str(tmp_path),
+            "--levels",
+            "add-1digit, add-3digit",
+            "--entropy-advantage",
+            "--adaptive-temperature",
+            '{"method": "hapo", "tau": 0.3}',
+            "--typical-p",
+            "0.9",
+            "--reward",
+            "majority",
+        )
+    )
     assert settings.levels == ["add-1digit", "add-3digit"]
     assert settings.entropy_advantage is True
     assert settings.adaptive_temperature.method == "hapo" and settings.adaptive_temperature.tau == 0.3
@@ -117,7 +128,9 @@ def test_ground_truth_reward_and_logged_accuracy():
     logged = {}
     reward = rewards_for("ground_truth", group_size=3)
     values = reward(
-        prompts=["p"] * 3, completions=completions("7", "The answer is 7.", "8"), answer=["7"] * 3,
+        prompts=["p"] * 3,
+        completions=completions("7", "The answer is 7.", "8"),
+        answer=["7"] * 3,
         log_metric=logged.__setitem__,
     )
     assert values == [1.0, 1.0, 0.0]
@@ -129,7 +142,9 @@ def test_majority_reward_votes_within_each_group_and_ignores_truth():
     reward = rewards_for("majority", group_size=4)
     prompts = ["p"] * 4 + ["q"] * 4
     texts = ("5", "5", "6", "no idea", "1", "2", "2", "3")
-    values = reward(prompts=prompts, completions=completions(*texts), answer=["6"] * 4 + ["2"] * 4, log_metric=logged.__setitem__)
+    values = reward(
+        prompts=prompts, completions=completions(*texts), answer=["6"] * 4 + ["2"] * 4, log_metric=logged.__setitem__
+    )
     # Group p votes 5 (wrong, but the majority), group q votes 2.
     assert values == [1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0]
     assert logged["accuracy"] == pytest.approx(3 / 8)  # against the references: metrics only
@@ -152,8 +167,11 @@ MASK = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
 )
 def test_aggregation_of_each_loss_type(loss_type, expected):
     trainer = SimpleNamespace(
-        loss_type=loss_type, current_gradient_accumulation_steps=1, max_completion_length=4,
-        accelerator=SimpleNamespace(num_processes=1), args=SimpleNamespace(steps_per_generation=1),
+        loss_type=loss_type,
+        current_gradient_accumulation_steps=1,
+        max_completion_length=4,
+        accelerator=SimpleNamespace(num_processes=1),
+        args=SimpleNamespace(steps_per_generation=1),
     )
     loss = PolicyTrainer.aggregate(trainer, PER_TOKEN, MASK, {"num_items_in_batch": torch.tensor(3.0)})
     assert loss.item() == pytest.approx(expected)
@@ -163,7 +181,9 @@ def test_plain_token_loss_is_ppo_clipped_surrogate():
     settings = PolicyConfig(output_dir="x", epsilon=0.2, epsilon_high=0.28)
     trainer = SimpleNamespace(settings=settings)
     log_probs = torch.log(torch.tensor([[1.5, 0.5, 1.0]]))  # ratios 1.5, 0.5, 1.0 against old log p = 0
-    result = PolicyTrainer.token_loss(trainer, log_probs, torch.zeros(1, 3), torch.tensor([[1.0]]), torch.tensor([[1.0, 1.0, 0.0]]))
+    result = PolicyTrainer.token_loss(
+        trainer, log_probs, torch.zeros(1, 3), torch.tensor([[1.0]]), torch.tensor([[1.0, 1.0, 0.0]])
+    )
     # A = 1: -min(r, clip(r, 0.8, 1.28)) -> -1.28, -0.5; the padded token is 0.
     assert result.loss[0].tolist() == pytest.approx([-1.28, -0.5, 0.0])
     assert result.clip_fraction == pytest.approx(1 / 2)
@@ -190,7 +210,12 @@ def test_step_log_maps_trl_names_and_truncates_for_a_resume(tmp_path):
     log = StepLog(path)
     state = SimpleNamespace(global_step=1, is_world_process_zero=True)
     log.on_step_begin(None, state, None)
-    log.on_log(None, state, None, logs={"loss": 0.5, "reward": 0.25, "entropy": 1.5, "clip_fraction": 0.1, "completions/mean_length": 12.0})
+    log.on_log(
+        None,
+        state,
+        None,
+        logs={"loss": 0.5, "reward": 0.25, "entropy": 1.5, "clip_fraction": 0.1, "completions/mean_length": 12.0},
+    )
     log.on_log(None, state, None, logs={"train_runtime": 3.0})  # the run's summary: not a step
     state.global_step = 2
     log.on_log(None, state, None, logs={"loss": 0.4, "entropy": 1.4})
@@ -211,7 +236,10 @@ def test_engine_environment_drops_launcher_ranks_and_narrows_gpus():
 
     launched = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_PORT": "29500", "PATH": "/bin"}
     assert engine_variables(launched, num_cuda_devices=0) == {
-        "RANK": None, "WORLD_SIZE": None, "LOCAL_RANK": None, "MASTER_PORT": None,
+        "RANK": None,
+        "WORLD_SIZE": None,
+        "LOCAL_RANK": None,
+        "MASTER_PORT": None,
     }
     assert engine_variables(launched, num_cuda_devices=2)["CUDA_VISIBLE_DEVICES"] == "1"
     narrowed = engine_variables({**launched, "CUDA_VISIBLE_DEVICES": "4,6"}, num_cuda_devices=2)
@@ -235,9 +263,22 @@ def test_importing_the_trainer_leaves_vllm_logging_alone(level):
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k != "VLLM_LOGGING_LEVEL"} | ({"VLLM_LOGGING_LEVEL": level} if level else {})
-    shown = subprocess.run(
-        [sys.executable, "-c", "import os, entropy_serve.trainer.grpo; print(os.environ.get('VLLM_LOGGING_LEVEL'))"],
-        env=env, capture_output=True, text=True, check=True,
-    ).stdout.strip().splitlines()[-1]
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_LOGGING_LEVEL"} | (
+        {"VLLM_LOGGING_LEVEL": level} if level else {}
+    )
+    shown = (
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import os, entropy_serve.trainer.grpo; print(os.environ.get('VLLM_LOGGING_LEVEL'))",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     assert shown == str(level)

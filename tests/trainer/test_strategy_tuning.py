@@ -65,7 +65,9 @@ def test_deepconf_replay_stops_low_confidence_traces_and_weighs_the_rest():
     confident = trace("7", [0.1] * 8)
     doubtful = trace("9", [0.1, 0.1, 3.0, 3.0, 3.0, 0.1, 0.1, 0.1])
     pool = [confident, confident, doubtful, confident, doubtful, doubtful, doubtful, doubtful]
-    strategy = DeepConf(name="deepconf", n=8, warmup=4, wave=4, confidence="entropy", window=2, keep=0.9, consensus=0.99)
+    strategy = DeepConf(
+        name="deepconf", n=8, warmup=4, wave=4, confidence="entropy", window=2, keep=0.9, consensus=0.99
+    )
     answer, tokens = replay_deepconf(problem(SURE, pool), strategy)
     # Warm-up: 3 confident, 1 doubtful, whole (32 tokens); the threshold keeps 90% of
     # them: between the doubtful trace's -3.0 and the others' -0.1. Every later doubtful
@@ -95,7 +97,14 @@ def test_tuning_chooses_learned_fields_and_records_its_scores():
     entry = tune_temperature(problems, 0.5, token_share=1.0)  # budget: 12 tokens per problem
     fields = entry.strategies["escalate"]
     assert set(fields) == {
-        "signal", "threshold_nats", "stop_confidence", "min_agreement", "wave", "weighting", "cisc_temperature", "window",
+        "signal",
+        "threshold_nats",
+        "stop_confidence",
+        "min_agreement",
+        "wave",
+        "weighting",
+        "cisc_temperature",
+        "window",
     }
     assert entry.training["escalate"]["accuracy"] == 1.0  # escalate only the unsure one
     assert entry.training["self_consistency_4"] == {"accuracy": 1.0, "tokens_per_problem": 12.0}

@@ -21,7 +21,9 @@ logger = logging.getLogger(__name__)
 SSE_DONE = "data: [DONE]\n\n"
 
 
-async def answer(drain: Drain, raw: Request, work: Callable[[object], Awaitable], *, named_events: bool = False) -> Response:
+async def answer(
+    drain: Drain, raw: Request, work: Callable[[object], Awaitable], *, named_events: bool = False
+) -> Response:
     """Parse the JSON body, `work` it (a reply, or a ChunkStream), serialize; in flight for
     the drain until answered (a stream: until its last event). `named_events`: the
     Responses API's stream form (sse_events)."""
@@ -31,7 +33,9 @@ async def answer(drain: Drain, raw: Request, work: Callable[[object], Awaitable]
         if isinstance(reply, ChunkStream):
             events = sse_events(drain.cut_short(reply), ticket, named=named_events)
             ticket = None  # the stream releases it
-            return StreamingResponse(events, media_type="text/event-stream", headers=extension_headers(reply.extensions))
+            return StreamingResponse(
+                events, media_type="text/event-stream", headers=extension_headers(reply.extensions)
+            )
         body = reply.model_dump(exclude_unset=True)
         return JSONResponse(body, headers=extension_headers(body))
     finally:
@@ -75,7 +79,12 @@ async def sse_events(stream: AsyncIterable, ticket: Ticket | None = None, *, nam
         if ticket is not None:
             ticket.release()
     if named:
-        event = {"type": "error", "sequence_number": sequence, **body["error"], "code": body["error"]["code"] or body["error"]["type"]}
+        event = {
+            "type": "error",
+            "sequence_number": sequence,
+            **body["error"],
+            "code": body["error"]["code"] or body["error"]["type"],
+        }
         yield f"event: error\ndata: {json.dumps(event)}\n\n"
     else:
         yield sse_error(body)

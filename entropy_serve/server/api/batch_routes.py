@@ -46,12 +46,18 @@ def batch_router(store: Store) -> APIRouter:
     # -- files -------------------------------------------------------------------------
 
     @router.post("/files")
-    async def create_file(request: Request, file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()]) -> dict:
+    async def create_file(
+        request: Request, file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()]
+    ) -> dict:
         if purpose != "batch":
             raise BadRequest(f"purpose: only 'batch' is supported, got {purpose!r}", param="purpose")
         content = await file.read()
         fields = await asyncio.to_thread(
-            store.add_file, owner_of(request), filename=file.filename or "upload.jsonl", purpose=purpose, content=content
+            store.add_file,
+            owner_of(request),
+            filename=file.filename or "upload.jsonl",
+            purpose=purpose,
+            content=content,
         )
         return FileObject(**fields).model_dump()
 
@@ -98,7 +104,9 @@ def batch_router(store: Store) -> APIRouter:
                 param="input_file_id",
             )
         fields = new_batch(
-            input_file_id=asked.input_file_id, endpoint=asked.endpoint, completion_window=asked.completion_window,
+            input_file_id=asked.input_file_id,
+            endpoint=asked.endpoint,
+            completion_window=asked.completion_window,
             metadata=asked.metadata,
         )
         return Batch(**await asyncio.to_thread(store.add_batch, owner, fields)).model_dump()
@@ -106,7 +114,9 @@ def batch_router(store: Store) -> APIRouter:
     @router.get("/batches")
     async def list_batches(request: Request, after: str | None = None, limit: int = Query(20, ge=1, le=100)) -> dict:
         found = await asyncio.to_thread(store.batches, owner_of(request), after=after, limit=limit + 1)
-        page = [Batch(**await asyncio.to_thread(with_live_counts, store, fields)).model_dump() for fields in found[:limit]]
+        page = [
+            Batch(**await asyncio.to_thread(with_live_counts, store, fields)).model_dump() for fields in found[:limit]
+        ]
         return {
             "object": "list",
             "data": page,
@@ -132,7 +142,9 @@ def batch_router(store: Store) -> APIRouter:
                 store.update_batch, batch_id, expect=CANCELLABLE, status="cancelling", cancelling_at=int(time.time())
             ) or await asyncio.to_thread(store.batch, batch_id, None)
         elif fields["status"] != "cancelling":  # asked twice: the same answer
-            raise BadRequest(f"batch {batch_id} is {fields['status']}; only a validating or in-progress batch can be cancelled")
+            raise BadRequest(
+                f"batch {batch_id} is {fields['status']}; only a validating or in-progress batch can be cancelled"
+            )
         return Batch(**await asyncio.to_thread(with_live_counts, store, fields)).model_dump()
 
     return router

@@ -94,7 +94,9 @@ class Drain:
         return False
 
     def _cut_error(self) -> ShuttingDown:
-        return ShuttingDown(f"the server shut down before this request finished (its drain of {self.timeout_s:g} s ran out)")
+        return ShuttingDown(
+            f"the server shut down before this request finished (its drain of {self.timeout_s:g} s ran out)"
+        )
 
     async def until_cut(self, work: Awaitable):
         """`work`'s result, or ShuttingDown if the drain is cut first. However this ends

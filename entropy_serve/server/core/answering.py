@@ -73,7 +73,9 @@ class StrategyContext:
         strategy, temperature = defaults.resolve(request.strategy, request.temperature, self.defaults)
         return request.model_copy(update={"strategy": strategy, "temperature": temperature})
 
-    async def run(self, plan: RequestPlan, watch: Callable[[submission.Step], Awaitable[None]] | None = None) -> submission.Result:
+    async def run(
+        self, plan: RequestPlan, watch: Callable[[submission.Step], Awaitable[None]] | None = None
+    ) -> submission.Result:
         return await submission.run(self.engine, self.store, plan, watch)
 
     async def stop(self, job_key: str) -> None:

@@ -115,7 +115,10 @@ class BatchRunner:
             if lines is None:
                 return
             fields = await self._update(
-                batch_id, expect=("validating",), status="in_progress", in_progress_at=int(time.time()),
+                batch_id,
+                expect=("validating",),
+                status="in_progress",
+                in_progress_at=int(time.time()),
                 request_counts={"total": len(lines), "completed": 0, "failed": 0},
             )
         elif fields["status"] == "in_progress":
@@ -149,7 +152,9 @@ class BatchRunner:
         if problem is None:
             return lines
         errors = {"object": "list", "data": [{"code": problem[0], "message": problem[1], "param": None, "line": None}]}
-        await self._update(fields["id"], expect=("validating",), status="failed", failed_at=int(time.time()), errors=errors)
+        await self._update(
+            fields["id"], expect=("validating",), status="failed", failed_at=int(time.time()), errors=errors
+        )
         return None
 
     async def _answer(self, fields: dict, lines: list[InputLine]) -> str | None:
@@ -190,7 +195,9 @@ class BatchRunner:
         """Write the output file (200 answers) and the error file (the rest), then the
         final status: `completed` passes through `finalizing`, as OpenAI's does."""
         if final == "completed":
-            await self._update(batch_id, expect=("in_progress", "finalizing"), status="finalizing", finalizing_at=int(time.time()))
+            await self._update(
+                batch_id, expect=("in_progress", "finalizing"), status="finalizing", finalizing_at=int(time.time())
+            )
         owner = await asyncio.to_thread(self.store.batch_owner, batch_id)
         file_ids = {}
         for ok, name in ((True, "output"), (False, "error")):
@@ -198,13 +205,20 @@ class BatchRunner:
             if records:
                 content = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records).encode("utf-8")
                 added = await asyncio.to_thread(
-                    self.store.add_file, owner, filename=f"{batch_id}_{name}.jsonl", purpose="batch_output", content=content
+                    self.store.add_file,
+                    owner,
+                    filename=f"{batch_id}_{name}.jsonl",
+                    purpose="batch_output",
+                    content=content,
                 )
                 file_ids[f"{name}_file_id"] = added["id"]
         completed, failed = await asyncio.to_thread(self.store.line_counts, batch_id)
         fields = await asyncio.to_thread(self.store.batch, batch_id, None)
         await self._update(
-            batch_id, status=final, **{f"{final}_at": int(time.time())}, **file_ids,
+            batch_id,
+            status=final,
+            **{f"{final}_at": int(time.time())},
+            **file_ids,
             request_counts={**fields["request_counts"], "completed": completed, "failed": failed},
         )
 
@@ -215,4 +229,3 @@ class BatchRunner:
 def _text_lines(content: bytes) -> list[str]:
     """A file's lines as text (only '\\n' ends a line: JSON strings may hold other breaks)."""
     return content.decode("utf-8", errors="replace").split("\n")
-

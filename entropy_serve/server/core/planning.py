@@ -36,7 +36,13 @@ from vllm import SamplingParams
 from entropy_serve.samplers.chain import EntropyProfile
 from entropy_serve.server.config import ServerConfig
 from entropy_serve.server.core.rendering import PromptEcho, Renderer
-from entropy_serve.server.core.sampler_plan import Chain, SamplerPlan, checked_constraint, engine_sampling_params, plan_sampler
+from entropy_serve.server.core.sampler_plan import (
+    Chain,
+    SamplerPlan,
+    checked_constraint,
+    engine_sampling_params,
+    plan_sampler,
+)
 from entropy_serve.server.engine.adapters.spec import RowSpec
 from entropy_serve.server.engine.holder import EngineHolder, seeds_drawn_by_adapter
 from entropy_serve.server.errors import BadRequest
@@ -91,7 +97,11 @@ class Planner:
     """Plans requests against the running engine (tokenizer, context length) and the config."""
 
     def __init__(
-        self, config: ServerConfig, engine: EngineHolder, profile: EntropyProfile | None, draws_seeds: bool | None = None
+        self,
+        config: ServerConfig,
+        engine: EngineHolder,
+        profile: EntropyProfile | None,
+        draws_seeds: bool | None = None,
     ):
         """`draws_seeds`: whether our adapter draws seeded requests (default: where the
         engine needs it, engine.seeds_drawn_by_adapter)."""
@@ -116,7 +126,9 @@ class Planner:
         params = engine_sampling_params(request, sampler, max_tokens, constraint)
         request_id = f"{'chatcmpl' if isinstance(request, ChatCompletionRequest) else 'cmpl'}-{uuid.uuid4().hex}"
         jobs = [
-            job for p, ids in enumerate(prompts) for job in self._jobs(
+            job
+            for p, ids in enumerate(prompts)
+            for job in self._jobs(
                 sampler, request_id=request_id, p=p, token_ids=ids, params=params, seed=request.seed, grammar=grammar
             )
         ]
@@ -146,7 +158,9 @@ class Planner:
         self.engine.require_engine()
         sampler, constraint, grammar = self._decide(request)
         if constraint is not None and grammar is None:
-            raise BadRequest(f"{constraint.field}: continuing a constrained generation needs our sampler", param=constraint.field)
+            raise BadRequest(
+                f"{constraint.field}: continuing a constrained generation needs our sampler", param=constraint.field
+            )
         request_id = f"cont-{uuid.uuid4().hex}"
         jobs = []
         for p, (prefix, seed) in enumerate(zip(prefixes, seeds, strict=True)):
@@ -157,7 +171,13 @@ class Planner:
             owed = request.model_copy(update={"seed": seed, "min_tokens": max(0, request.min_tokens - len(prefix))})
             params = engine_sampling_params(owed, sampler, budget, constraint)
             jobs += self._jobs(
-                sampler, request_id=request_id, p=p, token_ids=token_ids, params=params, seed=seed, grammar=grammar,
+                sampler,
+                request_id=request_id,
+                p=p,
+                token_ids=token_ids,
+                params=params,
+                seed=seed,
+                grammar=grammar,
                 grammar_prefix=prefix,
             )
         return self._plan(
@@ -223,7 +243,9 @@ class Planner:
         prompt the grammar must accept first (a continuation's prefix of an output it
         already constrained)."""
         if sampler.chain is Chain.VLLM:
-            return [EngineJob(prompt_index=p, first_sample=0, token_ids=token_ids, params=params, key=f"{request_id}-{p}-0")]
+            return [
+                EngineJob(prompt_index=p, first_sample=0, token_ids=token_ids, params=params, key=f"{request_id}-{p}-0")
+            ]
         jobs = []
         for i in range(params.n):
             key = f"{request_id}-{p}-{i}"
@@ -239,7 +261,11 @@ class Planner:
             job_params.n = 1
             job_params.seed = None if params.seed is None else params.seed + i
             job_params.extra_args = {**(params.extra_args or {}), **spec.to_extra_args()}
-            jobs.append(EngineJob(prompt_index=p, first_sample=i, token_ids=token_ids, params=job_params, key=key, grammar=grammar))
+            jobs.append(
+                EngineJob(
+                    prompt_index=p, first_sample=i, token_ids=token_ids, params=job_params, key=key, grammar=grammar
+                )
+            )
         return jobs
 
     def _plan(
@@ -266,5 +292,7 @@ class Planner:
             return_entropy=request.return_entropy,
             sampler=sampler,
             constraint=constraint,
-            tools=ToolReader.of(request, self.config, self.engine) if isinstance(request, ChatCompletionRequest) else None,
+            tools=ToolReader.of(request, self.config, self.engine)
+            if isinstance(request, ChatCompletionRequest)
+            else None,
         )

@@ -1,8 +1,9 @@
 """Prompts to token ids, as the engine will see them.
 
 Chat: the model's chat template with the generation prompt (and the request's tools,
-for templates that show them), tokenized without adding special tokens a second time. Completions: a string, a list of strings, token ids or
-lists of token ids (ids checked against the vocabulary). Template and id errors are
+for templates that show them), tokenized without adding special tokens a second time.
+Completions: a string, a list of strings, token ids or lists of token ids (ids checked
+against the vocabulary). Template and id errors are
 HTTP 400s naming the field; an engine not yet loaded is a 503 before any tokenizer is
 touched.
 """
@@ -42,7 +43,11 @@ class Renderer:
     def echoes(self, request: CompletionRequest, prompts: list[list[int]]) -> list[PromptEcho]:
         """What `echo` repeats of each of `request`'s prompts (`prompts`: as `render` gave them)."""
         tokenizer = self.tokenizer()
-        written = request.prompt if isinstance(request.prompt, list) and isinstance(request.prompt[0], (str, list)) else [request.prompt]
+        written = (
+            request.prompt
+            if isinstance(request.prompt, list) and isinstance(request.prompt[0], (str, list))
+            else [request.prompt]
+        )
         return [
             PromptEcho(
                 text=text if isinstance(text, str) else tokenizer.decode(ids),

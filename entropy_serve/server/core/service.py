@@ -9,8 +9,9 @@ calibration and the trainers answer through it, so a body behaves the same in-pr
 as over HTTP.
 
 Order of operations: text check (no lone surrogates) -> strict validation
-(protocol.py, extensions.py) -> model name -> strategy, if any (strategies/), else
-planning.py's plan (sampler_plan.py decides the sampler) -> submission.py runs it -> responses.py / streaming.py build the reply.
+(protocol/requests.py, protocol/extensions.py) -> model name -> strategy, if any
+(strategies/), else planning.py's plan (sampler_plan.py decides the sampler) ->
+submission.py runs it -> protocol/responses.py / protocol/streaming.py build the reply.
 
 The service also composes the parts a server runs (each owns its own lifecycle): the
 engine (engine/holder.py), the entropy channel (engine/adapters/channel.py), the entropy profile
@@ -98,13 +99,21 @@ class Service:
         loaded = load_profile(config.entropy_profile, config.model) if config.entropy_profile else None
         self.profile = loaded.profile if loaded else None
         metrics.export_profile(loaded.data.get("summary") if loaded else None)
-        self.router = DifficultyRouter.load(config.probe, config.model, config.difficulty_table, config.probe_min_confidence)
+        self.router = DifficultyRouter.load(
+            config.probe, config.model, config.difficulty_table, config.probe_min_confidence
+        )
         self.planner = Planner(config, self.engine, self.profile)
         learned = (
-            defaults.load(config.strategy_defaults, model_fingerprint(config.model)) if config.strategy_defaults else None
+            defaults.load(config.strategy_defaults, model_fingerprint(config.model))
+            if config.strategy_defaults
+            else None
         )
         self.context = StrategyContext(
-            config=config, engine=self.engine, store=self.channel.store, planner=self.planner, router=self.router,
+            config=config,
+            engine=self.engine,
+            store=self.channel.store,
+            planner=self.planner,
+            router=self.router,
             defaults=learned,
         )
 
@@ -117,7 +126,9 @@ class Service:
     async def _start_router(self, engine: AsyncLLM) -> AsyncLLM | None:
         """The router's pooling engine, in the dtype the generation engine resolved."""
         dtype = engine.vllm_config.model_config.dtype
-        self.router.attach(await start_feature_engine(self.config, self.router.pooling, self.router.feature_suffix, dtype))
+        self.router.attach(
+            await start_feature_engine(self.config, self.router.pooling, self.router.feature_suffix, dtype)
+        )
         return self.router.engine
 
     def stop(self) -> None:

@@ -25,55 +25,11 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from entropy_serve import model_store
+from entropy_serve.server.core.schema import batch_lines, batches, files, metadata, stored_responses
 
 DATABASE_FILE = "state.sqlite3"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 ACTIVE_BATCH_STATES = ("validating", "in_progress", "finalizing", "cancelling")
-
-metadata = sa.MetaData()
-
-files = sa.Table(
-    "files",
-    metadata,
-    sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("owner", sa.String(80), nullable=False, index=True),
-    sa.Column("filename", sa.Text, nullable=False),
-    sa.Column("purpose", sa.String(32), nullable=False),
-    sa.Column("num_bytes", sa.BigInteger, nullable=False),
-    sa.Column("created_at", sa.BigInteger, nullable=False),
-    sa.Column("content", sa.LargeBinary, nullable=False),
-)
-
-batches = sa.Table(
-    "batches",
-    metadata,
-    sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("owner", sa.String(80), nullable=False, index=True),
-    sa.Column("created_at", sa.BigInteger, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False, index=True),
-    sa.Column("fields", sa.JSON, nullable=False),  # the rest of OpenAI's Batch object
-    sa.Column("lease_owner", sa.String(64)),
-    sa.Column("lease_expires_at", sa.Float),
-)
-
-batch_lines = sa.Table(
-    "batch_lines",
-    metadata,
-    sa.Column("batch_id", sa.String(64), primary_key=True),
-    sa.Column("line_number", sa.Integer, primary_key=True),
-    sa.Column("ok", sa.Boolean, nullable=False),
-    sa.Column("record", sa.JSON, nullable=False),
-)
-
-stored_responses = sa.Table(
-    "responses",
-    metadata,
-    sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("owner", sa.String(80), nullable=False, index=True),
-    sa.Column("created_at", sa.BigInteger, nullable=False),
-    sa.Column("response", sa.JSON, nullable=False),  # the Response object as returned
-    sa.Column("conversation", sa.JSON, nullable=False),  # chat messages, the reply's included
-)
 
 
 def default_database_url() -> str:
@@ -104,8 +60,13 @@ class Store:
 
     def add_file(self, owner: str, *, filename: str, purpose: str, content: bytes) -> dict:
         row = dict(
-            id=new_id("file"), owner=owner, filename=filename, purpose=purpose,
-            num_bytes=len(content), created_at=int(time.time()), content=content,
+            id=new_id("file"),
+            owner=owner,
+            filename=filename,
+            purpose=purpose,
+            num_bytes=len(content),
+            created_at=int(time.time()),
+            content=content,
         )
         with self.engine.begin() as db:
             db.execute(files.insert().values(**row))
@@ -115,7 +76,9 @@ class Store:
         """The file's fields (no content), or None where this owner has no such file."""
         columns = [c for c in files.c if c.name != "content"]
         with self.engine.connect() as db:
-            row = db.execute(sa.select(*columns).where(files.c.id == file_id, files.c.owner == owner)).mappings().first()
+            row = (
+                db.execute(sa.select(*columns).where(files.c.id == file_id, files.c.owner == owner)).mappings().first()
+            )
         return _file_fields(row) if row else None
 
     def files(self, owner: str, purpose: str | None = None) -> list[dict]:
@@ -145,7 +108,11 @@ class Store:
         with self.engine.begin() as db:
             db.execute(
                 batches.insert().values(
-                    id=fields["id"], owner=owner, created_at=fields["created_at"], status=fields["status"], fields=fields
+                    id=fields["id"],
+                    owner=owner,
+                    created_at=fields["created_at"],
+                    status=fields["status"],
+                    fields=fields,
                 )
             )
         return fields
@@ -170,7 +137,9 @@ class Store:
                 cursor = db.execute(sa.select(batches.c.created_at).where(batches.c.id == after)).scalar()
                 if cursor is not None:
                     query = query.where(
-                        sa.or_(batches.c.created_at < cursor, sa.and_(batches.c.created_at == cursor, batches.c.id > after))
+                        sa.or_(
+                            batches.c.created_at < cursor, sa.and_(batches.c.created_at == cursor, batches.c.id > after)
+                        )
                     )
             query = query.order_by(batches.c.created_at.desc(), batches.c.id).limit(limit)
             return list(db.execute(query).scalars())
@@ -190,11 +159,15 @@ class Store:
         """Active batches whose lease is free, lapsed or `runner`'s own, now leased to
         `runner` for `lease_s` (a runner renews its leases by claiming again)."""
         now = time.time()
-        free = sa.or_(batches.c.lease_owner.is_(None), batches.c.lease_expires_at < now, batches.c.lease_owner == runner)
+        free = sa.or_(
+            batches.c.lease_owner.is_(None), batches.c.lease_expires_at < now, batches.c.lease_owner == runner
+        )
         claimed = []
         with self.engine.begin() as db:
             candidates = db.execute(
-                sa.select(batches.c.id).where(batches.c.status.in_(ACTIVE_BATCH_STATES), free).order_by(batches.c.created_at)
+                sa.select(batches.c.id)
+                .where(batches.c.status.in_(ACTIVE_BATCH_STATES), free)
+                .order_by(batches.c.created_at)
             ).scalars()
             for batch_id in list(candidates):
                 taken = db.execute(
@@ -208,26 +181,34 @@ class Store:
 
     def release_leases(self, runner: str) -> None:
         with self.engine.begin() as db:
-            db.execute(batches.update().where(batches.c.lease_owner == runner).values(lease_owner=None, lease_expires_at=None))
+            db.execute(
+                batches.update().where(batches.c.lease_owner == runner).values(lease_owner=None, lease_expires_at=None)
+            )
 
     def add_line(self, batch_id: str, line_number: int, *, ok: bool, record: dict) -> bool:
         """Record a line's answer; False (nothing written) when it was already recorded."""
         try:
             with self.engine.begin() as db:
-                db.execute(batch_lines.insert().values(batch_id=batch_id, line_number=line_number, ok=ok, record=record))
+                db.execute(
+                    batch_lines.insert().values(batch_id=batch_id, line_number=line_number, ok=ok, record=record)
+                )
         except IntegrityError:
             return False
         return True
 
     def answered_lines(self, batch_id: str) -> set[int]:
         with self.engine.connect() as db:
-            return set(db.execute(sa.select(batch_lines.c.line_number).where(batch_lines.c.batch_id == batch_id)).scalars())
+            return set(
+                db.execute(sa.select(batch_lines.c.line_number).where(batch_lines.c.batch_id == batch_id)).scalars()
+            )
 
     def line_counts(self, batch_id: str) -> tuple[int, int]:
         """(answered with 200, answered with an error) so far."""
         with self.engine.connect() as db:
             rows = db.execute(
-                sa.select(batch_lines.c.ok, sa.func.count()).where(batch_lines.c.batch_id == batch_id).group_by(batch_lines.c.ok)
+                sa.select(batch_lines.c.ok, sa.func.count())
+                .where(batch_lines.c.batch_id == batch_id)
+                .group_by(batch_lines.c.ok)
             ).all()
         counts = dict(rows)
         return counts.get(True, 0), counts.get(False, 0)
@@ -248,7 +229,10 @@ class Store:
         with self.engine.begin() as db:
             db.execute(
                 stored_responses.insert().values(
-                    id=response["id"], owner=owner, created_at=response["created_at"], response=response,
+                    id=response["id"],
+                    owner=owner,
+                    created_at=response["created_at"],
+                    response=response,
                     conversation=conversation,
                 )
             )

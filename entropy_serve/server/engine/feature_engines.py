@@ -33,11 +33,17 @@ def feature_engine_args(config: ServerConfig, pooling: str, dtype: torch.dtype |
     CPU, 6x slower there than bfloat16)."""
     dtype = dtype or engine_args(config).create_model_config().dtype
     return pooling_engine_args(
-        config.model, config.max_model_len, str(dtype).removeprefix("torch."), config.enforce_eager,
-        pooling_type=engine_pooling_type(pooling), kv_cache_memory_bytes=pooling_kv_cache_bytes(config),
+        config.model,
+        config.max_model_len,
+        str(dtype).removeprefix("torch."),
+        config.enforce_eager,
+        pooling_type=engine_pooling_type(pooling),
+        kv_cache_memory_bytes=pooling_kv_cache_bytes(config),
     )
 
 
-async def start_feature_engine(config: ServerConfig, pooling: str, suffix: str, dtype: torch.dtype | None = None) -> FeatureEngine:
+async def start_feature_engine(
+    config: ServerConfig, pooling: str, suffix: str, dtype: torch.dtype | None = None
+) -> FeatureEngine:
     """A started feature engine (built in a worker thread: loading takes seconds)."""
     return await asyncio.to_thread(FeatureEngine.build, feature_engine_args(config, pooling, dtype), suffix, pooling)

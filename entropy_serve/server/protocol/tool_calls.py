@@ -173,7 +173,9 @@ class ToolStreamer:
         mode = self.reader.mode
         if mode == "named":
             first = not previous_text and bool(delta_text)
-            function = {"name": self.reader.function_name, "arguments": delta_text} if first else {"arguments": delta_text}
+            function = (
+                {"name": self.reader.function_name, "arguments": delta_text} if first else {"arguments": delta_text}
+            )
             delta = ChoiceDeltaToolCall(
                 index=0, id=self.call_id if first else None, type="function" if first else None, function=function
             )

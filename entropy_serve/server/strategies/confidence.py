@@ -167,7 +167,10 @@ class WeightedVote:
             return None
         probability = majority_probability(a, b)
         if probability >= stop_confidence:
-            return f"decided: P(leading answer is the majority) = {probability:.4f} >= {stop_confidence} (weights {a:.2f}:{b:.2f})"
+            return (
+                f"decided: P(leading answer is the majority) = {probability:.4f} >= {stop_confidence} "
+                f"(weights {a:.2f}:{b:.2f})"
+            )
         if a - b > num_left:
             return f"futility: the {num_left} traces left cannot overturn the leader (weights {a:.2f}:{b:.2f})"
         if result.agreement < min_agreement:

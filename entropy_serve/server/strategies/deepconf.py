@@ -111,7 +111,7 @@ async def run_deepconf(ctx: StrategyContext, request: SamplingRequest) -> Strate
     # 3. waves, stopping traces that fall below the threshold.
     num_sampled, num_waves, reason = strategy.warmup, 0, None
     while num_sampled < strategy.n and reason is None:
-        wave = jobs[num_sampled: num_sampled + strategy.wave]
+        wave = jobs[num_sampled : num_sampled + strategy.wave]
         watch = WaveWatch(ctx, strategy, [job.key for job in wave], threshold)
         result = await ctx.run(dataclasses.replace(plan, jobs=wave), watch)
         for job, choice in zip(wave, result.choices, strict=True):  # one choice per job, in job order
@@ -123,7 +123,9 @@ async def run_deepconf(ctx: StrategyContext, request: SamplingRequest) -> Strate
         reason = consensus_decided(votes.table, strategy.consensus)
     # 4. the confidence-weighted vote.
     details = {"deepconf": _report(strategy, threshold, leaves, num_waves, reason)}
-    return decide(request, plan, len(plan.prompt_token_ids(0)), leaves, details, trace_weights(lowest_of, strategy.confidence))
+    return decide(
+        request, plan, len(plan.prompt_token_ids(0)), leaves, details, trace_weights(lowest_of, strategy.confidence)
+    )
 
 
 def _report(strategy: DeepConf, threshold: float, leaves: list[Leaf], num_waves: int, reason: str | None) -> dict:
@@ -134,7 +136,8 @@ def _report(strategy: DeepConf, threshold: float, leaves: list[Leaf], num_waves:
     num_unsampled = strategy.n - len(leaves)
     # A stopped trace would have run about as long as the finished ones; an unsampled one too.
     saved = round(
-        sum(max(0.0, mean_finished - leaf.num_new_tokens) for leaf in leaves if leaf.stopped) + num_unsampled * mean_finished
+        sum(max(0.0, mean_finished - leaf.num_new_tokens) for leaf in leaves if leaf.stopped)
+        + num_unsampled * mean_finished
     )
     metrics.STRATEGY_LEAVES_SAVED.labels(strategy=strategy.name).inc(num_unsampled)
     metrics.STRATEGY_TOKENS_SAVED.labels(strategy=strategy.name).inc(saved)

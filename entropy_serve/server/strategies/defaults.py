@@ -30,7 +30,14 @@ TUNED = {"deepconf": DeepConf, "escalate": Escalate}  # strategy name -> request
 TUNED_FIELDS = {
     "deepconf": ("confidence", "window", "keep", "consensus"),
     "escalate": (
-        "signal", "threshold_nats", "stop_confidence", "min_agreement", "wave", "weighting", "cisc_temperature", "window",
+        "signal",
+        "threshold_nats",
+        "stop_confidence",
+        "min_agreement",
+        "wave",
+        "weighting",
+        "cisc_temperature",
+        "window",
     ),
 }
 
@@ -101,7 +108,9 @@ def has_defaults(path: str | Path) -> bool:
     return isinstance(data, dict) and (PROFILE_KEY in data or "temperatures" in data)
 
 
-def resolve(strategy: BaseModel, temperature: float | None, defaults: StrategyDefaults | None) -> tuple[BaseModel, float | None]:
+def resolve(
+    strategy: BaseModel, temperature: float | None, defaults: StrategyDefaults | None
+) -> tuple[BaseModel, float | None]:
     """The strategy as it runs, and the temperature: the client's fields, the rest learned.
 
     `auto` becomes `escalate` with every field learned, at the learned temperature when

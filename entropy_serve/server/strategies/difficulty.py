@@ -49,7 +49,9 @@ async def answer(ctx: StrategyContext, request: SamplingRequest) -> Reply:
     return await ctx.reply(ctx.planner.plan(steered), {"difficulty": difficulty_extension(classification, max_tokens)})
 
 
-def with_class_strategy(request: SamplingRequest, strategy: ClassStrategy, max_tokens: int, tokenizer) -> SamplingRequest:
+def with_class_strategy(
+    request: SamplingRequest, strategy: ClassStrategy, max_tokens: int, tokenizer
+) -> SamplingRequest:
     """The request as its class answers it: instruction first, then the class's sampling."""
     update = {"strategy": None, "temperature": strategy.temperature, "top_p": strategy.top_p, "max_tokens": max_tokens}
     instruction = strategy.instruction

@@ -49,7 +49,9 @@ from entropy_serve.server.strategies.stopping import vote_decided
 FORK_RULES = get_args(EntropyFork.model_fields["fork_rule"].annotation)  # the request field's values
 
 
-def fork_positions(entropies_nats: Sequence[float], num_forks: int, rule: str = "entropy", min_prefix: int = 0) -> list[int]:
+def fork_positions(
+    entropies_nats: Sequence[float], num_forks: int, rule: str = "entropy", min_prefix: int = 0
+) -> list[int]:
     """The `num_forks` best fork positions, ascending; ties go to the earlier position.
     Fewer when the sample has fewer than `num_forks` tokens at or after `min_prefix`.
     - entropy (ETTRL): the highest-entropy tokens;
@@ -89,7 +91,10 @@ async def run_entropy_fork(ctx: StrategyContext, request: SamplingRequest) -> St
         ForkPoint(tree, position, leaf.choice.entropies[position].model_entropy_nats)
         for tree, leaf in enumerate(tree_leaves)
         for position in fork_positions(
-            [t.model_entropy_nats for t in leaf.choice.entropies], strategy.forks, strategy.fork_rule, strategy.min_prefix
+            [t.model_entropy_nats for t in leaf.choice.entropies],
+            strategy.forks,
+            strategy.fork_rule,
+            strategy.min_prefix,
         )
     ]
     (prompt_ids,) = trees.prompt_token_ids
@@ -113,8 +118,12 @@ async def run_entropy_fork(ctx: StrategyContext, request: SamplingRequest) -> St
     details = {
         "num_trees": len(tree_leaves),
         "forks": [
-            {"tree": f.tree, "position": f.position, "entropy_nats": f.entropy_nats,
-             "leaves": [len(tree_leaves) + i * strategy.branches + b for b in range(strategy.branches)]}
+            {
+                "tree": f.tree,
+                "position": f.position,
+                "entropy_nats": f.entropy_nats,
+                "leaves": [len(tree_leaves) + i * strategy.branches + b for b in range(strategy.branches)],
+            }
             for i, f in enumerate(forks[:num_branched])
         ],
         "cached_prompt_tokens": num_cached_tokens,
@@ -123,17 +132,30 @@ async def run_entropy_fork(ctx: StrategyContext, request: SamplingRequest) -> St
         # The budget the trees allowed (a short tree has fewer fork points); an unsampled
         # branch would have continued its fork as its tree did.
         budget = len(tree_leaves) + len(forks) * strategy.branches
-        saved = sum(strategy.branches * (len(tree_leaves[f.tree].choice.token_ids) - f.position) for f in forks[num_branched:])
+        saved = sum(
+            strategy.branches * (len(tree_leaves[f.tree].choice.token_ids) - f.position) for f in forks[num_branched:]
+        )
         details["early_stop"] = early_stop_report(
-            rule, strategy=strategy.name, leaf_budget=budget, num_leaves=len(leaves), num_waves=num_waves, reason=reason,
+            rule,
+            strategy=strategy.name,
+            leaf_budget=budget,
+            num_leaves=len(leaves),
+            num_waves=num_waves,
+            reason=reason,
             estimated_tokens_saved=saved,
         )
     return decide(request, plan, len(prompt_ids), leaves, details)
 
 
 async def _branch(
-    ctx: StrategyContext, request: SamplingRequest, *, plan: RequestPlan, prompt_ids: list[int], tree_leaves: list[Leaf],
-    forks: list[ForkPoint], wave: range,
+    ctx: StrategyContext,
+    request: SamplingRequest,
+    *,
+    plan: RequestPlan,
+    prompt_ids: list[int],
+    tree_leaves: list[Leaf],
+    forks: list[ForkPoint],
+    wave: range,
 ) -> tuple[list[Leaf], int]:
     """Forks `wave` (indices into `forks`), B continuations each, as one engine batch:
     their leaves in fork order, and the prompt tokens the prefix cache served. Fork i's
@@ -153,7 +175,9 @@ async def _branch(
     )
     branches = await ctx.run(continuations)
     tokenizer = ctx.engine.tokenizer
-    prefix_texts = [tokenizer.decode(tree_leaves[f.tree].choice.token_ids[: f.position], skip_special_tokens=True) for f in mine]
+    prefix_texts = [
+        tokenizer.decode(tree_leaves[f.tree].choice.token_ids[: f.position], skip_special_tokens=True) for f in mine
+    ]
     leaves = []
     for branch in branches.choices:  # in choice-index order: fork by fork, B each
         fork = mine[branch.prompt_index]

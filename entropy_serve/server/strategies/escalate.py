@@ -10,10 +10,10 @@ Order:
    answer). At or under `threshold_nats` with an answer, that is the reply;
 3. escalation: waves of `wave` sampled traces (seeded as one n-sample request's would
    be), each voting with weight exp(-its highest window mean entropy), 1, or CISC's
-   softmax of its mean self-certainty (`weighting`), the greedy trace included; after each wave, stop when the weighted vote is decided
-   (P(leading answer is the majority) >= `stop_confidence`), futile (the traces left
-   cannot overturn the leader) or scattered (the leader holds under `min_agreement`),
-   else at `n` traces;
+   softmax of its mean self-certainty (`weighting`), the greedy trace included; after
+   each wave, stop when the weighted vote is decided (P(leading answer is the majority)
+   >= `stop_confidence`), futile (the traces left cannot overturn the leader) or
+   scattered (the leader holds under `min_agreement`), else at `n` traces;
 4. reply: the first trace of the winning answer; `strategy.escalation` says whether and
    why it escalated and what each part spent; `usage` counts every generated token.
 """
@@ -74,7 +74,7 @@ async def run_escalate(ctx: StrategyContext, request: SamplingRequest) -> Strate
     if why is not None:
         plan = ctx.planner.plan(request.model_copy(update={"n": strategy.n, "return_entropy": True}))
         while len(leaves) - 1 < strategy.n and reason is None:
-            wave = plan.jobs[len(leaves) - 1: len(leaves) - 1 + strategy.wave]
+            wave = plan.jobs[len(leaves) - 1 : len(leaves) - 1 + strategy.wave]
             result = await ctx.run(dataclasses.replace(plan, jobs=wave))
             new = [Leaf(choice) for choice in result.choices]
             for leaf, leaf_answer in zip(new, leaf_answers(plan, new), strict=True):
@@ -82,14 +82,29 @@ async def run_escalate(ctx: StrategyContext, request: SamplingRequest) -> Strate
             leaves += new
             reason = tally.decided(strategy.stop_confidence, strategy.n - (len(leaves) - 1), strategy.min_agreement)
     metrics.ESCALATIONS.labels(outcome="escalated" if why else "answered_greedily").inc()
-    details = {"requested": requested, "escalation": _report(
-        strategy, temperature=request.temperature, greedy_entropy=greedy_entropy, why=why, leaves=leaves, reason=reason
-    )}
+    details = {
+        "requested": requested,
+        "escalation": _report(
+            strategy,
+            temperature=request.temperature,
+            greedy_entropy=greedy_entropy,
+            why=why,
+            leaves=leaves,
+            reason=reason,
+        ),
+    }
     return decide(request, greedy_plan, len(greedy_plan.prompt_token_ids(0)), leaves, details, tally.weights)
 
 
-def _report(strategy: Escalate, *, temperature: float | None, greedy_entropy: float, why: str | None, leaves: list[Leaf],
-            reason: str | None) -> dict:
+def _report(
+    strategy: Escalate,
+    *,
+    temperature: float | None,
+    greedy_entropy: float,
+    why: str | None,
+    leaves: list[Leaf],
+    reason: str | None,
+) -> dict:
     """The reply's `strategy.escalation`."""
     sampled = leaves[1:]
     return {

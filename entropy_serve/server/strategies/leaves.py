@@ -102,9 +102,7 @@ def check_strategy_request(request: SamplingRequest, config: ServerConfig) -> No
         )
     penalties = request.penalties()
     if penalties:
-        raise BadRequest(
-            f"{penalties[0]}: penalties cannot be combined with a voting strategy", param=penalties[0]
-        )
+        raise BadRequest(f"{penalties[0]}: penalties cannot be combined with a voting strategy", param=penalties[0])
     if strategy.num_leaves > config.max_leaves:
         raise BadRequest(
             f"strategy: {strategy.num_leaves} leaves is more than the {config.max_leaves} this server allows "
@@ -114,7 +112,13 @@ def check_strategy_request(request: SamplingRequest, config: ServerConfig) -> No
 
 
 def early_stop_report(
-    rule: EarlyStop, *, strategy: str, leaf_budget: int, num_leaves: int, num_waves: int, reason: str | None,
+    rule: EarlyStop,
+    *,
+    strategy: str,
+    leaf_budget: int,
+    num_leaves: int,
+    num_waves: int,
+    reason: str | None,
     estimated_tokens_saved: int,
 ) -> dict:
     """The reply's `strategy.early_stop`: what was sampled against the budget, and why it

@@ -30,7 +30,9 @@ async def run_self_consistency(ctx: StrategyContext, request: SamplingRequest) -
     strategy = request.strategy
     rule = strategy.early_stop
     check_strategy_request(request, ctx.config)
-    sampled = request.model_copy(update={"return_entropy": request.return_entropy or strategy.vote == "entropy_weighted"})
+    sampled = request.model_copy(
+        update={"return_entropy": request.return_entropy or strategy.vote == "entropy_weighted"}
+    )
     wave = strategy.n if rule is None else rule.leaves_per_wave
     leaves: list[Leaf] = []
     answers: list[str | None] = []
@@ -51,8 +53,13 @@ async def run_self_consistency(ctx: StrategyContext, request: SamplingRequest) -
         mean_tokens = sum(leaf.num_new_tokens for leaf in leaves) / len(leaves)
         saved = round((strategy.n - len(leaves)) * mean_tokens)
         details["early_stop"] = early_stop_report(
-            rule, strategy=strategy.name, leaf_budget=strategy.n, num_leaves=len(leaves), num_waves=num_waves,
-            reason=reason, estimated_tokens_saved=saved,
+            rule,
+            strategy=strategy.name,
+            leaf_budget=strategy.n,
+            num_leaves=len(leaves),
+            num_waves=num_waves,
+            reason=reason,
+            estimated_tokens_saved=saved,
         )
     return decide(request, first_plan, len(first_plan.prompt_token_ids(0)), leaves, details)
 

@@ -164,7 +164,7 @@ class TraceWatch:
         for value in confidences:
             self.confidences.append(value)
             if self.stopped_at is None and len(self.confidences) >= self.window:
-                group = math.fsum(self.confidences[-self.window:]) / self.window
+                group = math.fsum(self.confidences[-self.window :]) / self.window
                 if group < self.threshold:
                     self.stopped_at = len(self.confidences)
         return self.stopped_at is not None

@@ -80,10 +80,14 @@ def test_v1_mixed_batch_shapes_only_its_rows_and_reports_positions():
     records = {r[0]: r for r in processor.publisher.records}
     assert set(records) == {"typical", "edt", "greedy"}
     assert records["typical"][1] == 0 and records["edt"][1] == 2 and records["greedy"][1] == 3
-    assert records["edt"][2:] == pytest.approx((
-        result.model_entropy[1].item(), result.sampled_entropy[1].item(), result.temperature[1].item(),
-        result.model_self_certainty[1].item(),
-    ))
+    assert records["edt"][2:] == pytest.approx(
+        (
+            result.model_entropy[1].item(),
+            result.sampled_entropy[1].item(),
+            result.temperature[1].item(),
+            result.model_self_certainty[1].item(),
+        )
+    )
     assert records["greedy"][3:5] == (0.0, 0.0)
     log_probs = torch.log_softmax(batch[3].double(), -1)
     assert records["greedy"][5] == pytest.approx(-math.log(batch.shape[-1]) - log_probs.mean().item(), abs=1e-4)
@@ -109,8 +113,12 @@ def test_v1_batch_of_only_our_rows_is_shaped_in_place():
 def test_v1_seeded_rows_are_drawn_with_their_penalties_and_seed():
     """A SEEDED row (sampler_plan.py): penalties from its prompt and output, vLLM's order,
     then one finite logit at the token the seed draws at its position."""
-    seeded = RowSpec(key="seeded", shape=True, seed=7,
-                     params=SamplerParams(temperature=0.8, repetition_penalty=1.5, presence_penalty=0.5, vllm_order=1))  # fmt: skip
+    seeded = RowSpec(
+        key="seeded",
+        shape=True,
+        seed=7,
+        params=SamplerParams(temperature=0.8, repetition_penalty=1.5, presence_penalty=0.5, vllm_order=1),
+    )
     processor = v1_processor()
     prompt, output = [3, 4], [5, 5, 6]
     processor.update_state(update(added=[(0, params(TYPICAL), [1], []), (1, params(seeded), prompt, output)], size=2))
@@ -128,7 +136,9 @@ def test_v1_seeded_rows_are_drawn_with_their_penalties_and_seed():
 
 def test_v1_remove_then_add_then_move_and_swap():
     processor = v1_processor()
-    processor.update_state(update(added=[(0, params(TYPICAL), [1], []), (1, params(MIN_P), [1], []), (2, params(GREEDY), [1], [])]))
+    processor.update_state(
+        update(added=[(0, params(TYPICAL), [1], []), (1, params(MIN_P), [1], []), (2, params(GREEDY), [1], [])])
+    )
     # Row 0 finishes; a plain request takes its place; greedy moves 2 -> 0 (compaction)
     # after the plain one was added at 3; then rows 0 and 1 swap.
     processor.update_state(
@@ -165,9 +175,13 @@ def v2_processor(prompt_lens: list[int]) -> EntropyLogitsProcessorV2:
 def context(slots: list[int], positions: list[int]) -> LogitsContext:
     mapping = torch.tensor(slots)
     return LogitsContext(
-        expanded_idx_mapping=mapping, idx_mapping=mapping, idx_mapping_np=mapping.numpy(),
-        expanded_local_pos=torch.zeros(len(slots), dtype=torch.int64), input_ids=torch.zeros(len(slots), dtype=torch.int64),
-        pos=torch.tensor(positions), seq_lens_upper_bound_np=np.array(positions) + 1,
+        expanded_idx_mapping=mapping,
+        idx_mapping=mapping,
+        idx_mapping_np=mapping.numpy(),
+        expanded_local_pos=torch.zeros(len(slots), dtype=torch.int64),
+        input_ids=torch.zeros(len(slots), dtype=torch.int64),
+        pos=torch.tensor(positions),
+        seq_lens_upper_bound_np=np.array(positions) + 1,
     )
 
 

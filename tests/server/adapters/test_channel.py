@@ -45,7 +45,10 @@ def test_records_travel_and_wait_for_late_ones(tmp_path, monkeypatch):
 
     first, both, again, store = asyncio.run(scenario())
     assert [t.model_entropy_nats for t in first] == [1.5]
-    assert [(t.model_entropy_nats, t.sampled_entropy_nats, t.temperature) for t in both] == [(1.5, 1.0, 0.8), (2.5, 2.0, 0.9)]
+    assert [(t.model_entropy_nats, t.sampled_entropy_nats, t.temperature) for t in both] == [
+        (1.5, 1.0, 0.8),
+        (2.5, 2.0, 0.9),
+    ]
     assert (again[0].model_entropy_nats, again[0].self_certainty_nats) == (3.0, 4.25)
     assert "req-a" not in store._by_key
 

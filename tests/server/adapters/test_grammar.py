@@ -18,7 +18,7 @@ from entropy_serve.server.protocol.constraints import OutputConstraint
 
 DIGITS = list(range(10))  # token i is the digit i
 EOS = VOCAB - 1
-WORDS = [str(d) for d in DIGITS] + [chr(ord("a") + i) for i in range(26)] + ['{', '}', '"', ":", " "]
+WORDS = [str(d) for d in DIGITS] + [chr(ord("a") + i) for i in range(26)] + ["{", "}", '"', ":", " "]
 ENCODED = WORDS + [f"<x{i}>" for i in range(VOCAB - 1 - len(WORDS))] + ["</s>"]
 TWO_DIGITS = OutputConstraint("structured_outputs", StructuredOutputsParams(regex="[0-9][0-9]")).grammar_text()
 
@@ -41,7 +41,7 @@ def test_shaped_row_model_entropy_is_unconstrained_and_sampled_entropy_is_of_the
     processor.update_state(update(added=[(0, params(spec), [1], output_ids)], size=1))
     batch = logits(1, seed=5)
     out = processor.apply(batch.clone())
-    (key, position, h_model, h_sampled, temperature, _), = processor.publisher.records
+    ((key, position, h_model, h_sampled, temperature, _),) = processor.publisher.records
     assert (key, position) == ("digits", 0) and math.isclose(temperature, 0.7, rel_tol=1e-6)
     assert math.isclose(h_model, entropy_of(batch[0]), rel_tol=1e-5)  # every token of the vocabulary
     assert math.isclose(h_sampled, entropy_of(batch[0, DIGITS] / 0.7), rel_tol=1e-5)  # the ten digits, after T
@@ -51,7 +51,7 @@ def test_shaped_row_model_entropy_is_unconstrained_and_sampled_entropy_is_of_the
     processor.publisher = Collector()
     out = processor.apply(logits(1, seed=6))
     assert torch.isfinite(out[0]).nonzero().flatten().tolist() == [EOS]
-    (_, position, h_model, h_sampled, _, _), = processor.publisher.records
+    ((_, position, h_model, h_sampled, _, _),) = processor.publisher.records
     assert position == 2 and h_model > 1.0 and h_sampled < 1e-6
 
 
@@ -63,7 +63,7 @@ def test_greedy_row_is_measured_unmasked_then_masked_for_the_argmax():
     batch = logits(1, seed=7)
     batch[0, 20] = 50.0  # the model's favourite is a letter, which the grammar forbids
     out = processor.apply(batch.clone())
-    (_, _, h_model, h_sampled, _, _), = processor.publisher.records
+    ((_, _, h_model, h_sampled, _, _),) = processor.publisher.records
     assert math.isclose(h_model, entropy_of(batch[0]), rel_tol=1e-4, abs_tol=1e-6) and h_sampled == 0.0
     assert int(out[0].argmax()) == int(batch[0, DIGITS].argmax())
 
@@ -100,7 +100,10 @@ def test_v2_reads_the_generated_tokens_from_the_request_state():
     ctx = ctx.__class__(**{**ctx.__dict__, "input_ids": torch.tensor([5])})
     out = processor.apply(logits(1, seed=10), ctx)
     assert torch.isfinite(out[0]).nonzero().flatten().tolist() == DIGITS
-    out = processor.apply(logits(1, seed=11), ctx.__class__(**{**ctx.__dict__, "pos": torch.tensor([4]), "seq_lens_upper_bound_np": np.array([5])}))
+    out = processor.apply(
+        logits(1, seed=11),
+        ctx.__class__(**{**ctx.__dict__, "pos": torch.tensor([4]), "seq_lens_upper_bound_np": np.array([5])}),
+    )
     assert torch.isfinite(out[0]).nonzero().flatten().tolist() == [EOS]
 
 

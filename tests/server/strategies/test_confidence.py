@@ -31,7 +31,9 @@ def test_answer_span_is_the_last_occurrence_s_tokens():
 
 def test_signals_by_hand():
     entropies = [0.0, 1.0, 3.0, 0.5, 0.5]
-    signals = trace_signals(entropies, range(3, 5), window=2, tail=2, top_logprobs=[[-0.1, -2.0], [-0.5, -1.5]], top_k=2)
+    signals = trace_signals(
+        entropies, range(3, 5), window=2, tail=2, top_logprobs=[[-0.1, -2.0], [-0.5, -1.5]], top_k=2
+    )
     assert signals["mean"] == pytest.approx(-1.0)
     assert signals["lowest"] == pytest.approx(-2.0)  # windows: 0.5, 2.0, 1.75, 0.5
     assert signals["tail"] == pytest.approx(-0.5)

@@ -16,7 +16,10 @@ LEARNED = StrategyDefaults(
     temperatures=[
         TemperatureDefaults(
             temperature=0.5,
-            strategies={"escalate": {"threshold_nats": 0.25, "stop_confidence": 0.9}, "deepconf": {"confidence": "entropy", "keep": 0.1}},
+            strategies={
+                "escalate": {"threshold_nats": 0.25, "stop_confidence": 0.9},
+                "deepconf": {"confidence": "entropy", "keep": 0.1},
+            },
             training={"escalate": {"accuracy": 0.4}},
         ),
         TemperatureDefaults(

@@ -15,7 +15,10 @@ class FakeTokenizer:
 def test_chat_gets_the_instruction_as_its_one_system_message():
     easy = DifficultyTable().easy
     request = ChatCompletionRequest(
-        model="m", messages=[{"role": "user", "content": "2+2?"}], max_completion_tokens=50, temperature=1.3,
+        model="m",
+        messages=[{"role": "user", "content": "2+2?"}],
+        max_completion_tokens=50,
+        temperature=1.3,
         strategy="difficulty",
     )
     steered = with_class_strategy(request, easy, 20, FakeTokenizer())
@@ -24,7 +27,8 @@ def test_chat_gets_the_instruction_as_its_one_system_message():
     assert (steered.temperature, steered.top_p, steered.requested_max_tokens()) == (0.5, 0.95, 20)
     assert steered.strategy is None and request.strategy is not None  # the client's request is untouched
     with_system = ChatCompletionRequest(
-        model="m", messages=[{"role": "system", "content": "Be kind."}, {"role": "user", "content": "2+2?"}],
+        model="m",
+        messages=[{"role": "system", "content": "Be kind."}, {"role": "user", "content": "2+2?"}],
         strategy="difficulty",
     )
     merged = with_class_strategy(with_system, easy, 20, FakeTokenizer())
@@ -39,5 +43,7 @@ def test_completion_prompts_get_the_instruction_in_front():
     assert text.max_tokens == 8 and text.temperature == 0.4
     ids = with_class_strategy(CompletionRequest(model="m", prompt=[5, 6]), hard, 8, FakeTokenizer())
     assert ids.prompt == [ord(c) for c in f"{hard.instruction}\n\n"] + [5, 6]
-    normal = with_class_strategy(CompletionRequest(model="m", prompt="2+2="), DifficultyTable().normal, 8, FakeTokenizer())
+    normal = with_class_strategy(
+        CompletionRequest(model="m", prompt="2+2="), DifficultyTable().normal, 8, FakeTokenizer()
+    )
     assert normal.prompt == "2+2="  # no instruction: the prompt as sent

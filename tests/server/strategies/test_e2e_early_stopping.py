@@ -26,7 +26,12 @@ def test_a_decided_vote_stops_sampling(server, client, strategy, rule):
     saved_metric = f'entropy_serve_strategy_leaves_saved_total{{strategy="{strategy["name"]}"}}'
     leaves_saved_before = metric(server, saved_metric, 0.0)
     response = client.chat.completions.create(
-        model=MODEL, messages=EASY, max_tokens=8, temperature=0.2, seed=7, extra_body={"strategy": strategy},
+        model=MODEL,
+        messages=EASY,
+        max_tokens=8,
+        temperature=0.2,
+        seed=7,
+        extra_body={"strategy": strategy},
     )
     report = response.model_extra["strategy"]
     early = report["early_stop"]
@@ -41,7 +46,11 @@ def test_a_decided_vote_stops_sampling(server, client, strategy, rule):
 
 def test_an_undecided_vote_spends_the_budget(client):
     response = client.completions.create(
-        model=MODEL, prompt="Name a random animal:", max_tokens=6, temperature=1.0, seed=3,
+        model=MODEL,
+        prompt="Name a random animal:",
+        max_tokens=6,
+        temperature=1.0,
+        seed=3,
         extra_body={"strategy": {"name": "self_consistency", "n": 8, "early_stop": "beta"}},
     )
     early = response.model_extra["strategy"]["early_stop"]
@@ -54,9 +63,15 @@ def test_deepconf_aborts_low_confidence_traces_in_the_engine(server):
     # Long traces (no EOS) and a threshold near the best warm-up trace's: later traces
     # fall below it early, and each must stop generating there, in the engine.
     max_tokens = 64
-    body = {"model": MODEL, "prompt": "Tell me a story about a dragon.", "max_tokens": max_tokens, "ignore_eos": True,
-            "temperature": 1.0, "seed": 11,
-            "strategy": {"name": "deepconf", "n": 8, "warmup": 3, "window": 4, "keep": 0.01, "wave": 5}}
+    body = {
+        "model": MODEL,
+        "prompt": "Tell me a story about a dragon.",
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "temperature": 1.0,
+        "seed": 11,
+        "strategy": {"name": "deepconf", "n": 8, "warmup": 3, "window": 4, "keep": 0.01, "wave": 5},
+    }
     generated_before = metric(server, "vllm:generation_tokens_total")
     stopped_before = metric(server, "entropy_serve_strategy_traces_stopped_total")
     response = httpx.post(f"{server.url}/v1/completions", json=body, headers=AUTH, timeout=300)
@@ -87,7 +102,11 @@ def test_deepconf_aborts_low_confidence_traces_in_the_engine(server):
 @pytest.mark.parametrize("confidence", ["topk", "entropy"])
 def test_deepconf_votes_by_confidence(client, confidence):
     response = client.chat.completions.create(
-        model=MODEL, messages=EASY, max_tokens=8, temperature=0.7, seed=5,
+        model=MODEL,
+        messages=EASY,
+        max_tokens=8,
+        temperature=0.7,
+        seed=5,
         extra_body={"strategy": {"name": "deepconf", "n": 8, "warmup": 4, "confidence": confidence, "window": 2}},
     )
     report = response.model_extra["strategy"]
@@ -96,4 +115,3 @@ def test_deepconf_votes_by_confidence(client, confidence):
     assert all(weight > 0 for weight in report["votes"].values())
     assert response.choices[0].logprobs is None  # the top-k log-probabilities were ours, not asked for
     assert response.usage.completion_tokens == report["generated_tokens"] == sum(report["deepconf"]["trace_tokens"])
-

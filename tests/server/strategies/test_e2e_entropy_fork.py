@@ -28,7 +28,10 @@ def test_greedy_branches_regrow_their_tree_so_accounting_is_exact(client):
     # With top_k 1 a branch re-samples its tree's tokens exactly: every leaf is the same
     # completion, and what the branches generate is known token for token.
     response, strategy = forked(
-        client, messages=QUESTION, max_tokens=24, temperature=1.0,
+        client,
+        messages=QUESTION,
+        max_tokens=24,
+        temperature=1.0,
         extra_body={"top_k": 1, "strategy": {"name": "entropy_fork", "trees": 2, "forks": 2, "branches": 2}},
     )
     forks = strategy["forks"]
@@ -49,9 +52,16 @@ def test_greedy_branches_regrow_their_tree_so_accounting_is_exact(client):
 def test_sampled_forks_vote_and_hit_the_prefix_cache(server, client):
     forks_before = metric(server, "entropy_serve_strategy_forks_total")
     response, strategy = forked(
-        client, messages=[LONG_SYSTEM, *QUESTION], max_tokens=32, temperature=1.0, seed=3, logprobs=True,
-        extra_body={"strategy": {"name": "entropy_fork", "trees": 3, "forks": 2, "branches": 2, "vote": "entropy_weighted"},
-                    "return_entropy": True},
+        client,
+        messages=[LONG_SYSTEM, *QUESTION],
+        max_tokens=32,
+        temperature=1.0,
+        seed=3,
+        logprobs=True,
+        extra_body={
+            "strategy": {"name": "entropy_fork", "trees": 3, "forks": 2, "branches": 2, "vote": "entropy_weighted"},
+            "return_entropy": True,
+        },
     )
     forks = strategy["forks"]
     assert len(forks) == 6 and strategy["num_leaves"] == 3 + 6 * 2
@@ -102,8 +112,13 @@ def test_bad_fork_requests_are_400(server, change, field):
 
 def test_disconnect_aborts_every_running_branch(server):
     # One tree, so two or more running engine requests can only be its branches.
-    body = {"model": MODEL, "prompt": "Tell me a story.", "max_tokens": 300, "ignore_eos": True,
-            "strategy": {"name": "entropy_fork", "trees": 1, "forks": 2, "branches": 2}}
+    body = {
+        "model": MODEL,
+        "prompt": "Tell me a story.",
+        "max_tokens": 300,
+        "ignore_eos": True,
+        "strategy": {"name": "entropy_fork", "trees": 1, "forks": 2, "branches": 2},
+    }
     aborted_before = metric(server, "entropy_serve_requests_aborted_total")
 
     async def leave_during_branches():

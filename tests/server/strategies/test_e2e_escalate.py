@@ -23,7 +23,11 @@ GREEDY = 'entropy_serve_escalations_total{outcome="answered_greedily"}'
 
 def escalate(client, messages, **fields):
     return client.chat.completions.create(
-        model=MODEL, messages=messages, max_tokens=16, temperature=0.7, seed=5,
+        model=MODEL,
+        messages=messages,
+        max_tokens=16,
+        temperature=0.7,
+        seed=5,
         extra_body={"strategy": {"name": "escalate", **fields}},
     )
 
@@ -62,7 +66,11 @@ def test_auto_uses_the_model_s_learned_settings(client):
     learned = defaults.load(calibration.profile_for(None))
     entry = learned.at(None)
     response = client.chat.completions.create(
-        model=MODEL, messages=EASY, max_tokens=16, seed=5, extra_body={"strategy": "auto"},
+        model=MODEL,
+        messages=EASY,
+        max_tokens=16,
+        seed=5,
+        extra_body={"strategy": "auto"},
     )
     report = response.model_extra["strategy"]
     escalation = report["escalation"]
@@ -72,7 +80,11 @@ def test_auto_uses_the_model_s_learned_settings(client):
         assert escalation[field] == value, field
     # A field the client sends wins over the learned one.
     response = client.chat.completions.create(
-        model=MODEL, messages=EASY, max_tokens=16, temperature=0.3, seed=5,
+        model=MODEL,
+        messages=EASY,
+        max_tokens=16,
+        temperature=0.3,
+        seed=5,
         extra_body={"strategy": {"name": "escalate", "window": 3}},
     )
     escalation = response.model_extra["strategy"]["escalation"]
@@ -92,8 +104,10 @@ def test_auto_uses_the_model_s_learned_settings(client):
 )
 def test_bad_escalation_requests_are_400s(server, body, param):
     response = httpx.post(
-        f"{server.url}/v1/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"},
-        json={"model": MODEL, "messages": EASY, "max_tokens": 8, **body}, timeout=60,
+        f"{server.url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        json={"model": MODEL, "messages": EASY, "max_tokens": 8, **body},
+        timeout=60,
     )
     assert response.status_code == 400, response.text
     error = response.json()["error"]

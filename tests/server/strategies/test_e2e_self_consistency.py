@@ -16,7 +16,11 @@ QUESTION = [{"role": "user", "content": "What is 3 + 4? Answer with the number."
 @pytest.mark.parametrize("vote", ["majority", "entropy_weighted"])
 def test_self_consistency_votes_and_replies_with_a_winner(client, vote):
     response = client.chat.completions.create(
-        model=MODEL, messages=QUESTION, max_tokens=24, temperature=0.9, seed=4,
+        model=MODEL,
+        messages=QUESTION,
+        max_tokens=24,
+        temperature=0.9,
+        seed=4,
         extra_body={"strategy": {"name": "self_consistency", "n": 6, "vote": vote}},
     )
     strategy = response.model_extra["strategy"]
@@ -40,12 +44,17 @@ def test_self_consistency_votes_and_replies_with_a_winner(client, vote):
 
 def test_self_consistency_on_completions_with_entropy(client):
     response = client.completions.create(
-        model=MODEL, prompt="Question: what is 2 + 2?\nAnswer:", max_tokens=8, seed=1,
+        model=MODEL,
+        prompt="Question: what is 2 + 2?\nAnswer:",
+        max_tokens=8,
+        seed=1,
         extra_body={"strategy": {"name": "self_consistency", "n": 4}, "return_entropy": True},
     )
     choice = response.choices[0]
     assert choice.index == 0
-    assert choice.model_extra["entropy"]["summary"]["num_tokens"] == len(choice.model_extra["entropy"]["model_entropy_nats"])
+    assert choice.model_extra["entropy"]["summary"]["num_tokens"] == len(
+        choice.model_extra["entropy"]["model_entropy_nats"]
+    )
     assert response.model_extra["strategy"]["num_leaves"] == 4
 
 
@@ -61,16 +70,27 @@ def test_self_consistency_on_completions_with_entropy(client):
     ],
 )
 def test_bad_strategy_requests_are_400(server, change, field):
-    body = {"model": MODEL, "messages": QUESTION, "max_tokens": 4,
-            "strategy": {"name": "self_consistency", "n": 2}, **change}
-    response = httpx.post(f"{server.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"})
+    body = {
+        "model": MODEL,
+        "messages": QUESTION,
+        "max_tokens": 4,
+        "strategy": {"name": "self_consistency", "n": 2},
+        **change,
+    }
+    response = httpx.post(
+        f"{server.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"}
+    )
     assert response.status_code == 400, response.text
     assert field in response.json()["error"]["message"]
 
 
 def test_strategy_needs_a_single_prompt(server):
-    body = {"model": MODEL, "prompt": ["1 + 1 =", "2 + 2 ="], "max_tokens": 4,
-            "strategy": {"name": "self_consistency", "n": 2}}
+    body = {
+        "model": MODEL,
+        "prompt": ["1 + 1 =", "2 + 2 ="],
+        "max_tokens": 4,
+        "strategy": {"name": "self_consistency", "n": 2},
+    }
     response = httpx.post(f"{server.url}/v1/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"})
     assert response.status_code == 400, response.text
     assert "single prompt" in response.json()["error"]["message"]

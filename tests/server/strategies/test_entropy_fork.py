@@ -43,14 +43,23 @@ def test_a_branch_is_grafted_onto_its_tree_prefix():
 
     tree = Leaf(
         Generated(
-            index=0, prompt_index=0, text="2 + 2 = 4", token_ids=[10, 11, 12, 13],
-            logprobs=[{10: 1}, {11: 2}, {12: 3}, {13: 4}], finish_reason="stop",
+            index=0,
+            prompt_index=0,
+            text="2 + 2 = 4",
+            token_ids=[10, 11, 12, 13],
+            logprobs=[{10: 1}, {11: 2}, {12: 3}, {13: 4}],
+            finish_reason="stop",
             entropies=[entropy(0.1), entropy(0.2), entropy(1.5), entropy(0.3)],
         )
     )
     branch = Generated(
-        index=1, prompt_index=0, text=" 5.", token_ids=[20, 21], logprobs=[{20: 5}, {21: 6}],
-        finish_reason="length", entropies=[entropy(0.7), entropy(0.9)],
+        index=1,
+        prompt_index=0,
+        text=" 5.",
+        token_ids=[20, 21],
+        logprobs=[{20: 5}, {21: 6}],
+        finish_reason="length",
+        entropies=[entropy(0.7), entropy(0.9)],
     )
     leaf = _grafted(tree, 2, "2 +", branch)
     assert leaf.choice.token_ids == [10, 11, 20, 21]

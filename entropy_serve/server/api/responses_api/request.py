@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from entropy_serve.server.protocol.field_kinds import refusing
 
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
 # Chat's names of the fields this API calls otherwise: an error from the chat path names
@@ -158,12 +160,7 @@ class ResponsesRequest(BaseModel):
     truncation: Any = None
     context_management: Any = None
 
-    @field_validator(*NOT_SUPPORTED)
-    @classmethod
-    def _refuse_unless_neutral(cls, value: Any, info: ValidationInfo) -> Any:
-        if value is None or value in NOT_SUPPORTED[info.field_name]:
-            return value
-        raise ValueError(f"{info.field_name} is not supported by this server")
+    _not_supported = field_validator(*NOT_SUPPORTED)(refusing(NOT_SUPPORTED))
 
     @field_validator("include")
     @classmethod
@@ -186,7 +183,11 @@ class ResponsesRequest(BaseModel):
             if isinstance(item, MessageItem):
                 messages.append({"role": item.role, "content": item.text()})
             elif isinstance(item, FunctionCallItem):
-                call = {"id": item.call_id, "type": "function", "function": {"name": item.name, "arguments": item.arguments}}
+                call = {
+                    "id": item.call_id,
+                    "type": "function",
+                    "function": {"name": item.name, "arguments": item.arguments},
+                }
                 if messages and messages[-1]["role"] == "assistant" and messages[-1].get("tool_calls") is not None:
                     messages[-1]["tool_calls"].append(call)
                 else:

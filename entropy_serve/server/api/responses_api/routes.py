@@ -21,7 +21,8 @@ from pydantic import ValidationError
 from entropy_serve.server.api.answer import answer
 from entropy_serve.server.api.batch_routes import owner_of
 from entropy_serve.server.api.drain import Drain
-from entropy_serve.server.api.responses_api.reply import EventStream, answer_of, new_response_id, response_object
+from entropy_serve.server.api.responses_api.events import EventStream
+from entropy_serve.server.api.responses_api.reply import answer_of, new_response_id, response_object
 from entropy_serve.server.api.responses_api.request import CHAT_TO_RESPONSES_FIELDS, ResponsesRequest
 from entropy_serve.server.core.answering import ChunkStream
 from entropy_serve.server.core.service import Endpoint, Service, check_model, check_text
@@ -51,7 +52,8 @@ def responses_router(service: Service, store: Store, drain: Drain) -> APIRouter:
             stored = await asyncio.to_thread(store.response, owner, request.previous_response_id)
             if stored is None:
                 raise NotFound(
-                    f"Previous response with id '{request.previous_response_id}' not found.", param="previous_response_id"
+                    f"Previous response with id '{request.previous_response_id}' not found.",
+                    param="previous_response_id",
                 )
             history = stored[1]
         chat_body = request.chat_body(history)

@@ -80,7 +80,9 @@ class GrammarRows:
         def tokenizer_info() -> xgr.TokenizerInfo:
             from transformers import AutoTokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(model_config.tokenizer, trust_remote_code=model_config.trust_remote_code)
+            tokenizer = AutoTokenizer.from_pretrained(
+                model_config.tokenizer, trust_remote_code=model_config.trust_remote_code
+            )
             return xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
 
         rows = cls(vocab_size, tokenizer_info)

@@ -63,7 +63,10 @@ class EntropyLogitsProcessorV2(LogitsProcessor):
         positions = {row: pos + 1 - int(prompt_len[slot]) for row, slot, pos in zip(rows, signature, input_positions)}
         bitmask = None
         if self.grammars is not None:
-            outputs = [self._output_ids(ctx, r, s, positions[r]) if self.slots[s].grammar else () for r, s in zip(rows, signature)]
+            outputs = [
+                self._output_ids(ctx, r, s, positions[r]) if self.slots[s].grammar else ()
+                for r, s in zip(rows, signature)
+            ]
             bitmask = self.grammars.bitmask(plan.specs, outputs)
         return process_rows(logits, plan, positions, self.publisher, self.profile, bitmask)
 
