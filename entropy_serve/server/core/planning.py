@@ -112,11 +112,12 @@ class Planner:
         self.renderer = Renderer(engine.ready_tokenizer)
         self.render = self.renderer.render
 
-    def plan(self, request: SamplingRequest) -> RequestPlan:
-        """Either endpoint's request."""
+    def plan(self, request: SamplingRequest, *, measure_entropy: bool = False) -> RequestPlan:
+        """Either endpoint's request; `measure_entropy`: a strategy needs its entropies
+        (the plan's `return_entropy` stays the client's)."""
         if request.strategy is None and request.n > self.config.max_n:  # a strategy's samples: --max-leaves
             raise BadRequest(f"n: at most {self.config.max_n} is allowed, got {request.n}", param="n")
-        sampler, constraint, grammar = self._decide(request)
+        sampler, constraint, grammar = self._decide(request, measure_entropy)
         prompts = self.render(request)
         longest = max(len(p) for p in prompts)
         echoing = isinstance(request, CompletionRequest) and request.echo
@@ -149,6 +150,8 @@ class Planner:
         prefixes: list[list[int]],
         max_tokens: int,
         seeds: list[int | None],
+        *,
+        measure_entropy: bool = False,
     ) -> RequestPlan:
         """Continue a prompt from each prefix of tokens already generated for it,
         `request.n` samples each, with the request's sampler. `max_tokens` and
@@ -156,7 +159,7 @@ class Planner:
         each continuation gets what its prefix left of them. Prefix p's samples are
         seeded seeds[p] + i."""
         self.engine.require_engine()
-        sampler, constraint, grammar = self._decide(request)
+        sampler, constraint, grammar = self._decide(request, measure_entropy)
         if constraint is not None and grammar is None:
             raise BadRequest(
                 f"{constraint.field}: continuing a constrained generation needs our sampler", param=constraint.field
@@ -208,9 +211,11 @@ class Planner:
             )
         return requested
 
-    def _decide(self, request: SamplingRequest) -> tuple[SamplerPlan, OutputConstraint | None, str | None]:
+    def _decide(
+        self, request: SamplingRequest, measure_entropy: bool
+    ) -> tuple[SamplerPlan, OutputConstraint | None, str | None]:
         """The request's sampler plan, output constraint, and the grammar our adapter applies."""
-        sampler = plan_sampler(request, self.profile, self.draws_seeds)
+        sampler = plan_sampler(request, self.profile, self.draws_seeds, measure_entropy)
         constraint = checked_constraint(request)
         return sampler, constraint, self._grammar(sampler, constraint)
 

@@ -70,15 +70,19 @@ def is_greedy(request: SamplingRequest) -> bool:
     return request.temperature is not None and request.temperature < GREEDY_EPS
 
 
-def plan_sampler(request: SamplingRequest, profile: EntropyProfile | None, draws_seeds: bool = False) -> SamplerPlan:
+def plan_sampler(
+    request: SamplingRequest, profile: EntropyProfile | None, draws_seeds: bool = False, measure_entropy: bool = False
+) -> SamplerPlan:
     """Which chain samples `request`, with what; 400s for what our chain cannot honour.
-    `draws_seeds`: whether the adapter draws seeded requests (see the module doc)."""
+    `draws_seeds`: whether the adapter draws seeded requests (see the module doc).
+    `measure_entropy`: a strategy needs the entropies, whether or not the client asked for
+    them (`return_entropy`, the client's own field)."""
     typical = request.typical_p is not None and request.typical_p < 1.0
     adaptive = request.adaptive_temperature
     labels = (("typical",) if typical else ()) + ((adaptive.method,) if adaptive is not None else ())
     labels = labels or ("vllm",)
     draws_seed = draws_seeds and request.seed is not None and not is_greedy(request)
-    if not (typical or adaptive is not None or request.return_entropy):
+    if not (typical or adaptive is not None or request.return_entropy or measure_entropy):
         if draws_seed:
             return SamplerPlan(Chain.SEEDED, vllm_sampling(request), labels, draws_seed=True)
         return SamplerPlan(Chain.VLLM, SamplerParams(), labels)

@@ -93,7 +93,7 @@ async def run_deepconf(ctx: StrategyContext, request: SamplingRequest) -> Strate
     strategy = request.strategy
     check_strategy_request(request, ctx.config)
     # 1. every trace's job, planned once.
-    plan = ctx.planner.plan(request.model_copy(update={"n": strategy.n, "return_entropy": True}))
+    plan = ctx.planner.plan(request.model_copy(update={"n": strategy.n}), measure_entropy=True)
     check_single_prompt(plan)
     if strategy.confidence == "topk":
         plan = dataclasses.replace(plan, jobs=[with_top_logprobs(job, strategy.top_k) for job in plan.jobs])

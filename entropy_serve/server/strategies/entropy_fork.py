@@ -80,7 +80,7 @@ async def run_entropy_fork(ctx: StrategyContext, request: SamplingRequest) -> St
     rule = strategy.early_stop
     check_strategy_request(request, ctx.config)
     # 1. trees, always with entropies: they choose the fork points.
-    plan = ctx.planner.plan(request.model_copy(update={"n": strategy.trees, "return_entropy": True}))
+    plan = ctx.planner.plan(request.model_copy(update={"n": strategy.trees}), measure_entropy=True)
     check_single_prompt(plan)
     trees = await ctx.run(plan)
     tree_leaves = [Leaf(choice) for choice in trees.choices]
@@ -161,9 +161,7 @@ async def _branch(
     their leaves in fork order, and the prompt tokens the prefix cache served. Fork i's
     branches are seeded seed + trees + i x B + b, as if every fork were branched at once."""
     strategy = request.strategy
-    branches_request = request.model_copy(
-        update={"n": strategy.branches, "return_entropy": request.return_entropy or strategy.vote == "entropy_weighted"}
-    )
+    branches_request = request.model_copy(update={"n": strategy.branches})
     first_seed = None if request.seed is None else request.seed + strategy.trees
     mine = [forks[i] for i in wave]
     continuations = ctx.planner.plan_continuations(
@@ -172,6 +170,7 @@ async def _branch(
         [tree_leaves[f.tree].choice.token_ids[: f.position] for f in mine],
         max_tokens=plan.jobs[0].params.max_tokens,
         seeds=[None if first_seed is None else first_seed + i * strategy.branches for i in wave],
+        measure_entropy=strategy.vote == "entropy_weighted",  # the vote weighs by entropy
     )
     branches = await ctx.run(continuations)
     tokenizer = ctx.engine.tokenizer

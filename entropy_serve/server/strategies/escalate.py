@@ -53,7 +53,7 @@ async def run_escalate(ctx: StrategyContext, request: SamplingRequest) -> Strate
     strategy: Escalate = request.strategy
     check_strategy_request(request, ctx.config)
     # 2. greedy.
-    greedy_plan = ctx.planner.plan(request.model_copy(update={"n": 1, "temperature": 0.0, "return_entropy": True}))
+    greedy_plan = ctx.planner.plan(request.model_copy(update={"n": 1, "temperature": 0.0}), measure_entropy=True)
     check_single_prompt(greedy_plan)
     greedy = Leaf((await ctx.run(greedy_plan)).choices[0])
     (answer,) = leaf_answers(greedy_plan, [greedy])
@@ -72,7 +72,7 @@ async def run_escalate(ctx: StrategyContext, request: SamplingRequest) -> Strate
     tally.add(answer, vote_score(strategy, greedy))
     # 3. escalation, in waves.
     if why is not None:
-        plan = ctx.planner.plan(request.model_copy(update={"n": strategy.n, "return_entropy": True}))
+        plan = ctx.planner.plan(request.model_copy(update={"n": strategy.n}), measure_entropy=True)
         while len(leaves) - 1 < strategy.n and reason is None:
             wave = plan.jobs[len(leaves) - 1 : len(leaves) - 1 + strategy.wave]
             result = await ctx.run(dataclasses.replace(plan, jobs=wave))

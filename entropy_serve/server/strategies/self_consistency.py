@@ -30,16 +30,16 @@ async def run_self_consistency(ctx: StrategyContext, request: SamplingRequest) -
     strategy = request.strategy
     rule = strategy.early_stop
     check_strategy_request(request, ctx.config)
-    sampled = request.model_copy(
-        update={"return_entropy": request.return_entropy or strategy.vote == "entropy_weighted"}
-    )
     wave = strategy.n if rule is None else rule.leaves_per_wave
     leaves: list[Leaf] = []
     answers: list[str | None] = []
     first_plan, num_waves, reason = None, 0, None
     while len(leaves) < strategy.n and reason is None:
         seed = None if request.seed is None else request.seed + len(leaves)
-        plan = ctx.planner.plan(sampled.model_copy(update={"n": min(wave, strategy.n - len(leaves)), "seed": seed}))
+        plan = ctx.planner.plan(
+            request.model_copy(update={"n": min(wave, strategy.n - len(leaves)), "seed": seed}),
+            measure_entropy=strategy.vote == "entropy_weighted",  # the vote weighs by entropy
+        )
         check_single_prompt(plan)
         result = await ctx.run(plan)
         new = [Leaf(choice) for choice in result.choices]
