@@ -15,12 +15,9 @@ Strategies also continue a prompt from tokens already generated for it
 (`plan_continuations`: entropy_fork's branches), with the same checks and jobs.
 
 Which chain samples a request, with what, and what vLLM is asked for are
-sampler_plan.py's pure decisions; the Planner applies them to the engine's context.
-
-A structured-output constraint (constraints.py) is resolved here too: vLLM's own
-`structured_outputs` where vLLM samples (chain VLLM); the grammar's text in the row
-spec where our adapter shapes or measures the row, which applies it after measuring the
-model's entropy (adapters/grammar.py).
+sampler_plan.py's pure decisions; the Planner applies them to the engine's context. A
+structured-output constraint goes to vLLM where vLLM samples (chain VLLM), else its
+grammar goes in the row spec, for our adapter (engine/adapters/grammar.py).
 """
 
 from __future__ import annotations
