@@ -4,6 +4,8 @@ reading every module's imports (static: `import` statements, lazy ones included)
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,3 +74,21 @@ def test_no_module_holds_more_than_300_lines():
         str(m.relative_to(PACKAGE)): n for m in PACKAGE.rglob("*.py") if (n := len(m.read_text().splitlines())) > 300
     }
     assert long == {}
+
+
+# module -> the entropy_serve packages importing it must not pull in (checked at run time:
+# transitive imports included). The three imports that crossed a boundary the wrong way.
+PULLED_IN_NEVER = {
+    "entropy_serve.probes.router": ("entropy_serve.server",),  # the router receives its engine
+    "entropy_serve.tasks.voting": ("entropy_serve.server",),  # voting is pure: server, trainer and benchmarks share it
+    "entropy_serve.trainer.entropy_control": ("entropy_serve.server.strategies",),
+    "entropy_serve.server.api.answer": ("entropy_serve.server.strategies",),  # the HTTP edge answers through core/
+}
+
+
+@pytest.mark.parametrize("module", PULLED_IN_NEVER)
+def test_importing_a_part_pulls_in_only_what_it_may(module):
+    code = f"import sys, {module}\nprint('\\n'.join(name for name in sys.modules if name.startswith('entropy_serve')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert module in loaded
+    assert [name for name in loaded if name.startswith(PULLED_IN_NEVER[module])] == []
