@@ -125,6 +125,9 @@ def test_a_batch_runs_to_completion_and_its_files_are_read(deployment):
     assert batch.request_counts.model_dump() == {"total": 6, "completed": 4, "failed": 2}
     assert batch.in_progress_at and batch.finalizing_at and batch.completed_at
     answered = records(client, batch.output_file_id)
+    bodies = [record["response"]["body"] for record in answered]
+    assert batch.usage.input_tokens == sum(body["usage"]["prompt_tokens"] for body in bodies)
+    assert batch.usage.output_tokens == sum(body["usage"]["completion_tokens"] for body in bodies) > 0
     assert [r["custom_id"] for r in answered] == ["q0", "q1", "q2", "q3"]  # input order
     interactive = client.chat.completions.create(**lines[0]["body"])
     assert answered[0]["response"]["status_code"] == 200

@@ -83,6 +83,21 @@ def test_a_line_is_recorded_once(store):
     assert with_live_counts(store, fields)["request_counts"] == {"total": 3, "completed": 1, "failed": 1}
 
 
+def test_a_batch_is_finished_once_files_and_status_together(store):
+    batch_id = batch(store)["id"]
+    store.update_batch(batch_id, status="in_progress")
+    finished = store.finish_batch(
+        batch_id, expect=("in_progress",), outputs={"output": b'{"a": 1}\n'}, status="completed", completed_at=7
+    )
+    assert finished["status"] == "completed" and finished["completed_at"] == 7
+    output = store.file("alice", finished["output_file_id"])  # the batch owner's file
+    assert output["filename"] == f"{batch_id}_output.jsonl" and output["purpose"] == "batch_output"
+    assert store.file_content(output["id"], "alice") == b'{"a": 1}\n'
+    # A runner that tries again (it resumed the batch) writes nothing.
+    again = store.finish_batch(batch_id, expect=("in_progress",), outputs={"output": b"x"}, status="completed")
+    assert again is None and len(store.files("alice")) == 1
+
+
 def test_status_changes_only_from_the_expected_status(store):
     batch_id = batch(store)["id"]
     assert store.update_batch(batch_id, expect=("in_progress",), status="cancelling") is None

@@ -18,6 +18,7 @@ released (its server stopped) takes it over and answers only its unanswered line
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -26,7 +27,7 @@ import uuid
 from entropy_serve.offline.batch import answer_line
 from entropy_serve.offline.records import InputLine, RecordsError, parse_lines
 from entropy_serve.server.core.service import Service
-from entropy_serve.server.core.store import Store, new_id
+from entropy_serve.server.core.store import ACTIVE_BATCH_STATES, Store, new_id
 
 logger = logging.getLogger(__name__)
 
@@ -192,38 +193,50 @@ class BatchRunner:
             await asyncio.gather(*in_flight, return_exceptions=True)
 
     async def _finish(self, batch_id: str, final: str) -> None:
-        """Write the output file (200 answers) and the error file (the rest), then the
-        final status: `completed` passes through `finalizing`, as OpenAI's does."""
+        """Write the output file (200 answers) and the error file (the rest) with the final
+        status, in one transaction; `completed` passes through `finalizing`, as OpenAI's does."""
         if final == "completed":
             await self._update(
                 batch_id, expect=("in_progress", "finalizing"), status="finalizing", finalizing_at=int(time.time())
             )
-        owner = await asyncio.to_thread(self.store.batch_owner, batch_id)
-        file_ids = {}
+        outputs = {}
         for ok, name in ((True, "output"), (False, "error")):
             records = await asyncio.to_thread(self.store.line_records, batch_id, ok)
             if records:
-                content = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records).encode("utf-8")
-                added = await asyncio.to_thread(
-                    self.store.add_file,
-                    owner,
-                    filename=f"{batch_id}_{name}.jsonl",
-                    purpose="batch_output",
-                    content=content,
-                )
-                file_ids[f"{name}_file_id"] = added["id"]
+                outputs[name] = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+            if ok:
+                usage = batch_usage(records)
         completed, failed = await asyncio.to_thread(self.store.line_counts, batch_id)
         fields = await asyncio.to_thread(self.store.batch, batch_id, None)
-        await self._update(
-            batch_id,
-            status=final,
-            **{f"{final}_at": int(time.time())},
-            **file_ids,
-            request_counts={**fields["request_counts"], "completed": completed, "failed": failed},
+        await asyncio.to_thread(
+            functools.partial(
+                self.store.finish_batch,
+                batch_id,
+                expect=ACTIVE_BATCH_STATES,
+                outputs=outputs,
+                status=final,
+                usage=usage,
+                request_counts={**fields["request_counts"], "completed": completed, "failed": failed},
+                **{f"{final}_at": int(time.time())},
+            )
         )
 
     async def _update(self, batch_id: str, expect: tuple[str, ...] | None = None, **changes) -> dict | None:
         return await asyncio.to_thread(self.store.update_batch, batch_id, expect=expect, **changes)
+
+
+def batch_usage(answered: list[dict]) -> dict:
+    """OpenAI's Batch `usage`: the tokens of the batch's answered requests."""
+    usages = [record["response"]["body"].get("usage") or {} for record in answered]
+    input_tokens = sum(usage.get("prompt_tokens", 0) for usage in usages)
+    output_tokens = sum(usage.get("completion_tokens", 0) for usage in usages)
+    return {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": input_tokens + output_tokens,
+    }
 
 
 def _text_lines(content: bytes) -> list[str]:

@@ -1,10 +1,14 @@
 """The store's tables (store.py): files with their bytes, batches with OpenAI's Batch
 fields and their lease, each batch's answered lines (one row per line: written once),
-and stored responses with their conversation. One schema for SQLite and PostgreSQL."""
+and stored responses with their conversation. One schema for SQLite and PostgreSQL;
+SQLite's connection settings (WAL, waiting on a busy database, write transactions that
+take the lock when they begin) are here too."""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 metadata = sa.MetaData()
 
@@ -50,3 +54,19 @@ stored_responses = sa.Table(
     sa.Column("response", sa.JSON, nullable=False),  # the Response object as returned
     sa.Column("conversation", sa.JSON, nullable=False),  # chat messages, the reply's included
 )
+
+
+def sqlite_settings(connection, _record) -> None:
+    """WAL: readers never wait for the batch runner's writes; a busy database is waited
+    for. The driver's own transaction handling is off: `begin_immediate` opens them."""
+    connection.isolation_level = None
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.close()
+
+
+def begin_immediate(connection) -> None:
+    """A read-then-write transaction (update_batch, claim_batches) takes SQLite's write lock
+    when it starts, so two writers wait for each other instead of failing to upgrade."""
+    connection.exec_driver_sql("BEGIN IMMEDIATE")

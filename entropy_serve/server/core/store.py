@@ -25,10 +25,17 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from entropy_serve import model_store
-from entropy_serve.server.core.schema import batch_lines, batches, files, metadata, stored_responses
+from entropy_serve.server.core.schema import (
+    batch_lines,
+    batches,
+    begin_immediate,
+    files,
+    metadata,
+    sqlite_settings,
+    stored_responses,
+)
 
 DATABASE_FILE = "state.sqlite3"
-SQLITE_BUSY_TIMEOUT_MS = 10_000
 ACTIVE_BATCH_STATES = ("validating", "in_progress", "finalizing", "cancelling")
 
 
@@ -49,8 +56,8 @@ class Store:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.engine = sa.create_engine(url)
         if self.engine.dialect.name == "sqlite":
-            sa.event.listen(self.engine, "connect", _sqlite_settings)
-            sa.event.listen(self.engine, "begin", _begin_immediate)
+            sa.event.listen(self.engine, "connect", sqlite_settings)
+            sa.event.listen(self.engine, "begin", begin_immediate)
         metadata.create_all(self.engine)
 
     def close(self) -> None:
@@ -59,15 +66,7 @@ class Store:
     # -- files -------------------------------------------------------------------------
 
     def add_file(self, owner: str, *, filename: str, purpose: str, content: bytes) -> dict:
-        row = dict(
-            id=new_id("file"),
-            owner=owner,
-            filename=filename,
-            purpose=purpose,
-            num_bytes=len(content),
-            created_at=int(time.time()),
-            content=content,
-        )
+        row = _file_row(owner, filename=filename, purpose=purpose, content=content)
         with self.engine.begin() as db:
             db.execute(files.insert().values(**row))
         return _file_fields(row)
@@ -125,10 +124,6 @@ class Store:
         with self.engine.connect() as db:
             return db.execute(query).scalar()
 
-    def batch_owner(self, batch_id: str) -> str | None:
-        with self.engine.connect() as db:
-            return db.execute(sa.select(batches.c.owner).where(batches.c.id == batch_id)).scalar()
-
     def batches(self, owner: str, *, after: str | None, limit: int) -> list[dict]:
         """The owner's batches, newest first, from the one after `after`."""
         query = sa.select(batches.c.fields).where(batches.c.owner == owner)
@@ -184,6 +179,28 @@ class Store:
             db.execute(
                 batches.update().where(batches.c.lease_owner == runner).values(lease_owner=None, lease_expires_at=None)
             )
+
+    def finish_batch(
+        self, batch_id: str, *, expect: Iterable[str], outputs: dict[str, bytes], **changes
+    ) -> dict | None:
+        """In one transaction: the batch's output files (`outputs`: name -> content, each
+        `{batch_id}_{name}.jsonl`, its id in the fields as `{name}_file_id`) and its final
+        fields, if its status is one of `expect`; None (nothing written) otherwise, so a
+        batch is finished once however often a runner tries."""
+        with self.engine.begin() as db:
+            query = sa.select(batches.c.fields, batches.c.owner).where(batches.c.id == batch_id).with_for_update()
+            row = db.execute(query).first()
+            if row is None or row.fields["status"] not in expect:
+                return None
+            fields = {**row.fields, **changes}
+            for name, content in outputs.items():
+                file = _file_row(
+                    row.owner, filename=f"{batch_id}_{name}.jsonl", purpose="batch_output", content=content
+                )
+                db.execute(files.insert().values(**file))
+                fields[f"{name}_file_id"] = file["id"]
+            db.execute(batches.update().where(batches.c.id == batch_id).values(status=fields["status"], fields=fields))
+        return fields
 
     def add_line(self, batch_id: str, line_number: int, *, ok: bool, record: dict) -> bool:
         """Record a line's answer; False (nothing written) when it was already recorded."""
@@ -254,20 +271,16 @@ class Store:
             return deleted.rowcount == 1
 
 
-def _sqlite_settings(connection, _record) -> None:
-    """WAL: readers never wait for the batch runner's writes; a busy database is waited
-    for. The driver's own transaction handling is off: `_begin_immediate` opens them."""
-    connection.isolation_level = None
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-    cursor.close()
-
-
-def _begin_immediate(connection) -> None:
-    """A read-then-write transaction (update_batch, claim_batches) takes SQLite's write lock
-    when it starts, so two writers wait for each other instead of failing to upgrade."""
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+def _file_row(owner: str, *, filename: str, purpose: str, content: bytes) -> dict:
+    return dict(
+        id=new_id("file"),
+        owner=owner,
+        filename=filename,
+        purpose=purpose,
+        num_bytes=len(content),
+        created_at=int(time.time()),
+        content=content,
+    )
 
 
 def _file_fields(row) -> dict:
