@@ -135,7 +135,8 @@ class BatchRunner:
             await self._finish(batch_id, final)
 
     async def _lines(self, fields: dict) -> list[InputLine] | None:
-        """The input file's lines; None when the batch failed validation (marked so)."""
+        """The input file's lines; None when the batch cannot be answered (marked failed: a bad
+        file, or, for a batch already running, its input file deleted since)."""
         content = await asyncio.to_thread(self.store.file_content, fields["input_file_id"], None)
         problem = None
         if content is None:
@@ -154,7 +155,11 @@ class BatchRunner:
             return lines
         errors = {"object": "list", "data": [{"code": problem[0], "message": problem[1], "param": None, "line": None}]}
         await self._update(
-            fields["id"], expect=("validating",), status="failed", failed_at=int(time.time()), errors=errors
+            fields["id"],
+            expect=("validating", "in_progress"),
+            status="failed",
+            failed_at=int(time.time()),
+            errors=errors,
         )
         return None
 
@@ -175,10 +180,8 @@ class BatchRunner:
             while True:
                 if time.time() > fields["expires_at"]:
                     return "expired"
-                for line in pending:
+                while len(in_flight) < self.max_in_flight and (line := next(pending, None)) is not None:
                     in_flight.add(asyncio.create_task(answer(line)))
-                    if len(in_flight) >= self.max_in_flight:
-                        break
                 if not in_flight:
                     return "completed"
                 done, in_flight = await asyncio.wait(in_flight, timeout=POLL_S, return_when=asyncio.FIRST_COMPLETED)
