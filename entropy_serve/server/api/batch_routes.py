@@ -15,13 +15,14 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import Response
 from openai.types import Batch, FileObject
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from entropy_serve.offline.batch import ENDPOINTS
 from entropy_serve.server.api.request_body import json_body
 from entropy_serve.server.core.batches import COMPLETION_WINDOWS_S, new_batch, with_live_counts
+from entropy_serve.server.core.service import parse_body
 from entropy_serve.server.core.store import Store
-from entropy_serve.server.errors import BadRequest, NotFound, validation_message
+from entropy_serve.server.errors import BadRequest, NotFound
 
 MAX_METADATA_PAIRS = 16  # OpenAI's: 16 pairs, keys up to 64 characters, values up to 512
 CANCELLABLE = ("validating", "in_progress")
@@ -90,12 +91,7 @@ def batch_router(store: Store) -> APIRouter:
 
     @router.post("/batches")
     async def create_batch(request: Request) -> dict:
-        body = await json_body(request)
-        try:
-            asked = BatchRequest.model_validate(body)
-        except ValidationError as error:
-            message, param = validation_message(list(error.errors(include_url=False)))
-            raise BadRequest(message, param=param) from None
+        asked = parse_body(await json_body(request), BatchRequest)
         owner = owner_of(request)
         input_file = await asyncio.to_thread(store.file, owner, asked.input_file_id)
         if input_file is None or input_file["purpose"] != "batch":

@@ -25,8 +25,9 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from entropy_serve.calibration import load_profile, model_fingerprint
@@ -58,13 +59,22 @@ REQUEST_TYPES: dict[Endpoint, type[SamplingRequest]] = {
 }
 
 
+Body = TypeVar("Body", bound=BaseModel)
+
+
 def parse_request(body: object, endpoint: Endpoint) -> SamplingRequest:
     """The validated request of a JSON body, or a BadRequest naming the bad field."""
+    return parse_body(body, REQUEST_TYPES[endpoint])
+
+
+def parse_body(body: object, model: type[Body]) -> Body:
+    """A JSON body as `model` (any route's request model), or a BadRequest naming the bad
+    field: not an object, text UTF-8 cannot hold, or a field `model` refuses."""
     if not isinstance(body, dict):
         raise BadRequest(f"the body must be a JSON object, got {type(body).__name__}")
     check_text(body)
     try:
-        return REQUEST_TYPES[endpoint].model_validate(body)
+        return model.model_validate(body)
     except ValidationError as error:
         message, param = validation_message(list(error.errors(include_url=False)))
         raise BadRequest(message, param=param) from error

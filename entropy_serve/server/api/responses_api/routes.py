@@ -16,7 +16,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response as HTTPResponse
 from openai.types.chat import ChatCompletion
 from openai.types.responses import Response
-from pydantic import ValidationError
 
 from entropy_serve.server.api.answer import answer
 from entropy_serve.server.api.batch_routes import owner_of
@@ -25,20 +24,13 @@ from entropy_serve.server.api.responses_api.events import EventStream
 from entropy_serve.server.api.responses_api.reply import answer_of, new_response_id, response_object
 from entropy_serve.server.api.responses_api.request import CHAT_TO_RESPONSES_FIELDS, ResponsesRequest
 from entropy_serve.server.core.answering import ChunkStream
-from entropy_serve.server.core.service import Endpoint, Service, check_model, check_text
+from entropy_serve.server.core.service import Endpoint, Service, check_model, parse_body
 from entropy_serve.server.core.store import Store
-from entropy_serve.server.errors import APIError, BadRequest, NotFound, validation_message
+from entropy_serve.server.errors import APIError, NotFound
 
 
 def parse_responses_request(body: object) -> ResponsesRequest:
-    if not isinstance(body, dict):
-        raise BadRequest(f"the body must be a JSON object, got {type(body).__name__}")
-    check_text(body)
-    try:
-        return ResponsesRequest.model_validate(body)
-    except ValidationError as error:
-        message, param = validation_message(list(error.errors(include_url=False)))
-        raise BadRequest(message, param=param) from error
+    return parse_body(body, ResponsesRequest)
 
 
 def responses_router(service: Service, store: Store, drain: Drain) -> APIRouter:
