@@ -54,7 +54,7 @@ def flat_selection(indices: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class CovLoss:
+class TokenLoss:
     loss: torch.Tensor  # [batch, tokens], 0 off the mask
     selected: torch.Tensor  # [batch, tokens] bool: the covariance-selected tokens
     clip_fraction: float  # of valid tokens where PPO's clip won
@@ -73,11 +73,11 @@ def ppo_loss(
     *,
     eps_low: float = 0.2,
     eps_high: float = 0.2,
-) -> CovLoss:
+) -> TokenLoss:
     """PPO's clipped surrogate with no covariance control (no token selected), 0 off the mask."""
     loss, clipped = clipped_surrogate(log_probs, old_log_probs, advantages, eps_low, eps_high)
     valid = mask > 0
-    return CovLoss(loss=loss * valid, selected=torch.zeros_like(valid), clip_fraction=clip_fraction(clipped, valid))
+    return TokenLoss(loss=loss * valid, selected=torch.zeros_like(valid), clip_fraction=clip_fraction(clipped, valid))
 
 
 def clip_cov_loss(
@@ -92,7 +92,7 @@ def clip_cov_loss(
     upper: float = 5.0,
     eps_low: float = 0.2,
     eps_high: float = 0.2,
-) -> CovLoss:
+) -> TokenLoss:
     """Clip-Cov: PPO's clipped loss, with the gradient of k = max(1, int(ratio * N))
     tokens dropped (N: valid tokens), chosen uniformly at random among the valid tokens
     PPO did not clip whose covariance lies in (lower, upper). Paper recipe: ratio 2e-4,
@@ -104,7 +104,7 @@ def clip_cov_loss(
     k = max(1, int(ratio * int(valid.sum())))
     chosen = candidates[torch.randperm(len(candidates), generator=generator)[:k]]
     selected = flat_selection(chosen, like=valid)
-    return CovLoss(
+    return TokenLoss(
         loss=torch.where(selected | ~valid, torch.zeros_like(loss), loss),
         selected=selected,
         clip_fraction=clip_fraction(clipped, valid),
@@ -119,7 +119,7 @@ def kl_cov_loss(
     *,
     fraction: float = 0.002,
     coef: float = 1.0,
-) -> CovLoss:
+) -> TokenLoss:
     """KL-Cov: the policy-gradient loss -A r, plus coef * |log p - log p_old| on the
     k = max(1, int(fraction * N)) valid tokens of largest covariance. Paper recipe:
     fraction 2e-3, coef 1 (verl's default fraction, 2e-4, is ten times smaller). Fully
@@ -132,7 +132,7 @@ def kl_cov_loss(
     top = covariance.flatten().topk(min(k, int(valid.sum()))).indices
     selected = flat_selection(top, like=valid)
     loss = -advantages * ratio + coef * (log_probs - old_log_probs).abs() * selected
-    return CovLoss(loss=loss * valid, selected=selected, clip_fraction=0.0)
+    return TokenLoss(loss=loss * valid, selected=selected, clip_fraction=0.0)
 
 
 def majority_rewards(answers: list[str | None], same: Callable[[str, str], bool] | None = None) -> list[float]:

@@ -72,6 +72,11 @@ def rewards_for(mode: str, group_size: int):
     return rewards
 
 
+def reward_mode(settings: PolicyConfig) -> str:
+    """TTRL's majority vote when the `ttrl` method is on, the reference answers otherwise."""
+    return "majority" if "ttrl" in settings.method else "ground_truth"
+
+
 def launch_rank() -> tuple[int, int]:
     """(this process's rank, the number of processes) under accelerate / torchrun; (0, 1) alone."""
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -126,7 +131,7 @@ def grpo_args(settings: PolicyConfig):
         beta=settings.beta,
         epsilon=settings.epsilon,
         epsilon_high=settings.epsilon_high,
-        top_entropy_quantile=settings.top_entropy_quantile,
+        top_entropy_quantile=settings.forking_token_fraction if "80_20" in settings.method else 1.0,
         temperature=settings.temperature,
         max_completion_length=settings.max_tokens,
         logging_steps=1,
@@ -178,7 +183,7 @@ def train_policy(settings: PolicyConfig) -> dict:
         trainer = PolicyTrainer(
             model=model,
             processing_class=tokenizer,
-            reward_funcs=[rewards_for(settings.reward, settings.group_size)],
+            reward_funcs=[rewards_for(reward_mode(settings), settings.group_size)],
             args=grpo_args(settings),
             train_dataset=dataset,
             callbacks=[StepLog(log_path), stop],
@@ -201,7 +206,7 @@ def train_policy(settings: PolicyConfig) -> dict:
             return {"interrupted": stop.interrupted, "step": trainer.state.global_step, "rank": rank}
         records = read_log(log_path)
         if records:
-            plot_log(records, out / PLOT_FILE, f"{settings.loss_type}, entropy control {settings.entropy_control}")
+            plot_log(records, out / PLOT_FILE, f"{settings.loss_type}, methods: {', '.join(settings.method) or 'none'}")
         if stop.interrupted:
             return {"interrupted": True, "step": trainer.state.global_step}
         engine.sync_weights(trainer.model)  # float32, before save_model casts it

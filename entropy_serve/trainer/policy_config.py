@@ -1,6 +1,6 @@
 """`train-policy`'s settings: one frozen model, read from a config file, then flags.
 
-Every field is also a flag (`--entropy-control kl_cov`), generated from the fields
+Every field is also a flag (`--method kl_cov`), generated from the fields
 below, so a name, its type and its default are written once. A flag wins over the file;
 the file wins over the defaults. Files are YAML (.yaml / .yml) or JSON.
 """
@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from entropy_serve.server.protocol.extensions import AdaptiveTemperature
+from entropy_serve.trainer.methods import METHODS, MethodPlan
 
 
 class PolicyConfig(BaseModel):
@@ -32,27 +33,42 @@ class PolicyConfig(BaseModel):
     entropy_profile: str | None = Field(
         None, description="profile JSON for hapo rollouts (default: the embedded model's)"
     )
-    # The task and its reward.
+    # The task (its reward: ground truth, or the `ttrl` method's majority vote).
     task: str = Field("arithmetic", description="'arithmetic' (built-in, seeded) or a question/answer JSONL file")
     levels: list[str] = Field(["add-1digit"], min_length=1, description="arithmetic levels to train on")
     num_problems: int = Field(512, ge=1, description="training problems (the first N of a file)")
-    reward: Literal["ground_truth", "majority"] = Field(
-        "ground_truth", description="ground_truth: 1 if correct; majority: TTRL, agreement with the group's vote"
-    )
-    entropy_advantage: bool = Field(False, description="ETTRL: scale each advantage by 1 + (mean H - H_i) / mean H")
-    # The loss (TRL's GRPO) and its entropy control.
+    # The loss (TRL's GRPO) and the entropy-RL methods (trainer/methods.py, the README's table).
     loss_type: Literal["dapo", "grpo", "dr_grpo", "bnpo"] = "dapo"
-    entropy_control: Literal["none", "clip_cov", "kl_cov"] = "none"
+    method: list[str] = Field([], description=f"entropy-RL methods, in order ({', '.join(METHODS)}); none: plain GRPO")
     clip_cov_ratio: float = Field(
-        2e-4, gt=0.0, le=1.0, description="Clip-Cov: fraction of tokens whose gradient is dropped"
+        2e-4, gt=0.0, le=1.0, description="clip_cov: fraction of tokens whose gradient is dropped"
     )
-    clip_cov_lower: float = Field(1.0, description="Clip-Cov: covariance band, lower bound")
-    clip_cov_upper: float = Field(5.0, description="Clip-Cov: covariance band, upper bound")
-    kl_cov_fraction: float = Field(2e-3, gt=0.0, le=1.0, description="KL-Cov: fraction of tokens penalized")
-    kl_cov_coef: float = Field(1.0, ge=0.0, description="KL-Cov: penalty coefficient")
-    top_entropy_quantile: float = Field(
-        1.0, gt=0.0, le=1.0, description="train only on this top fraction of tokens by entropy (0.2: the 80/20 rule)"
+    clip_cov_lower: float = Field(1.0, description="clip_cov: covariance band, lower bound")
+    clip_cov_upper: float = Field(5.0, description="clip_cov: covariance band, upper bound")
+    kl_cov_fraction: float = Field(2e-3, gt=0.0, le=1.0, description="kl_cov: fraction of tokens penalized")
+    kl_cov_coef: float = Field(1.0, ge=0.0, description="kl_cov: penalty coefficient")
+    forking_token_fraction: float = Field(
+        0.2, gt=0.0, le=1.0, description="80_20: the top fraction of tokens by entropy that is trained"
     )
+    aepo_target_entropy_nats: float | None = Field(
+        None, gt=0.0, description="aepo: the entropy held (default: the first rollout batch's)"
+    )
+    aepo_temperature_high: float = Field(1.2, gt=0.0, description="aepo: regularizer temperature below target")
+    aepo_temperature_low: float = Field(0.8, gt=0.0, description="aepo: regularizer temperature above target")
+    aepo_samples: int = Field(4, ge=1, description="aepo: most regularizer responses per step (halved above target)")
+    steer_weight_min: float = Field(0.8, gt=0.0, description="steer: smallest token weight")
+    steer_weight_max: float = Field(1.2, gt=0.0, description="steer: largest token weight")
+    dual_clip: float = Field(3.0, gt=1.0, description="steer, hapo: dual-clip bound c on -A r for A < 0")
+    siren_coef: float = Field(0.005, ge=0.0, description="siren: regularizer coefficient")
+    siren_top_p: float = Field(0.8, gt=0.0, le=1.0, description="siren: the nucleus its entropy is taken over")
+    siren_peak_quantile: float = Field(
+        0.8, ge=0.0, lt=1.0, description="siren: per response, tokens above this entropy quantile"
+    )
+    canon_mu: float = Field(1.0, ge=0.0, le=1.0, description="canon: 1 inter-group, 0 intra-group advantages")
+    seed_grpo_alpha: float = Field(0.5, ge=0.0, description="seed_grpo: sensitivity to semantic entropy")
+    hapo_entropy_pivot: float = Field(0.8, ge=0.0, le=1.0, description="hapo: the entropy quantile that is neutral")
+    hapo_clip_alpha: float = Field(1.0, ge=0.0, description="hapo: how far entropy widens the clip range")
+    hapo_advantage_beta: float = Field(1.0, ge=0.0, description="hapo: how far entropy redistributes advantages")
     beta: float = Field(0.0, ge=0.0, description="k3 KL to the initial model")
     epsilon: float = Field(0.2, gt=0.0, description="PPO clip, lower side")
     epsilon_high: float = Field(0.28, gt=0.0, description="PPO clip, upper side (DAPO's clip-higher)")
@@ -80,9 +96,12 @@ class PolicyConfig(BaseModel):
             raise ValueError(
                 f"clip_cov_lower ({self.clip_cov_lower}) must be below clip_cov_upper ({self.clip_cov_upper})"
             )
-        if self.entropy_control == "kl_cov" and self.updates_per_batch < 2:
+        MethodPlan.of(self.method)  # a ValueError naming the method that does not exist or compose
+        if "kl_cov" in self.method and self.updates_per_batch < 2:
+            raise ValueError("method kl_cov: needs updates_per_batch >= 2 (fully on-policy its penalty is zero)")
+        if self.steer_weight_min > self.steer_weight_max:
             raise ValueError(
-                "entropy_control kl_cov: needs updates_per_batch >= 2 (fully on-policy its penalty is zero)"
+                f"steer_weight_min ({self.steer_weight_min}) must not exceed steer_weight_max ({self.steer_weight_max})"
             )
         return self
 

@@ -30,6 +30,10 @@ FIELDS = {
     "policy_kl": "policy_kl",
     "reference_kl": "kl",
     "cov_selected_tokens": "cov_selected_tokens",
+    "siren_entropy_nats": "siren_entropy",  # the siren method's peak-token nucleus entropy
+    "aepo_temperature": "aepo_temperature",  # the aepo method's second rollout
+    "aepo_target_entropy_nats": "aepo_target_entropy_nats",
+    "aepo_samples": "aepo_samples",
     "mean_completion_tokens": "completions/mean_length",
     "total_tokens": "num_tokens",  # prompt and completion tokens of every rollout so far
     "sync_s": "sync_s",
