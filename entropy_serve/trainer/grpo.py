@@ -82,6 +82,15 @@ class PolicyTrainer(GRPOTrainer):
         super().__init__(*args, rollout_func=self._rollout, **kwargs)
         self.aepo = AepoRollout(self) if "aepo" in self.methods else None
 
+    def restore_anchors(self, records: list[dict]) -> None:
+        """A resumed run keeps the reference values its methods set on the run's first
+        batch (SIREN's anchor, AEPO's default target), read from the kept log."""
+        first = records[0] if records else {}
+        if first.get("siren_anchor_nats") is not None:
+            self._siren_anchor = first["siren_anchor_nats"]
+        if self.aepo is not None and self.aepo.target_nats is None:
+            self.aepo.target_nats = first.get("aepo_target_entropy_nats")
+
     # -- 1. rollouts -------------------------------------------------------------------
 
     def rollout_body(self, messages: list[dict], n: int, seed: int, temperature: float | None = None) -> dict:
@@ -243,6 +252,7 @@ class PolicyTrainer(GRPOTrainer):
         if self._siren_anchor is None:
             self._siren_anchor = entropy.item()
         self._metrics["train"]["siren_entropy"].append(entropy.item())
+        self._metrics["train"]["siren_anchor"].append(self._siren_anchor)
         term = siren_regularizer(entropy, self._siren_anchor, s.siren_coef)
         return term / self.current_gradient_accumulation_steps
 

@@ -15,10 +15,8 @@ No method named is plain GRPO (TRL's, with DAPO's loss by default).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-
-import torch
 
 from entropy_serve.trainer import group_methods, token_methods
 from entropy_serve.trainer.entropy_control import (
@@ -28,56 +26,17 @@ from entropy_serve.trainer.entropy_control import (
     kl_cov_loss,
     ppo_loss,
 )
+from entropy_serve.trainer.method_registry import (
+    METHODS,
+    AdvantageFn,
+    Group,
+    Method,
+    TokenInputs,
+    TokenLossFn,
+    register,
+)
 
-
-@dataclass(frozen=True)
-class TokenInputs:
-    """What a token loss reads, [batch, tokens] each (advantages [batch, 1])."""
-
-    log_probs: torch.Tensor
-    old_log_probs: torch.Tensor
-    advantages: torch.Tensor
-    mask: torch.Tensor
-    entropies: torch.Tensor
-    generator: torch.Generator
-
-
-@dataclass(frozen=True)
-class Group:
-    """One problem's responses, as an advantage hook reads them."""
-
-    rewards: list[float]
-    advantages: list[float]  # what the stages before produced (GRPO's to start with)
-    mean_entropies_nats: list[float]  # each response's mean token entropy (the engine's)
-    num_tokens: list[int]
-    answers: list[str | None]  # extracted final answers
-    same: Callable[[str, str], bool]  # the project's answer equivalence
-
-
-TokenLossFn = Callable[[TokenInputs, "object"], TokenLoss]  # (inputs, settings) -> loss
-AdvantageFn = Callable[[Group, "object"], list[float]]  # (group, settings) -> new advantages
-
-
-@dataclass(frozen=True)
-class Method:
-    name: str
-    paper: str
-    does: str
-    needs: str
-    cost: str
-    token_loss: TokenLossFn | None = None
-    advantage: AdvantageFn | None = None
-    replaces_advantages: bool = False  # CANON, HAPO: a new estimator, not a factor on GRPO's
-
-
-METHODS: dict[str, Method] = {}
-
-
-def register(method: Method) -> Method:
-    if method.name in METHODS:
-        raise ValueError(f"method {method.name!r} is registered twice")
-    METHODS[method.name] = method
-    return method
+__all__ = ["METHODS", "Group", "MethodPlan", "TokenInputs", "methods_table"]
 
 
 def ppo_token_loss(inputs: TokenInputs, s) -> TokenLoss:

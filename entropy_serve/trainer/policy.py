@@ -192,6 +192,8 @@ def train_policy(settings: PolicyConfig) -> dict:
             served_model_name=SERVED_NAME,
             rollout_log=rollout_log,
         )
+        if checkpoint is not None:
+            trainer.restore_anchors(read_log(log_path))
         try:
             trainer.train(resume_from_checkpoint=checkpoint)
         except Exception:

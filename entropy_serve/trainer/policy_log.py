@@ -31,6 +31,7 @@ FIELDS = {
     "reference_kl": "kl",
     "cov_selected_tokens": "cov_selected_tokens",
     "siren_entropy_nats": "siren_entropy",  # the siren method's peak-token nucleus entropy
+    "siren_anchor_nats": "siren_anchor",
     "aepo_temperature": "aepo_temperature",  # the aepo method's second rollout
     "aepo_target_entropy_nats": "aepo_target_entropy_nats",
     "aepo_samples": "aepo_samples",

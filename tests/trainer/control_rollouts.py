@@ -1,6 +1,6 @@
 """Test helper: replay a train-policy run's logged rollout requests on its initial
-weights (the no-sync control), one optimizer step's requests together as the trainer
-sent them, with the trainer's engine settings.
+weights (the no-sync control), one optimizer step's requests of one kind (the policy's,
+AEPO's) together as the trainer sent them, with the trainer's engine settings.
 
     python tests/trainer/control_rollouts.py RUN_DIR OUT_JSON
 """
@@ -26,13 +26,14 @@ def main(run_dir: Path, out: Path) -> None:
     engine = RolloutEngine(engine_config(settings, model), Path(tempfile.mkdtemp()))
     replayed = []
     try:
-        for step, records in groupby(read_log(run_dir / ROLLOUTS_FILE), key=lambda r: r["step"]):
+        for (step, kind), records in groupby(read_log(run_dir / ROLLOUTS_FILE), key=lambda r: (r["step"], r["kind"])):
             records = list(records)
             groups = engine.generate([r["body"] for r in records])
             for group in groups:
                 replayed.append(
                     {
                         "step": step,
+                        "kind": kind,
                         "responses": [{"completion_ids": r.completion_ids, "logprobs": r.logprobs} for r in group],
                     }
                 )

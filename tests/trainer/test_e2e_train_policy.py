@@ -42,8 +42,8 @@ FLAGS = (
     "1e-4",
     "--calibration-samples",
     "1",
-    "--entropy-control",
-    "clip_cov",
+    "--method",
+    "clip_cov,aepo,siren,seed_grpo,ettrl,80_20",  # one of each kind of hook: loss, rollout, term, advantages, mask
 )
 CONTROL = Path(__file__).parent / "control_rollouts.py"
 
@@ -78,8 +78,17 @@ def test_log_has_each_step_once_with_rollout_and_sync_fields(run_dir):
     for record in log:
         assert 0.0 <= record["reward"] <= 1.0 and 0.0 <= record["accuracy"] <= 1.0
         assert record["rollout_entropy_nats"] > 0 and record["trainer_entropy_nats"] > 0
-        assert record["cov_selected_tokens"] >= 1 and record["step_time_s"] > 0
+        assert record["step_time_s"] > 0
+        assert round(record["aepo_temperature"], 4) in (0.8, 1.2) and record["siren_entropy_nats"] > 0
+    # Clip-Cov drops one token's gradient per update, if any token's covariance is in its
+    # band (none is when every group's rewards are equal: no advantage at all).
+    assert any(record["cov_selected_tokens"] == 1 for record in log)
     assert log[0]["sync_s"] is None  # the first rollout runs on the initial weights
+    # AEPO's default target and SIREN's anchor come from the first batch, and the resumed
+    # run (steps 2 and 3) keeps them.
+    assert log[0]["aepo_target_entropy_nats"] == pytest.approx(log[0]["rollout_entropy_nats"])
+    assert {r["aepo_target_entropy_nats"] for r in log} == {log[0]["aepo_target_entropy_nats"]}
+    assert {r["siren_anchor_nats"] for r in log} == {log[0]["siren_anchor_nats"]}
     # Every later rollout follows an update (and the resumed run's first one a restart).
     assert all(record["sync_s"] > 0 for record in log[1:])
     # The engine's log-probs are the trainer's at the first step (float32, same temperature).
@@ -90,7 +99,9 @@ def test_log_has_each_step_once_with_rollout_and_sync_fields(run_dir):
 def test_synced_weights_change_the_next_rollout(run_dir, tmp_path):
     logged = read_log(run_dir / ROLLOUTS_FILE)
     assert sorted({r["step"] for r in logged}) == [0, 1, 2]
-    assert len(logged) == 3 * 2  # two problems per step, each once (the resumed run redid its own)
+    # two problems per step, each once (the resumed run redid its own), and AEPO's second
+    # rollout of the first quarter of them (one problem)
+    assert [r["kind"] for r in logged] == ["policy", "policy", "aepo"] * 3
     replay = tmp_path / "replay.json"
     subprocess.run(
         [sys.executable, str(CONTROL), str(run_dir), str(replay)], env=command_env(), check=True, timeout=600
@@ -104,6 +115,7 @@ def test_synced_weights_change_the_next_rollout(run_dir, tmp_path):
         )
 
     for trained, control in zip(logged, replayed):
+        assert control["kind"] == trained["kind"]
         pairs = list(zip(trained["responses"], control["responses"]))
         assert len(pairs) == 4
         if trained["step"] == 0:  # same weights, same seed: the replay is the rollout

@@ -12,7 +12,8 @@ import torch
 
 from entropy_serve import cli
 from entropy_serve.trainer.grpo import PolicyTrainer, group_indices
-from entropy_serve.trainer.policy import check_output_folder, rewards_for
+from entropy_serve.trainer.methods import MethodPlan, TokenInputs
+from entropy_serve.trainer.policy import check_output_folder, reward_mode, rewards_for
 from entropy_serve.trainer.policy_config import PolicyConfig, add_config_flags, resolve_config
 from entropy_serve.trainer.policy_log import StepLog, read_log, truncate_log
 
@@ -28,9 +29,9 @@ def parse(*argv: str) -> argparse.Namespace:
 
 def test_flags_win_over_the_file_and_the_file_over_defaults(tmp_path):
     config = tmp_path / "run.yaml"
-    config.write_text("entropy_control: kl_cov\nlearning-rate: 2.0e-6\nlevels: [add-1digit, add-2digit]\nsteps: 7\n")
+    config.write_text("method: [kl_cov]\nlearning-rate: 2.0e-6\nlevels: [add-1digit, add-2digit]\nsteps: 7\n")
     settings = resolve_config(parse("--config", str(config), "--steps", "9", "--output-dir", str(tmp_path / "out")))
-    assert settings.entropy_control == "kl_cov"
+    assert settings.method == ["kl_cov"]
     assert settings.learning_rate == 2e-6
     assert settings.levels == ["add-1digit", "add-2digit"]
     assert settings.steps == 9  # the flag wins
@@ -44,27 +45,30 @@ def test_every_kind_of_flag_parses(tmp_path):
             str(tmp_path),
             "--levels",
             "add-1digit, add-3digit",
-            "--entropy-advantage",
+            "--method",
+            "ttrl, ettrl",
             "--adaptive-temperature",
             '{"method": "hapo", "tau": 0.3}',
             "--typical-p",
             "0.9",
-            "--reward",
-            "majority",
         )
     )
     assert settings.levels == ["add-1digit", "add-3digit"]
-    assert settings.entropy_advantage is True
+    assert settings.method == ["ttrl", "ettrl"]
     assert settings.adaptive_temperature.method == "hapo" and settings.adaptive_temperature.tau == 0.3
-    assert settings.typical_p == 0.9 and settings.reward == "majority"
+    assert settings.typical_p == 0.9 and reward_mode(settings) == "majority"
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (("--entropy-control", "bogus"), "entropy_control"),
+        (("--method", "bogus"), "unknown method 'bogus'; known: clip_cov, kl_cov"),
+        (("--method", "steer,clip_cov"), "methods steer and clip_cov each replace the token loss"),
+        (("--method", "canon,hapo"), "methods canon and hapo each replace GRPO's advantages"),
+        (("--method", "ettrl,ettrl"), "a method is named twice"),
         (("--group-size", "1"), "group_size"),
-        (("--entropy-control", "kl_cov", "--updates-per-batch", "1"), "updates_per_batch >= 2"),
+        (("--method", "kl_cov", "--updates-per-batch", "1"), "updates_per_batch >= 2"),
+        (("--steer-weight-min", "1.5"), "steer_weight_min"),
         (("--clip-cov-lower", "5", "--clip-cov-upper", "1"), "clip_cov_lower"),
         ((), "output_dir"),
     ],
@@ -156,16 +160,22 @@ PER_TOKEN = torch.tensor([[1.0, 2.0, 9.0], [3.0, 9.0, 9.0]])
 MASK = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
 
 
+EXTRA = torch.tensor([[2.0, 2.0, 7.0]])  # AEPO's rows, added beside the batch
+EXTRA_MASK = torch.tensor([[1.0, 1.0, 0.0]])
+
+
 @pytest.mark.parametrize(
-    ("loss_type", "expected"),
+    ("loss_type", "expected", "extra"),
     [
-        ("grpo", (1.5 + 3.0) / 2),  # mean over responses of each response's token mean
-        ("bnpo", 6.0 / 3),  # over the batch's tokens
-        ("dr_grpo", 6.0 / (2 * 4)),  # over responses x max_completion_length (4)
-        ("dapo", 6.0 / 3),  # over the generation batch's tokens (num_items_in_batch)
+        ("grpo", (1.5 + 3.0) / 2, 2.0 / 2),  # mean over responses of each response's token mean
+        ("bnpo", 6.0 / 3, 4.0 / 3),  # over the batch's tokens
+        ("dr_grpo", 6.0 / (2 * 4), 4.0 / (2 * 4)),  # over responses x max_completion_length (4)
+        ("dapo", 6.0 / 3, 4.0 / 3),  # over the generation batch's tokens (num_items_in_batch)
     ],
 )
-def test_aggregation_of_each_loss_type(loss_type, expected):
+def test_aggregation_of_each_loss_type(loss_type, expected, extra):
+    """Extra rows (AEPO's) are divided by the policy batch's normalizer: each weighs what it
+    would as one more row of the batch."""
     trainer = SimpleNamespace(
         loss_type=loss_type,
         current_gradient_accumulation_steps=1,
@@ -173,17 +183,23 @@ def test_aggregation_of_each_loss_type(loss_type, expected):
         accelerator=SimpleNamespace(num_processes=1),
         args=SimpleNamespace(steps_per_generation=1),
     )
-    loss = PolicyTrainer.aggregate(trainer, PER_TOKEN, MASK, {"num_items_in_batch": torch.tensor(3.0)})
-    assert loss.item() == pytest.approx(expected)
+    inputs = {"num_items_in_batch": torch.tensor(3.0), "completion_mask": MASK}
+    assert PolicyTrainer.aggregate(trainer, PER_TOKEN, MASK, inputs).item() == pytest.approx(expected)
+    assert PolicyTrainer.aggregate(trainer, EXTRA, EXTRA_MASK, inputs).item() == pytest.approx(extra)
 
 
 def test_plain_token_loss_is_ppo_clipped_surrogate():
     settings = PolicyConfig(output_dir="x", epsilon=0.2, epsilon_high=0.28)
-    trainer = SimpleNamespace(settings=settings)
     log_probs = torch.log(torch.tensor([[1.5, 0.5, 1.0]]))  # ratios 1.5, 0.5, 1.0 against old log p = 0
-    result = PolicyTrainer.token_loss(
-        trainer, log_probs, torch.zeros(1, 3), torch.tensor([[1.0]]), torch.tensor([[1.0, 1.0, 0.0]])
+    inputs = TokenInputs(
+        log_probs,
+        torch.zeros(1, 3),
+        torch.tensor([[1.0]]),
+        torch.tensor([[1.0, 1.0, 0.0]]),
+        entropies=torch.ones(1, 3),
+        generator=torch.Generator(),
     )
+    result = MethodPlan.of([]).token_loss()(inputs, settings)
     # A = 1: -min(r, clip(r, 0.8, 1.28)) -> -1.28, -0.5; the padded token is 0.
     assert result.loss[0].tolist() == pytest.approx([-1.28, -0.5, 0.0])
     assert result.clip_fraction == pytest.approx(1 / 2)
@@ -252,7 +268,7 @@ def test_the_example_config_file_is_valid():
 
     example = Path(__file__).parents[2] / "configs" / "train_policy_example.yaml"
     settings = resolve_config(parse("--config", str(example)))
-    assert settings.entropy_control == "kl_cov" and settings.updates_per_batch == 2
+    assert settings.method == ["kl_cov"] and settings.updates_per_batch == 2
 
 
 @pytest.mark.parametrize("level", [None, "DEBUG"])
