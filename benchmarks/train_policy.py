@@ -1,200 +1,219 @@
-"""Entropy control in RL fine-tuning, one run: plain GRPO (dapo loss) against KL-Cov,
-Clip-Cov and the 80/20 forking-token mask, the same short run each, on the embedded model.
+"""Every entropy-RL method of the trainer, with seeds: what each does to rollout entropy
+and to held-out accuracy, against plain GRPO, on the embedded model.
 
-Each variant is `entropy-serve train-policy` with the same settings but its entropy
-control (arithmetic 1-digit addition, seed 0). Before and after, held-out problems
-(another seed) are answered by the in-process service: greedy, and single samples at
-T 0.8 (`--samples` per problem, accuracy averaged). The claim checked is Cui et al.'s:
-mean token entropy holds up under KL-Cov / Clip-Cov while it falls under plain GRPO.
-Writes OUT/results.json, OUT/results.md (one table) and OUT/entropy.png (rollout entropy
-and reward per step, every variant); each variant's run folder stays in OUT/VARIANT.
+Each run is `entropy-serve train-policy` with the same settings but its `--method` and
+`--seed` (arithmetic, 1-digit addition by default), with `--held-out-problems`: the run
+answers the same held-out problems (a fixed seed) greedy and at T 0.8 before step 1 and
+after its last step, on its own rollout engine. Runs go one after another (two cores);
+a run whose folder already holds its summary is not redone, so an interrupted benchmark
+resumes with the same command. Writes, in OUT:
+- runs/METHOD-sSEED.json: each run's summary (per-step rollout entropy, held-out scores,
+  tokens, wall time), small enough to keep; the run folders themselves stay in OUT/work;
+- results.json, results.md (the table and the verdicts) and entropy.png (rollout
+  entropy per step, mean and the seeds' min-max band, every method in one plot).
 
-    python benchmarks/train_policy.py --out DIR [--steps 12] [--learning-rate 2e-5] [--held-out 100] [--variants ...]
-    python benchmarks/train_policy.py --report DIR   # redraw the table and plot from DIR/results.json
+    python benchmarks/train_policy.py --out DIR [--methods grpo,aepo,...] [--seeds 0,1,2] [--steps 30]
+    python benchmarks/train_policy.py --report DIR   # redraw the table and plot from DIR/runs
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
+from functools import reduce
+from operator import getitem
 from pathlib import Path
 
-from entropy_serve import model_store
-from entropy_serve.server.config import ServerConfig
-from entropy_serve.server.core.service import running_service
-from entropy_serve.tasks import arithmetic
-from entropy_serve.tasks.answers import is_correct
+from entropy_serve.trainer.held_out import HELD_OUT_FILE
+from entropy_serve.trainer.methods import METHODS
 from entropy_serve.trainer.policy_log import LOG_FILE, read_log
 
-VARIANTS = {
-    "grpo (dapo)": [],
-    "kl_cov": ["--entropy-control", "kl_cov"],
-    "clip_cov": ["--entropy-control", "clip_cov"],
-    "80/20": ["--top-entropy-quantile", "0.2"],
-    # The paper's fractions select max(1, fraction x tokens) tokens: one token in a batch
-    # of a few hundred. Ten times the fraction, for small runs.
-    "kl_cov x10": ["--entropy-control", "kl_cov", "--kl-cov-fraction", "0.02"],
-    "clip_cov x10": ["--entropy-control", "clip_cov", "--clip-cov-ratio", "0.002"],
+BASELINE = "grpo"  # no method: TRL's GRPO with DAPO's loss
+# Per method, what the run adds to its --method (a setting the method needs at this scale).
+EXTRA_FLAGS = {
+    "canon": ["--loss-type", "dr_grpo"],  # the paper's pairing (its advantages are not std-scaled)
+    # The reference samples a quarter of a batch of hundreds of problems again; a quarter of
+    # 2 problems is one group, whose 4 answers are often all wrong (nothing to select): all.
+    "aepo": ["--aepo-prompt-fraction", "1.0"],
 }
-DEFAULT_VARIANTS = ["grpo (dapo)", "kl_cov", "clip_cov", "80/20"]
-HELD_OUT_SEED = 1_000
+AEPO_BAND = 0.10  # the paper's claim: entropy held within 10% of its target ...
+AEPO_FROM_STEP = 10  # ... from step 10 on
 
 
-async def held_out_accuracy(model: str, problems, samples: int) -> dict:
-    """Greedy accuracy, and mean single-sample accuracy at T 0.8, on `problems`."""
-    config = ServerConfig(
-        model=model, served_model_name="m", max_model_len=1024, max_n=samples, gpu_memory_utilization=0.3
-    )
-
-    async def one(service, index, problem):
-        messages = [{"role": "user", "content": problem.question}]
-        base = {"model": "m", "messages": messages, "max_tokens": 64}
-        greedy, sampled = await asyncio.gather(
-            service.answer({**base, "temperature": 0.0}, "chat_completions"),
-            service.answer({**base, "temperature": 0.8, "n": samples, "seed": index}, "chat_completions"),
-        )
-        return (
-            is_correct(greedy.choices[0].message.content, problem.answer),
-            sum(is_correct(c.message.content, problem.answer) for c in sampled.choices) / samples,
-        )
-
-    async with running_service(config) as service:
-        scores = await asyncio.gather(*(one(service, i, p) for i, p in enumerate(problems)))
-    return {
-        "greedy_accuracy": round(sum(g for g, _ in scores) / len(scores), 3),
-        "sample_accuracy_t08": round(sum(s for _, s in scores) / len(scores), 3),
-    }
-
-
-def train(name: str, flags: list[str], args) -> dict:
-    out = args.out / name.replace(" (dapo)", "").replace(" ", "-").replace("/", "-")
+def run_method(method: str, seed: int, args) -> dict:
+    """Train one (method, seed), or read its summary if an earlier benchmark did."""
+    summary_path = args.out / "runs" / f"{method}-s{seed}.json"
+    if summary_path.exists():
+        return json.loads(summary_path.read_text())
+    folder = args.out / "work" / f"{method}-s{seed}"
+    methods = [] if method == BASELINE else ["--method", method, *EXTRA_FLAGS.get(method, [])]
     command = [
-        sys.executable,
-        "-m",
-        "entropy_serve",
-        "train-policy",
-        "--output-dir",
-        str(out),
-        "--steps",
-        str(args.steps),
-        "--group-size",
-        str(args.group_size),
-        "--prompts-per-step",
-        str(args.prompts_per_step),
-        "--learning-rate",
-        str(args.learning_rate),
-        "--max-tokens",
-        str(args.max_tokens),
-        "--seed",
-        str(args.seed),
-        "--calibration-samples",
-        "1",
-        "--save-steps",
-        str(args.steps),
-        *flags,
-    ]
-    print(f"[{name}] {' '.join(command[1:])}", file=sys.stderr, flush=True)
+        sys.executable, "-m", "entropy_serve", "train-policy",
+        "--output-dir", str(folder), "--steps", str(args.steps), "--seed", str(seed),
+        "--group-size", str(args.group_size), "--prompts-per-step", str(args.prompts_per_step),
+        "--updates-per-batch", str(args.updates_per_batch), "--learning-rate", str(args.learning_rate),
+        "--max-tokens", str(args.max_tokens), "--save-steps", str(args.steps), "--calibration-samples", "1",
+        "--held-out-problems", str(args.held_out), "--held-out-samples", str(args.samples),
+        *methods,
+    ]  # fmt: skip
+    print(f"[{method} s{seed}] {' '.join(command[2:])}", file=sys.stderr, flush=True)
     started = time.perf_counter()
     subprocess.run(command, check=True)
-    records = read_log(out / LOG_FILE)
-    rollout = [
-        (r["step"], r["rollout_entropy_nats"], r["reward"]) for r in records if r["rollout_entropy_nats"] is not None
-    ]
-    return {
-        "folder": str(out),
+    records = read_log(folder / LOG_FILE)
+    rollout = [r for r in records if r["rollout_entropy_nats"] is not None]
+    summary = {
+        "method": method,
+        "seed": seed,
         "wall_s": round(time.perf_counter() - started, 1),
-        "rollout_entropy_by_batch": [round(h, 3) for _, h, _ in rollout],
-        "reward_by_batch": [round(r, 3) for _, _, r in rollout],
-        "trainer_entropy_by_step": [round(r["trainer_entropy_nats"], 3) for r in records],
-        "steps": [s for s, _, _ in rollout],
+        "steps": [r["step"] for r in rollout],  # the steps that sampled a rollout batch
+        "rollout_entropy_nats": [round(r["rollout_entropy_nats"], 4) for r in rollout],
+        "reward": [round(r["reward"], 4) for r in rollout],
+        "aepo_target_entropy_nats": rollout[0].get("aepo_target_entropy_nats"),
+        # prompt and completion tokens sampled: TRL's count of the policy's rollouts, and AEPO's second rollout
+        "total_tokens": rollout[-1]["total_tokens"] + sum(r.get("aepo_rollout_tokens") or 0 for r in rollout),
+        "held_out": json.loads((folder / HELD_OUT_FILE).read_text()),
     }
+    summary_path.parent.mkdir(parents=True, exist_ok=True)
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
 
 
-def write_report(results: dict, args) -> None:
+def spread(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def shown(values: list[float], digits: int = 3) -> str:
+    mean, sd = spread(values)
+    return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def column(runs: list[dict], *path: str) -> list:
+    """One value per run, found by the keys in `path`."""
+    return [reduce(getitem, path, run) for run in runs]
+
+
+def aepo_holds(run: dict) -> float:
+    """The share of rollout batches from step AEPO_FROM_STEP on whose entropy is within
+    AEPO_BAND of the run's target."""
+    target = run["aepo_target_entropy_nats"]
+    late = [h for s, h in zip(run["steps"], run["rollout_entropy_nats"]) if s >= AEPO_FROM_STEP]
+    return sum(abs(h - target) <= AEPO_BAND * target for h in late) / max(1, len(late))
+
+
+def report(runs: list[dict], out: Path) -> str:
+    by_method: dict[str, list[dict]] = {}
+    for run in runs:
+        by_method.setdefault(run["method"], []).append(run)
+    baseline_after = [r["held_out"]["after"]["greedy_accuracy"] for r in by_method.get(BASELINE, [])]
     lines = [
-        "| variant | greedy acc before -> after | T0.8 sample acc before -> after "
-        "| rollout entropy (nats): first batch -> last -> mean of the last 3 | wall (s) |",
-        "|---|---|---|---|---|",
+        "| method | seeds | rollout entropy (nats): first batch -> last | greedy acc: before -> after "
+        "| T0.8 acc: before -> after | after - grpo (greedy) | tokens | wall (s) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    before = results["before"]
-    for name, run in results["variants"].items():
-        entropy = run["rollout_entropy_by_batch"]
-        lines.append(
-            f"| {name} | {before['greedy_accuracy']} -> {run['after']['greedy_accuracy']} "
-            f"| {before['sample_accuracy_t08']} -> {run['after']['sample_accuracy_t08']} "
-            f"| {entropy[0]} -> {entropy[-1]} -> {sum(entropy[-3:]) / len(entropy[-3:]):.3f} | {run['wall_s']} |"
+    verdicts = []
+    for method, group in by_method.items():
+        greedy_after = column(group, "held_out", "after", "greedy_accuracy")
+        versus = ""
+        if baseline_after and method != BASELINE:
+            gain = statistics.fmean(greedy_after) - statistics.fmean(baseline_after)
+            noise = max(spread(greedy_after)[1], spread(baseline_after)[1])
+            versus = f"{gain:+.3f} (spread {noise:.3f})"
+            beats = "beats" if gain > noise else "does not beat"
+            verdicts.append(
+                f"- {method}: {beats} plain GRPO on held-out greedy accuracy by more than the seeds' spread"
+            )
+        entropy = [r["rollout_entropy_nats"] for r in group]
+        cells = [
+            method,
+            str(len(group)),
+            f"{shown([e[0] for e in entropy])} -> {shown([e[-1] for e in entropy])}",
+            f"{shown(column(group, 'held_out', 'before', 'greedy_accuracy'))} -> {shown(greedy_after)}",
+            f"{shown(column(group, 'held_out', 'before', 'sample_accuracy_t08'))} -> "
+            f"{shown(column(group, 'held_out', 'after', 'sample_accuracy_t08'))}",
+            versus,
+            f"{statistics.fmean(column(group, 'total_tokens')):.0f}",
+            f"{statistics.fmean(column(group, 'wall_s')):.0f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    if "aepo" in by_method:
+        held = [aepo_holds(r) for r in by_method["aepo"]]
+        verdicts.append(
+            f"- aepo: share of rollout batches from step {AEPO_FROM_STEP} on within {AEPO_BAND:.0%} of the target, "
+            f"per seed: {', '.join(f'{h:.2f}' for h in held)}"
         )
-    (args.out / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    if BASELINE in by_method:
+        falls = [r["rollout_entropy_nats"][-1] - r["rollout_entropy_nats"][0] for r in by_method[BASELINE]]
+        verdicts.append(
+            f"- grpo: rollout entropy change, first batch to last, per seed: {', '.join(f'{f:+.3f}' for f in falls)}"
+        )
+    text = "\n".join(lines) + "\n\n" + "\n".join(verdicts) + "\n"
+    (out / "results.md").write_text(text)
+    (out / "results.json").write_text(json.dumps(runs, indent=2) + "\n")
+    plot(by_method, out / "entropy.png")
+    return text
 
+
+def plot(by_method: dict[str, list[dict]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (entropy_axis, reward_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, run in results["variants"].items():
-        entropy_axis.plot(run["steps"], run["rollout_entropy_by_batch"], marker=".", label=name)
-        reward_axis.plot(run["steps"], run["reward_by_batch"], marker=".", label=name)
-    for axis, label in (
-        (entropy_axis, "rollout mean token entropy (nats)"),
-        (reward_axis, "reward (accuracy of rollouts)"),
-    ):
-        axis.set_xlabel("optimizer step (its rollout batch sampled at its start)")
-        axis.set_ylabel(label)
-        axis.grid(alpha=0.3)
-        axis.legend()
+    figure, axis = plt.subplots(figsize=(10, 5.5))
+    for method, group in by_method.items():
+        steps = group[0]["steps"]
+        series = [r["rollout_entropy_nats"] for r in group if r["steps"] == steps]
+        columns = list(zip(*series))
+        mean = [statistics.fmean(c) for c in columns]
+        (line,) = axis.plot(steps, mean, marker=".", label=f"{method} ({len(series)} seeds)")
+        axis.fill_between(
+            steps, [min(c) for c in columns], [max(c) for c in columns], color=line.get_color(), alpha=0.15
+        )
+    axis.set_xlabel("optimizer step (the rollout batch sampled at its start)")
+    axis.set_ylabel("rollout mean token entropy (nats): seeds' mean, min-max band")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, ncol=2)
     figure.tight_layout()
-    figure.savefig(args.out / "entropy.png", dpi=100)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--report"]:  # python benchmarks/train_policy.py --report OUT: redraw from OUT/results.json
-        out = Path(sys.argv[2])
-        write_report(json.loads((out / "results.json").read_text()), argparse.Namespace(out=out))
-        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--group-size", type=int, default=8)
+    parser.add_argument("--report", action="store_true", help="only redraw the table and plot from OUT/runs")
+    parser.add_argument("--methods", type=lambda text: text.split(","), default=[BASELINE, *METHODS])
+    parser.add_argument("--seeds", type=lambda text: [int(s) for s in text.split(",")], default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--group-size", type=int, default=4)
     parser.add_argument("--prompts-per-step", type=int, default=2)
-    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--updates-per-batch", type=int, default=2)
+    parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=2e-5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--held-out", type=int, default=100)
-    parser.add_argument("--samples", type=int, default=4, help="T 0.8 samples per held-out problem")
-    parser.add_argument(
-        "--variants",
-        type=lambda text: text.split(","),
-        default=DEFAULT_VARIANTS,
-        help=f"comma-separated, of: {', '.join(VARIANTS)} (default: the first four)",
-    )
+    parser.add_argument("--held-out", type=int, default=60, help="held-out problems")
+    parser.add_argument("--samples", type=int, default=2, help="T 0.8 samples per held-out problem")
     args = parser.parse_args()
-    for name in args.variants:
-        if name not in VARIANTS:
-            parser.error(f"--variants: unknown {name!r}")
+    if args.report:
+        runs = [json.loads(p.read_text()) for p in sorted((args.out / "runs").glob("*.json"))]
+        print(report(runs, args.out))
+        return
+    for name in args.methods:
+        if name != BASELINE and name not in METHODS:
+            parser.error(f"--methods: unknown {name!r}; known: {BASELINE}, {', '.join(METHODS)}")
     args.out.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
-    problems = arithmetic.generate(args.held_out, HELD_OUT_SEED, arithmetic.levels_named(["add-1digit"]))
-    base = str(model_store.prepare_default_model())
-    results = {
-        "settings": vars(args) | {"out": str(args.out)},
-        "before": asyncio.run(held_out_accuracy(base, problems, args.samples)),
-    }
-    print(f"before: {results['before']}", file=sys.stderr, flush=True)
-    results["variants"] = {}
-    for name in args.variants:
-        run = train(name, VARIANTS[name], args)
-        run["after"] = asyncio.run(held_out_accuracy(run["folder"], problems, args.samples))
-        print(f"[{name}] after: {run['after']}", file=sys.stderr, flush=True)
-        results["variants"][name] = run
-        (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    write_report(results, args)
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    runs = []
+    for seed in args.seeds:  # every method's first seed before any second seed: partial results compare
+        for method in args.methods:
+            runs.append(run_method(method, seed, args))
+            report(runs, args.out)
+    print(report(runs, args.out))
 
 
 if __name__ == "__main__":

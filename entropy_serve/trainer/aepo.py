@@ -3,9 +3,10 @@
 Each rollout batch, in the same step:
 1. the policy's rollout entropy (mean over its tokens) is compared with the target
    (`aepo_target_entropy_nats`, by default the run's first batch's: the entropy held);
-2. a second rollout on the same engine samples the first quarter of the batch's problems
-   (at least one), `group_size` responses each, at `aepo_temperature_high` when entropy
-   is at or below the target, `aepo_temperature_low` above it;
+2. a second rollout on the same engine samples the first `aepo_prompt_fraction` of the
+   batch's problems (the reference's quarter; at least one), `group_size` responses
+   each, at `aepo_temperature_high` when entropy is at or below the target,
+   `aepo_temperature_low` above it;
 3. its responses are rewarded like the policy's, and those that beat their group
    (group-normalized advantage > 0.05) are kept: at most `aepo_samples`, half as many
    above the target (group_methods.aepo_selection);
@@ -32,8 +33,6 @@ import torch
 from entropy_serve.trainer.entropy_control import clipped_surrogate
 from entropy_serve.trainer.group_methods import aepo_selection, aepo_temperature
 from entropy_serve.trainer.rollouts import Rollout
-
-AEPO_PROMPT_SHARE = 4  # the reference samples len(batch) // 4 problems again
 
 
 @dataclass(frozen=True)
@@ -89,7 +88,7 @@ class AepoRollout:
         if self.target_nats is None:
             self.target_nats = entropy_nats
         temperature = aepo_temperature(entropy_nats, self.target_nats, s.aepo_temperature_high, s.aepo_temperature_low)
-        prompts = problem_prompts[: max(1, math.ceil(len(problem_prompts) / AEPO_PROMPT_SHARE))]
+        prompts = problem_prompts[: max(1, math.ceil(len(problem_prompts) * s.aepo_prompt_fraction))]
         bodies = [
             trainer.rollout_body(prompt, s.group_size, trainer.rollout_seed(step, g, stream=1), temperature)
             for g, prompt in enumerate(prompts)
@@ -101,6 +100,7 @@ class AepoRollout:
         trainer._log_metric("aepo_temperature", temperature)
         trainer._log_metric("aepo_target_entropy_nats", self.target_nats)
         trainer._log_metric("aepo_samples", float(len(chosen)))
+        trainer._log_metric("aepo_rollout_tokens", float(sum(len(r.prompt_ids) + len(r.completion_ids) for r in flat)))
         pad_id = trainer.processing_class.pad_token_id
         return pad_rollouts([flat[i] for i in chosen], pad_id, trainer.accelerator.device)
 

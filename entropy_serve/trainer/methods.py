@@ -174,8 +174,14 @@ register(
             "holds entropy at `aepo_target_entropy_nats`: a REINFORCE term (advantage 1) on the best responses of a "
             "second rollout at `aepo_temperature_high` (entropy at or below target) or `aepo_temperature_low` (above)"
         ),
-        needs="a second rollout in the same step (a quarter of the problems, `group_size` each) on the same engine",
-        cost="~1/4 more rollout tokens; a forward and backward pass over up to `aepo_samples` more responses",
+        needs=(
+            "a second rollout in the same step (`aepo_prompt_fraction` of the problems, a quarter by default, "
+            "`group_size` each) on the same engine"
+        ),
+        cost=(
+            "`aepo_prompt_fraction` more rollout tokens; a forward and backward pass over up to `aepo_samples` "
+            "more responses"
+        ),
     )
 )
 register(

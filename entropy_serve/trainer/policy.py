@@ -10,7 +10,8 @@ Order:
 4. TRL's loop runs (trainer/grpo.py): rollouts, rewards, advantages, our loss; a
    checkpoint every `save_steps` and at Ctrl-C, one JSONL line per step;
 5. at the end: the weights, in the initial model's dtype, and the tokenizer are saved to
-   the output folder (an ordinary HF model folder), the engine takes them and
+   the output folder (an ordinary HF model folder), the engine takes them, answers the
+   held-out problems when asked (as it did before step 1: `held_out.json`) and
    calibrates them (the `calibrate` command's profile, `entropy_profile.json`, which
    `serve --model DIR` then uses), and the log's plot is drawn.
 """
@@ -31,6 +32,7 @@ from entropy_serve.tasks.answers import extract_answer, is_correct
 from entropy_serve.tasks.problems import load_problems
 from entropy_serve.trainer.entropy_control import majority_rewards
 from entropy_serve.trainer.grpo import group_indices
+from entropy_serve.trainer.held_out import record_held_out
 from entropy_serve.trainer.policy_config import PolicyConfig
 from entropy_serve.trainer.policy_log import (
     LOG_FILE,
@@ -106,7 +108,7 @@ def engine_config(settings: PolicyConfig, model: str) -> ServerConfig:
         dtype=settings.dtype,
         max_model_len=settings.max_model_len,
         gpu_memory_utilization=settings.gpu_memory_utilization,
-        max_n=max(settings.group_size, settings.calibration_samples),
+        max_n=max(settings.group_size, settings.calibration_samples, settings.held_out_samples),
         logprobs_mode="processed_logprobs",
         entropy_profile=str(profile) if profile else None,
         cpu_cores=host.launcher_rank_cores(dict(os.environ)),  # CPU ranks' engines side by side
@@ -180,6 +182,8 @@ def train_policy(settings: PolicyConfig) -> dict:
     engine = RolloutEngine(engine_config(settings, model_path), out / SYNC_DIR)
     stop = StopOnInterrupt()
     try:
+        if main and settings.held_out_problems and checkpoint is None:
+            print(f"held-out before: {record_held_out(engine, settings, SERVED_NAME, 'before')}")
         trainer = PolicyTrainer(
             model=model,
             processing_class=tokenizer,
@@ -213,6 +217,8 @@ def train_policy(settings: PolicyConfig) -> dict:
             return {"interrupted": True, "step": trainer.state.global_step}
         engine.sync_weights(trainer.model)  # float32, before save_model casts it
         save_model(trainer.model, tokenizer, model_path, out)
+        if settings.held_out_problems:
+            print(f"held-out after: {record_held_out(engine, settings, SERVED_NAME, 'after')}")
         entropies = engine.run(sample_entropies(engine.service, settings.calibration_samples, 128, settings.seed))
     finally:
         stop.restore()

@@ -56,6 +56,9 @@ class PolicyConfig(BaseModel):
     aepo_temperature_high: float = Field(1.2, gt=0.0, description="aepo: regularizer temperature below target")
     aepo_temperature_low: float = Field(0.8, gt=0.0, description="aepo: regularizer temperature above target")
     aepo_samples: int = Field(4, ge=1, description="aepo: most regularizer responses per step (halved above target)")
+    aepo_prompt_fraction: float = Field(
+        0.25, gt=0.0, le=1.0, description="aepo: share of a batch's problems sampled again (the reference's quarter)"
+    )
     steer_weight_min: float = Field(0.8, gt=0.0, description="steer: smallest token weight")
     steer_weight_max: float = Field(1.2, gt=0.0, description="steer: largest token weight")
     dual_clip: float = Field(3.0, gt=1.0, description="steer, hapo: dual-clip bound c on -A r for A < 0")
@@ -88,6 +91,10 @@ class PolicyConfig(BaseModel):
     output_dir: Path = Field(description="the trained model folder, its log, plot and checkpoints")
     save_steps: int = Field(10, ge=1, description="a checkpoint every N steps (and at Ctrl-C)")
     calibration_samples: int = Field(4, ge=1, description="samples per prompt for the final weights' entropy profile")
+    held_out_problems: int = Field(
+        0, ge=0, description="arithmetic problems answered before and after training (held_out.json); 0: none"
+    )
+    held_out_samples: int = Field(4, ge=1, description="samples at T 0.8 per held-out problem")
     seed: int = 0
 
     @model_validator(mode="after")
@@ -99,6 +106,8 @@ class PolicyConfig(BaseModel):
         MethodPlan.of(self.method)  # a ValueError naming the method that does not exist or compose
         if "kl_cov" in self.method and self.updates_per_batch < 2:
             raise ValueError("method kl_cov: needs updates_per_batch >= 2 (fully on-policy its penalty is zero)")
+        if self.held_out_problems and self.task != "arithmetic":
+            raise ValueError("held_out_problems: needs the built-in arithmetic task (a file's problems are not split)")
         if self.steer_weight_min > self.steer_weight_max:
             raise ValueError(
                 f"steer_weight_min ({self.steer_weight_min}) must not exceed steer_weight_max ({self.steer_weight_max})"
@@ -107,7 +116,7 @@ class PolicyConfig(BaseModel):
 
     def resumable_fields(self) -> dict:
         """What a resumed run must share with the run it resumes (it may run more steps)."""
-        return self.model_dump(mode="json", exclude={"steps", "save_steps"})
+        return self.model_dump(mode="json", exclude={"steps", "save_steps", "held_out_problems", "held_out_samples"})
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:

@@ -35,6 +35,7 @@ FIELDS = {
     "aepo_temperature": "aepo_temperature",  # the aepo method's second rollout
     "aepo_target_entropy_nats": "aepo_target_entropy_nats",
     "aepo_samples": "aepo_samples",
+    "aepo_rollout_tokens": "aepo_rollout_tokens",  # prompt and completion tokens of its second rollout
     "mean_completion_tokens": "completions/mean_length",
     "total_tokens": "num_tokens",  # prompt and completion tokens of every rollout so far
     "sync_s": "sync_s",
