@@ -6,7 +6,8 @@ none), and runs without the suite's conftest (`--noconftest`: it starts servers)
 2. the sampler chain on CUDA tensors against transformers' warpers on the same rows;
 3. the engine adapters' row logic (rows.py, shared by the V1 and model-runner-v2 adapters)
    on CUDA tensors against its CPU result;
-4. the trainer's losses on CUDA, in float32 and bfloat16, against float64 on the CPU.
+4. the trainer's losses on CUDA, in float32 and bfloat16, against float64 on the CPU, and
+   the entropy-RL methods' token pieces (STEER, HAPO, SIREN).
 
 The device is ENTROPY_SERVE_TEST_DEVICE (default cuda). tests/test_gpu_lane.py runs the
 lane on the CPU (with Triton's interpreter) in every CI run, so its code is known to
@@ -25,6 +26,7 @@ from entropy_serve.kernels.entropy import fused_entropy_stats, reference_entropy
 from entropy_serve.samplers.chain import HAPO, EntropyProfile, RowParams, SamplerParams, apply_chain
 from entropy_serve.server.engine.adapters.rows import RowPlan, process_rows
 from entropy_serve.server.engine.adapters.spec import RowSpec
+from entropy_serve.trainer import token_methods
 from entropy_serve.trainer.entropy_control import clip_cov_loss, kl_cov_loss, ppo_loss
 
 pytestmark = pytest.mark.gpu
@@ -192,3 +194,29 @@ def test_trainer_losses_on_device_match_float64(dtype, tolerance):
             ours.loss.cpu().double()[same], expected.loss[same], atol=tolerance, rtol=tolerance, msg=name
         )
         assert ours.clip_fraction == pytest.approx(expected.clip_fraction, abs=0.02), name
+
+
+def test_entropy_rl_token_methods_on_device_match_float64():
+    """STEER, HAPO and SIREN's pieces on the device in float32 against float64 on the CPU
+    (their thresholds rank tokens, which bfloat16 can reorder: float32 here, and the
+    bfloat16 runs are checked for shape, device and finiteness)."""
+    generator = torch.Generator().manual_seed(5)
+    entropies = torch.rand(8, 300, generator=generator) * 3 + 0.01  # loss_inputs' shape
+    logits = torch.randn(8, 300, 512, generator=generator) * 3
+    for dtype in (torch.float32, torch.bfloat16):
+        here, reference = loss_inputs(dtype, DEVICE), loss_inputs(torch.float64, torch.device("cpu"))
+        here["entropies"], reference["entropies"] = entropies.to(DEVICE, dtype), entropies.double()
+        results = {
+            "steer": (token_methods.steer_loss(**here).loss, token_methods.steer_loss(**reference).loss),
+            "hapo": (token_methods.hapo_loss(**here).loss, token_methods.hapo_loss(**reference).loss),
+            "nucleus": (
+                token_methods.nucleus_entropy(logits.to(DEVICE, dtype), 0.8),
+                token_methods.nucleus_entropy(logits.double(), 0.8),
+            ),
+        }
+        for name, (ours, expected) in results.items():
+            assert ours.device.type == DEVICE.type and torch.isfinite(ours).all(), name
+            if dtype == torch.float32:
+                torch.testing.assert_close(ours.cpu().double(), expected.double(), atol=1e-4, rtol=1e-4, msg=name)
+        peak = token_methods.siren_entropy(results["nucleus"][0], here["mask"])
+        assert peak.device.type == DEVICE.type and torch.isfinite(peak)
