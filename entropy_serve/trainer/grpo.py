@@ -30,7 +30,7 @@ import torch
 
 from entropy_serve.tasks.answers import equivalent, extract_answer
 from entropy_serve.trainer.aepo import AepoBatch, AepoRollout
-from entropy_serve.trainer.entropy_control import masked_mean
+from entropy_serve.trainer.entropy_control import TokenLoss, masked_mean
 from entropy_serve.trainer.methods import Group, MethodPlan, TokenInputs
 from entropy_serve.trainer.policy_config import PolicyConfig
 from entropy_serve.trainer.rollouts import Rollout, RolloutEngine
@@ -220,8 +220,7 @@ class PolicyTrainer(GRPOTrainer):
             advantages = advantages.unsqueeze(1)  # [batch, 1]: one advantage per response
         old_log_probs = inputs["sampling_per_token_logps"]  # the engine's, [batch, tokens]
 
-        token_inputs = TokenInputs(log_probs, old_log_probs, advantages, mask, entropies, self._cov_generator)
-        result = self.methods.token_loss()(token_inputs, s)
+        result = self.token_loss(log_probs, old_log_probs, advantages, mask, entropies)
         per_token_loss = result.loss
         if self.top_entropy_quantile < 1.0:
             per_token_loss = per_token_loss * self.get_high_entropy_mask(entropies, mask, 1 - self.top_entropy_quantile)
@@ -243,6 +242,16 @@ class PolicyTrainer(GRPOTrainer):
             aepo_loss, aepo_mask = self.aepo.token_loss(model, self._aepo_batch)
             loss = loss + self.aggregate(aepo_loss, aepo_mask, inputs)
         return loss
+
+    def token_loss(self, log_probs, old_log_probs, advantages, mask, entropies=None) -> TokenLoss:
+        """The per-token policy loss of the run's methods (PPO's clipped surrogate when none
+        replaces it); `entropies` (the trainer's, per token) feed STEER's and HAPO's."""
+        if entropies is None:
+            if self.methods.token_loss_reads_entropies():
+                raise ValueError(f"methods {', '.join(self.methods.names)}: the token loss needs the entropies")
+            entropies = torch.full_like(log_probs, float("nan"))  # read by no loss of this run
+        inputs = TokenInputs(log_probs, old_log_probs, advantages, mask, entropies, self._cov_generator)
+        return self.methods.token_loss()(inputs, self.settings)
 
     def siren_term(self, nucleus: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """SIREN's regularizer on this batch, anchored at the run's first batch (scaled for

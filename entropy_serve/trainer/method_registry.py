@@ -53,6 +53,7 @@ class Method:
     cost: str
     token_loss: TokenLossFn | None = None
     advantage: AdvantageFn | None = None
+    token_loss_reads_entropies: bool = False  # STEER, HAPO
     replaces_advantages: bool = False  # CANON, HAPO: a new estimator, not a factor on GRPO's
 
 

@@ -78,6 +78,9 @@ class MethodPlan:
     def token_loss(self) -> TokenLossFn:
         return next((METHODS[n].token_loss for n in self.names if METHODS[n].token_loss), ppo_token_loss)
 
+    def token_loss_reads_entropies(self) -> bool:
+        return any(METHODS[n].token_loss_reads_entropies for n in self.names)
+
     def advantage_hooks(self) -> list[AdvantageFn]:
         """Replacing estimators first, then the factors, each in the order named."""
         ordered = sorted(self.names, key=lambda n: not METHODS[n].replaces_advantages)
@@ -194,6 +197,7 @@ register(
         ),
         needs="the trainer's per-token entropies (computed anyway)",
         cost="a few elementwise ops per token",
+        token_loss_reads_entropies=True,
         token_loss=lambda i, s: token_methods.steer_loss(
             i.log_probs,
             i.old_log_probs,
@@ -264,6 +268,7 @@ register(
         cost="one sort of the batch's entropies per update",
         advantage=lambda g, s: group_methods.token_mean_advantages(g.rewards, g.num_tokens),
         replaces_advantages=True,
+        token_loss_reads_entropies=True,
         token_loss=lambda i, s: token_methods.hapo_loss(
             i.log_probs,
             i.old_log_probs,

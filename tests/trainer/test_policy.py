@@ -12,7 +12,7 @@ import torch
 
 from entropy_serve import cli
 from entropy_serve.trainer.grpo import PolicyTrainer, group_indices
-from entropy_serve.trainer.methods import MethodPlan, TokenInputs
+from entropy_serve.trainer.methods import MethodPlan
 from entropy_serve.trainer.policy import check_output_folder, reward_mode, rewards_for
 from entropy_serve.trainer.policy_config import PolicyConfig, add_config_flags, resolve_config
 from entropy_serve.trainer.policy_log import StepLog, read_log, truncate_log
@@ -188,22 +188,28 @@ def test_aggregation_of_each_loss_type(loss_type, expected, extra):
     assert PolicyTrainer.aggregate(trainer, EXTRA, EXTRA_MASK, inputs).item() == pytest.approx(extra)
 
 
+def loss_trainer(*methods: str) -> SimpleNamespace:
+    settings = PolicyConfig(output_dir="x", epsilon=0.2, epsilon_high=0.28, method=list(methods))
+    return SimpleNamespace(settings=settings, methods=MethodPlan.of(methods), _cov_generator=torch.Generator())
+
+
 def test_plain_token_loss_is_ppo_clipped_surrogate():
-    settings = PolicyConfig(output_dir="x", epsilon=0.2, epsilon_high=0.28)
     log_probs = torch.log(torch.tensor([[1.5, 0.5, 1.0]]))  # ratios 1.5, 0.5, 1.0 against old log p = 0
-    inputs = TokenInputs(
-        log_probs,
-        torch.zeros(1, 3),
-        torch.tensor([[1.0]]),
-        torch.tensor([[1.0, 1.0, 0.0]]),
-        entropies=torch.ones(1, 3),
-        generator=torch.Generator(),
+    result = PolicyTrainer.token_loss(
+        loss_trainer(), log_probs, torch.zeros(1, 3), torch.tensor([[1.0]]), torch.tensor([[1.0, 1.0, 0.0]])
     )
-    result = MethodPlan.of([]).token_loss()(inputs, settings)
     # A = 1: -min(r, clip(r, 0.8, 1.28)) -> -1.28, -0.5; the padded token is 0.
     assert result.loss[0].tolist() == pytest.approx([-1.28, -0.5, 0.0])
     assert result.clip_fraction == pytest.approx(1 / 2)
     assert not result.selected.any()
+
+
+def test_a_token_loss_that_reads_entropies_refuses_to_run_without_them():
+    args = (torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1, 1), torch.ones(1, 2))
+    with pytest.raises(ValueError, match="needs the entropies"):
+        PolicyTrainer.token_loss(loss_trainer("steer"), *args)
+    weighted = PolicyTrainer.token_loss(loss_trainer("steer"), *args, torch.ones(1, 2))
+    assert weighted.loss.tolist() == [[-1.0, -1.0]]  # all |Omega| equal: the midpoint weight, 1
 
 
 def test_rollout_body_carries_the_samplers():
