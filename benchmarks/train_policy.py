@@ -8,7 +8,8 @@ after its last step, on its own rollout engine. Runs go one after another (two c
 a run whose folder already holds its summary is not redone, so an interrupted benchmark
 resumes with the same command. Writes, in OUT:
 - runs/METHOD-sSEED.json: each run's summary (per-step rollout entropy, held-out scores,
-  tokens, wall time), small enough to keep; the run folders themselves stay in OUT/work;
+  tokens, wall time), small enough to keep; the run folders (the trained model, its
+  logs; not its checkpoints) stay in OUT/work;
 - results.json, results.md (the table and the verdicts) and entropy.png (rollout
   entropy per step, mean and the seeds' min-max band, every method in one plot).
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -31,6 +33,7 @@ from pathlib import Path
 
 from entropy_serve.trainer.held_out import HELD_OUT_FILE
 from entropy_serve.trainer.methods import METHODS
+from entropy_serve.trainer.policy import CHECKPOINTS
 from entropy_serve.trainer.policy_log import LOG_FILE, read_log
 
 BASELINE = "grpo"  # no method: TRL's GRPO with DAPO's loss
@@ -80,6 +83,7 @@ def run_method(method: str, seed: int, args) -> dict:
     }
     summary_path.parent.mkdir(parents=True, exist_ok=True)
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    shutil.rmtree(folder / CHECKPOINTS)  # ~1.5 GB a run (weights and optimizer state); the model stays
     return summary
 
 

@@ -210,3 +210,41 @@ def test_peak_mask_and_siren_entropy_by_hand():
     assert entropy.item() == pytest.approx((5.0 + 2.0) / 2)
     assert tm.siren_regularizer(entropy, anchor=3.0, coef=0.005).item() == pytest.approx(0.005 * 0.25)
     assert tm.siren_regularizer(entropy, anchor=3.5).item() == 0.0
+
+
+def test_aepo_second_rollout_samples_hotter_below_target_and_keeps_the_winners():
+    from entropy_serve.trainer.aepo import AepoRollout
+    from entropy_serve.trainer.policy import rewards_for
+
+    settings = PolicyConfig(output_dir="x", method=["aepo"], group_size=2, aepo_samples=4, aepo_prompt_fraction=0.5)
+    problems = [[{"role": "user", "content": f"Compute {a} + 1."}] for a in (1, 2, 3, 4)]
+    sent, logged = [], {}
+
+    def sample(bodies, step, kind):
+        sent.extend(bodies)
+        texts = {"Compute 1 + 1.": ("2", "5"), "Compute 2 + 1.": ("9", "9")}
+        return [
+            [Rollout([1], [5, 6], [-0.1] * 2, t, [1.0] * 2) for t in texts[b["messages"][0]["content"]]] for b in bodies
+        ]
+
+    trainer = SimpleNamespace(
+        settings=settings,
+        served_model_name="policy",
+        train_dataset=[{"prompt": p, "answer": str(i + 2)} for i, p in enumerate(problems)],
+        reward_funcs=[rewards_for("ground_truth", 2)],
+        sample=sample,
+        rollout_seed=lambda step, group, stream: 1000 * stream + group,
+        _log_metric=logged.__setitem__,
+        processing_class=SimpleNamespace(pad_token_id=0),
+        accelerator=SimpleNamespace(device="cpu"),
+    )
+    trainer.rollout_body = lambda *a, **k: PolicyTrainer.rollout_body(trainer, *a, **k)
+    aepo = AepoRollout(trainer)
+    batch = aepo.run(problems, entropy_nats=1.5, step=0)  # no target set: the first batch's, 1.5
+    assert aepo.target_nats == 1.5 and logged["aepo_temperature"] == 1.2  # at the target: the hotter one
+    assert [b["messages"] for b in sent] == problems[:2]  # half of the 4 problems, seeds of stream 1
+    assert [b["seed"] for b in sent] == [1000, 1001] and all(b["n"] == 2 for b in sent)
+    # problem 1: "2" right, "5" wrong -> the right one is kept; problem 2: both wrong, none
+    assert batch.size == 1 and logged["aepo_samples"] == 1.0 and logged["aepo_rollout_tokens"] == 12.0
+    aepo.run(problems, entropy_nats=2.0, step=2)
+    assert logged["aepo_temperature"] == 0.8 and logged["aepo_samples"] == 0.0  # above: cooler, half of 1 is 0
