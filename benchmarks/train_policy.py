@@ -111,8 +111,9 @@ def aepo_holds(run: dict) -> float:
 
 
 def report(runs: list[dict], out: Path) -> str:
+    order = [BASELINE, *METHODS]
     by_method: dict[str, list[dict]] = {}
-    for run in runs:
+    for run in sorted(runs, key=lambda r: (order.index(r["method"]), r["seed"])):
         by_method.setdefault(run["method"], []).append(run)
     baseline_after = [r["held_out"]["after"]["greedy_accuracy"] for r in by_method.get(BASELINE, [])]
     lines = [
@@ -128,10 +129,13 @@ def report(runs: list[dict], out: Path) -> str:
             gain = statistics.fmean(greedy_after) - statistics.fmean(baseline_after)
             noise = max(spread(greedy_after)[1], spread(baseline_after)[1])
             versus = f"{gain:+.3f} (spread {noise:.3f})"
-            beats = "beats" if gain > noise else "does not beat"
-            verdicts.append(
-                f"- {method}: {beats} plain GRPO on held-out greedy accuracy by more than the seeds' spread"
-            )
+            if min(len(group), len(baseline_after)) < 2:
+                verdicts.append(f"- {method}: one seed, no spread measured: no verdict against plain GRPO")
+            else:
+                beats = "beats" if gain > noise else "does not beat"
+                verdicts.append(
+                    f"- {method}: {beats} plain GRPO on held-out greedy accuracy by more than the seeds' spread"
+                )
         entropy = [r["rollout_entropy_nats"] for r in group]
         cells = [
             method,
