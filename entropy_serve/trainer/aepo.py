@@ -120,15 +120,24 @@ class AepoRollout:
             return batch
         with torch.no_grad():
             log_probs, _, _ = self.trainer.token_statistics(
-                self.trainer.model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask
+                self.trainer.accelerator.unwrap_model(self.trainer.model),
+                batch.prompt_ids,
+                batch.prompt_mask,
+                batch.completion_ids,
+                batch.completion_mask,
             )
         return replace(batch, old_log_probs=log_probs)
 
     def token_loss(self, model, batch: AepoBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Step 4: PPO's clipped loss with advantage 1 on each kept token, and its mask."""
         s = self.settings
+        # The bare model, not its DistributedDataParallel wrapper: each wrapped forward
+        # broadcasts buffers to every rank, and ranks keep different numbers of rows here
+        # (none on some), so a second wrapped forward would wait forever. The gradients
+        # still reach the same parameters, and DDP averages them in the one backward.
+        module = self.trainer.accelerator.unwrap_model(model)
         log_probs, _, _ = self.trainer.token_statistics(
-            model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask
+            module, batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask
         )
         ones = torch.ones_like(log_probs[:, :1])
         loss, _ = clipped_surrogate(log_probs, batch.old_log_probs, ones, s.epsilon, s.epsilon_high)
