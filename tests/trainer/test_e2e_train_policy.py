@@ -19,6 +19,7 @@ from helpers import cli_command, command_env, run_cli, wait_for
 
 from entropy_serve.calibration import PROFILE_FILE
 from entropy_serve.server.process import ServerProcess
+from entropy_serve.trainer.held_out import HELD_OUT_FILE
 from entropy_serve.trainer.policy_log import LOG_FILE, PLOT_FILE, ROLLOUTS_FILE, read_log
 
 pytestmark = pytest.mark.e2e  # starts real engines
@@ -41,6 +42,10 @@ FLAGS = (
     "--learning-rate",
     "1e-4",
     "--calibration-samples",
+    "1",
+    "--held-out-problems",
+    "4",
+    "--held-out-samples",
     "1",
     "--method",
     "clip_cov,aepo,siren,seed_grpo,ettrl,80_20",  # one of each kind of hook: loss, rollout, term, advantages, mask
@@ -122,6 +127,14 @@ def test_synced_weights_change_the_next_rollout(run_dir, tmp_path):
             assert all(same(a, b) for a, b in pairs)
         else:  # after a synced step: the engine's rollout is not the initial weights'
             assert not all(same(a, b) for a, b in pairs)
+
+
+def test_held_out_accuracy_is_measured_before_the_first_run_and_after_the_resumed_one(run_dir):
+    held_out = json.loads((run_dir / HELD_OUT_FILE).read_text())
+    assert held_out["problems"] == 4 and held_out["samples"] == 1
+    for stage in ("before", "after"):
+        assert set(held_out[stage]) == {"greedy_accuracy", "sample_accuracy_t08"}
+        assert all(0.0 <= value <= 1.0 for value in held_out[stage].values())
 
 
 def test_output_folder_is_served_with_its_profile(run_dir):

@@ -69,6 +69,7 @@ def test_every_kind_of_flag_parses(tmp_path):
         (("--group-size", "1"), "group_size"),
         (("--method", "kl_cov", "--updates-per-batch", "1"), "updates_per_batch >= 2"),
         (("--steer-weight-min", "1.5"), "steer_weight_min"),
+        (("--held-out-problems", "4", "--task", "problems.jsonl"), "held_out_problems: needs the built-in arithmetic"),
         (("--clip-cov-lower", "5", "--clip-cov-upper", "1"), "clip_cov_lower"),
         ((), "output_dir"),
     ],
