@@ -36,10 +36,14 @@ def token_covariance(advantages: torch.Tensor, log_probs: torch.Tensor, mask: to
 
 
 def clipped_surrogate(
-    log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor, eps_low: float, eps_high: float
+    log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    eps_low: float | torch.Tensor,
+    eps_high: float | torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO's per-token loss max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high)), and where
-    the clipped side won (those tokens carry no gradient already)."""
+    the clipped side won (those tokens carry no gradient already). eps may be per token."""
     ratio = torch.exp(log_probs - old_log_probs)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
@@ -76,6 +80,11 @@ def ppo_loss(
 ) -> TokenLoss:
     """PPO's clipped surrogate with no covariance control (no token selected), 0 off the mask."""
     loss, clipped = clipped_surrogate(log_probs, old_log_probs, advantages, eps_low, eps_high)
+    return unselected_loss(loss, clipped, mask)
+
+
+def unselected_loss(loss: torch.Tensor, clipped: torch.Tensor, mask: torch.Tensor) -> TokenLoss:
+    """A per-token loss that selects no token (all but the covariance controls'), 0 off the mask."""
     valid = mask > 0
     return TokenLoss(loss=loss * valid, selected=torch.zeros_like(valid), clip_fraction=clip_fraction(clipped, valid))
 

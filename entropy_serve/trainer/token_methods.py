@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from entropy_serve.trainer.entropy_control import TokenLoss, clip_fraction
+from entropy_serve.trainer.entropy_control import TokenLoss, clipped_surrogate, unselected_loss
 
 
 def dual_clip_surrogate(
@@ -31,12 +31,8 @@ def dual_clip_surrogate(
     """verl's `compute_policy_loss`: PPO's max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high)),
     and for A < 0 also capped at -A c (dual clip, c > 1: a huge ratio on a bad token cannot
     blow the loss up). eps may be per token. Returns the loss and where PPO's clip won."""
-    ratio = torch.exp(log_probs - old_log_probs)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
-    ppo = torch.maximum(unclipped, clipped)
-    loss = torch.where(advantages < 0, torch.minimum(ppo, -advantages * dual_clip), ppo)
-    return loss, clipped > unclipped
+    ppo, clipped = clipped_surrogate(log_probs, old_log_probs, advantages, eps_low, eps_high)
+    return torch.where(advantages < 0, torch.minimum(ppo, -advantages * dual_clip), ppo), clipped
 
 
 def steer_weights(
@@ -91,10 +87,7 @@ def steer_loss(
     advantages = advantages.expand_as(log_probs)
     weights = steer_weights(log_probs, old_log_probs, advantages, entropies, mask, weight_min, weight_max)
     loss, clipped = dual_clip_surrogate(log_probs, old_log_probs, advantages, eps_low, eps_high, dual_clip)
-    valid = mask > 0
-    return TokenLoss(
-        loss=loss * weights * valid, selected=torch.zeros_like(valid), clip_fraction=clip_fraction(clipped, valid)
-    )
+    return unselected_loss(loss * weights, clipped, mask)
 
 
 def hapo_entropy_scores(entropies: torch.Tensor, mask: torch.Tensor, pivot: float = 0.8) -> torch.Tensor:
@@ -153,8 +146,7 @@ def hapo_loss(
         redistributed = advantages * (1 + advantage_beta * h)
         advantages = torch.where((h > 0) ^ neutral, redistributed, advantages)
     loss, clipped = dual_clip_surrogate(log_probs, old_log_probs, advantages, eps_low_t, eps_high_t, dual_clip)
-    valid = mask > 0
-    return TokenLoss(loss=loss * valid, selected=torch.zeros_like(valid), clip_fraction=clip_fraction(clipped, valid))
+    return unselected_loss(loss, clipped, mask)
 
 
 def nucleus_entropy(logits: torch.Tensor, top_p: float = 0.8) -> torch.Tensor:
