@@ -58,8 +58,10 @@ def tensor_parallel_rank() -> int:
 
 
 def engine_index(vllm_config) -> int:
-    """The data-parallel rank of the engine a worker belongs to (0 in unit tests, no config)."""
-    return 0 if vllm_config is None else vllm_config.parallel_config.data_parallel_rank
+    """The data-parallel rank of the engine a worker belongs to (0 in unit tests, no config).
+    vLLM 0.32 runs the engines of a dense model as independent DP=1 engines, resetting
+    `data_parallel_rank` to 0 in each; `data_parallel_index` keeps the rank."""
+    return 0 if vllm_config is None else vllm_config.parallel_config.data_parallel_index
 
 
 class EntropyPublisher:
