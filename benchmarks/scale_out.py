@@ -1,16 +1,18 @@
 """Throughput of the scale-out shapes on this machine, one run: one engine (DP=1) against
-vLLM's data parallelism (DP=2), the same cores for both.
+vLLM's data parallelism (DP=2), and one Ray Serve replica against two, the same cores
+for each pair.
 
-Each shape is one `entropy-serve serve` on the same cores (by default every usable
-core: DP=1 puts them all under its one worker, DP=2 gives each engine its share, as the
-`|`-separated VLLM_CPU_OMP_THREADS_BIND). It gets --num-requests completion requests of
+DP: one `entropy-serve serve` on every usable core (DP=1 puts them all under its one
+worker, DP=2 gives each engine its share, as the `|`-separated VLLM_CPU_OMP_THREADS_BIND).
+Replicas: `entropy-serve serve-replicas` with one replica on every core, or two with half
+each, measured through Ray Serve's HTTP proxy. Each shape gets --num-requests completion requests of
 --max-tokens tokens (ignore_eos, so each generates exactly that many; return_entropy,
 so the entropy channel carries every token), all in flight at once through the
 official `openai` client, for --rounds rounds after a warm-up round; then the same for
 `self_consistency` requests (n 4 each, a quarter as many requests: the same tokens),
 whose leaves a DP server keeps on one engine. The shapes run one after another (two
-engines' worth of memory at most); the ratio is the median of DP=2's rounds over the
-median of DP=1's, so a drift of the machine's speed between them enters it.
+engines' worth of memory at most); a ratio is the median of the scaled shape's rounds over
+the median of its baseline's, so a drift of the machine's speed between them enters it.
 
     python benchmarks/scale_out.py [--num-requests 64] [--max-tokens 64] [--rounds 3] [--out FILE]
 """
@@ -19,9 +21,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import signal
 import statistics
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 TOPICS = ["the sea", "a robot", "autumn", "a city at night", "mathematics", "a cat", "rain", "the moon"]
@@ -52,20 +59,68 @@ async def one_round(url: str, model: str, texts: list[str], max_tokens: int, str
     return sum(r.usage.completion_tokens for r in replies) / (time.perf_counter() - start)
 
 
-def measure_shape(flags: list[str], bind: str, args) -> dict:
-    import openai
-
+@contextlib.contextmanager
+def served(flags: list[str], bind: str, kv_cache_gib: int) -> Iterator[str]:
+    """One `entropy-serve serve` on the cores of `bind`; yields its URL."""
     from entropy_serve.server.process import ServerProcess
+
+    serve_flags = ("--max-model-len", "2048", "--max-n", str(SC_LEAVES), *flags)
+    with ServerProcess(*serve_flags, kv_cache_gib=kv_cache_gib, env={"VLLM_CPU_OMP_THREADS_BIND": bind}) as server:
+        yield server.url
+
+
+@contextlib.contextmanager
+def replicas(count: int, cores_each: int, kv_cache_gib: int) -> Iterator[str]:
+    """`entropy-serve serve-replicas` with `count` replicas; yields its URL once all are up."""
+    import httpx
+
+    from entropy_serve.server.process import free_port
+
+    port = free_port()
+    serve_flags = ["--max-model-len", "2048", "--max-n", str(SC_LEAVES), "--kv-cache-gib", str(kv_cache_gib)]
+    command = [sys.executable, "-m", "entropy_serve", "serve-replicas", "--replicas", str(count)]
+    command += ["--cores-per-replica", str(cores_each), "--port", str(port), "--", *serve_flags]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                groups = httpx.get(f"{url}/replicas/targets", timeout=5).json()
+                if sum(len(group["targets"]) for group in groups) == count:
+                    break
+            except (httpx.TransportError, ValueError):
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"serve-replicas --replicas {count} did not come up")
+            time.sleep(1)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(180)
+
+
+def measure(url: str, args) -> dict:
+    import openai
 
     texts = prompts(args.num_requests)
     sc_texts = texts[: max(1, args.num_requests // SC_LEAVES)]
-    serve_flags = ("--max-model-len", "2048", "--max-n", str(SC_LEAVES), *flags)
-    with ServerProcess(*serve_flags, kv_cache_gib=args.kv_cache_gib, env={"VLLM_CPU_OMP_THREADS_BIND": bind}) as server:
-        model = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x").models.list().data[0].id
-        asyncio.run(one_round(server.url, model, texts, 1, strategy=False))  # warm-up: prompts cached
-        plain = [asyncio.run(one_round(server.url, model, texts, args.max_tokens, False)) for _ in range(args.rounds)]
-        sc = [asyncio.run(one_round(server.url, model, sc_texts, args.max_tokens, True)) for _ in range(args.rounds)]
-    return {"flags": flags, "cores": bind, "plain_tokens_per_s": plain, "self_consistency_tokens_per_s": sc}
+    model = openai.OpenAI(base_url=f"{url}/v1", api_key="x").models.list().data[0].id
+    asyncio.run(one_round(url, model, texts, 1, strategy=False))  # warm-up: prompts cached
+    plain = [asyncio.run(one_round(url, model, texts, args.max_tokens, False)) for _ in range(args.rounds)]
+    sc = [asyncio.run(one_round(url, model, sc_texts, args.max_tokens, True)) for _ in range(args.rounds)]
+    return {
+        "plain_tokens_per_s": [round(x, 1) for x in plain],
+        "self_consistency_tokens_per_s": [round(x, 1) for x in sc],
+    }
+
+
+def ratios(scaled: dict, baseline: dict) -> dict:
+    median = statistics.median
+    return {
+        kind: round(median(scaled[f"{kind}_tokens_per_s"]) / median(baseline[f"{kind}_tokens_per_s"]), 3)
+        for kind in ("plain", "self_consistency")
+    }
 
 
 def main() -> None:
@@ -81,29 +136,26 @@ def main() -> None:
 
     cores = host.usable_cpus()
     if len(cores) < 2:
-        raise SystemExit(f"DP=2 needs two cores; this machine lets us use {cores}")
+        raise SystemExit(f"two engines need two cores; this machine lets us use {cores}")
     halves = host.split_cpus(cores, 2)
-    shapes = {
-        "dp1": measure_shape([], host.cpu_list_text(cores), args),
-        "dp2": measure_shape(["--data-parallel-size", "2"], host.bind_text(halves), args),
-    }
-    median = statistics.median
+    shapes = {}
+    with served([], host.cpu_list_text(cores), args.kv_cache_gib) as url:
+        shapes["dp1"] = measure(url, args)
+    with served(["--data-parallel-size", "2"], host.bind_text(halves), args.kv_cache_gib) as url:
+        shapes["dp2"] = measure(url, args)
+    with replicas(1, len(cores), args.kv_cache_gib) as url:
+        shapes["replicas1"] = measure(url, args)
+    with replicas(2, len(halves[0]), args.kv_cache_gib) as url:
+        shapes["replicas2"] = measure(url, args)
     result = {
+        "cpus": cores,
         "num_requests": args.num_requests,
         "max_tokens": args.max_tokens,
         "rounds": args.rounds,
-        "shapes": {
-            name: {**shape, **{k: [round(x, 1) for x in v] for k, v in shape.items() if k.endswith("_per_s")}}
-            for name, shape in shapes.items()
-        },
-        "ratio_dp2_over_dp1_plain": round(
-            median(shapes["dp2"]["plain_tokens_per_s"]) / median(shapes["dp1"]["plain_tokens_per_s"]), 3
-        ),
-        "ratio_dp2_over_dp1_self_consistency": round(
-            median(shapes["dp2"]["self_consistency_tokens_per_s"])
-            / median(shapes["dp1"]["self_consistency_tokens_per_s"]),
-            3,
-        ),
+        "shapes": shapes,
+        "ratio_dp2_over_dp1": ratios(shapes["dp2"], shapes["dp1"]),
+        "ratio_replicas2_over_replicas1": ratios(shapes["replicas2"], shapes["replicas1"]),
+        "ratio_replicas1_over_dp1": ratios(shapes["replicas1"], shapes["dp1"]),
     }
     text = json.dumps(result, indent=2)
     print(text)
