@@ -70,16 +70,17 @@ def served(flags: list[str], bind: str, kv_cache_gib: int) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def replicas(count: int, cores_each: int, kv_cache_gib: int) -> Iterator[str]:
-    """`entropy-serve serve-replicas` with `count` replicas; yields its URL once all are up."""
+def replicas(replica_cores: list[str], kv_cache_gib: int) -> Iterator[str]:
+    """`entropy-serve serve-replicas` with one replica per CPU list; yields its URL once all are up."""
     import httpx
 
     from entropy_serve.server.process import free_port
 
     port = free_port()
     serve_flags = ["--max-model-len", "2048", "--max-n", str(SC_LEAVES), "--kv-cache-gib", str(kv_cache_gib)]
+    count = len(replica_cores)
     command = [sys.executable, "-m", "entropy_serve", "serve-replicas", "--replicas", str(count)]
-    command += ["--cores-per-replica", str(cores_each), "--port", str(port), "--", *serve_flags]
+    command += ["--replica-cores", "|".join(replica_cores), "--port", str(port), "--", *serve_flags]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -143,9 +144,9 @@ def main() -> None:
         shapes["dp1"] = measure(url, args)
     with served(["--data-parallel-size", "2"], host.bind_text(halves), args.kv_cache_gib) as url:
         shapes["dp2"] = measure(url, args)
-    with replicas(1, len(cores), args.kv_cache_gib) as url:
+    with replicas([host.cpu_list_text(cores)], args.kv_cache_gib) as url:
         shapes["replicas1"] = measure(url, args)
-    with replicas(2, len(halves[0]), args.kv_cache_gib) as url:
+    with replicas([host.cpu_list_text(half) for half in halves], args.kv_cache_gib) as url:
         shapes["replicas2"] = measure(url, args)
     result = {
         "cpus": cores,

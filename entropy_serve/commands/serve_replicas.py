@@ -41,6 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=flag_types.positive_int,
         help="CPU replicas: cores each claims on its node (default: this node's usable cores / the most replicas)",
     )
+    scale.add_argument(
+        "--replica-cores",
+        type=flag_types.cpu_cores,
+        help="CPU replicas: the cores of each replica on a node, one list per replica joined by '|' (e.g. 0-3|4-7)",
+    )
     scale.add_argument("--gpus-per-replica", type=flag_types.positive_float, help="GPU replicas: GPUs each takes")
     scale.add_argument("--host", default="127.0.0.1", help="where Ray Serve's HTTP proxy listens")
     scale.add_argument("--port", type=flag_types.positive_int, default=8000)
@@ -70,14 +75,27 @@ def replica_counts(args: argparse.Namespace) -> tuple[int, int]:
     return low, high
 
 
+def named_cores(args: argparse.Namespace, max_replicas: int) -> list[str] | None:
+    """--replica-cores as one CPU list per replica, checked against the other flags."""
+    if not args.replica_cores:
+        return None
+    lists = args.replica_cores.split("|")
+    if args.cores_per_replica or args.gpus_per_replica:
+        raise ValueError("--replica-cores names each replica's cores: give it without --cores-per-replica or GPUs")
+    if len(lists) < max_replicas:
+        raise ValueError(f"--replica-cores has {len(lists)} list(s) for up to {max_replicas} replicas on a node")
+    return lists
+
+
 def run(args: argparse.Namespace) -> int:
     from entropy_serve import host
 
     flags = replica_flags(args)
     low, high = replica_counts(args)
     gpus = args.gpus_per_replica or 0.0
+    replica_cores = named_cores(args, high)
     cores = args.cores_per_replica
-    if cores is None and not gpus:
+    if cores is None and not gpus and not replica_cores:
         cores = max(1, len(host.usable_cpus()) // high)
     try:
         from entropy_serve.replicas.ray_app import build_app, serve_until_signalled
@@ -90,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         target_ongoing_requests=args.target_ongoing_requests,
         max_ongoing_requests=args.max_ongoing_requests,
         cores_per_replica=None if gpus else cores,
+        replica_cores=replica_cores,
         gpus_per_replica=gpus,
     )
     serve_until_signalled(application, args.host, args.port, args.ray_address)

@@ -88,10 +88,19 @@ def claim_cores(claims: host.CoreClaims, count: int) -> list[int]:
 class Replica:
     """One `entropy-serve serve` process, and the forwarding of requests to it."""
 
-    def __init__(self, serve_flags: list[str], cores: int | None) -> None:
+    def __init__(self, serve_flags: list[str], cores: int | None, replica_cores: list[str] | None) -> None:
+        """`replica_cores`: the cores of each replica on a node, by its local rank; else
+        `cores`: how many it claims among the node's free ones (None: no binding, GPUs)."""
         self.claims = host.CoreClaims()
         flags = list(serve_flags)
-        if cores:
+        if replica_cores:
+            rank = serve.get_replica_context().rank.local_rank
+            if rank >= len(replica_cores):
+                raise ValueError(
+                    f"replica {rank} on this node has no cores in --replica-cores {'|'.join(replica_cores)}"
+                )
+            flags += ["--cpu-cores", replica_cores[rank]]
+        elif cores:
             flags += ["--cpu-cores", host.cpu_list_text(claim_cores(self.claims, cores))]
         node = ray.util.get_node_ip_address()
         self.server = ServerProcess(*flags, kv_cache_gib=None, host_ip=node)
@@ -189,6 +198,7 @@ def build_app(
     target_ongoing_requests: float,
     max_ongoing_requests: int,
     cores_per_replica: int | None,
+    replica_cores: list[str] | None,
     gpus_per_replica: float,
 ):
     """The Serve application: the ingress bound to the replicas' deployment."""
@@ -204,14 +214,22 @@ def build_app(
             target_ongoing_requests=target_ongoing_requests,
         ),
         max_ongoing_requests=max_ongoing_requests,
-        ray_actor_options={"num_cpus": cores_per_replica or 0, "num_gpus": gpus_per_replica},
+        ray_actor_options={"num_cpus": _num_cpus(cores_per_replica, replica_cores), "num_gpus": gpus_per_replica},
         request_router_config=RequestRouterConfig(request_router_class=PrefixCacheAffinityRouter),
         health_check_period_s=HEALTH_CHECK_PERIOD_S,
         health_check_timeout_s=10.0,
         graceful_shutdown_timeout_s=60.0,
     )
     ingress = serve.deployment(serve.ingress(app)(Ingress)).options(name="ingress", ray_actor_options={"num_cpus": 0})
-    return ingress.bind(replicas.bind(serve_flags, cores_per_replica))
+    return ingress.bind(replicas.bind(serve_flags, cores_per_replica, replica_cores))
+
+
+def _num_cpus(cores_per_replica: int | None, replica_cores: list[str] | None) -> int:
+    """What Ray counts a replica as using: its cores (so Ray places no more replicas on a
+    node than it has cores for)."""
+    if replica_cores:
+        return min(len(host.parse_cpu_list(cores)) for cores in replica_cores)
+    return cores_per_replica or 0
 
 
 def serve_until_signalled(application, http_host: str, http_port: int, ray_address: str | None) -> None:

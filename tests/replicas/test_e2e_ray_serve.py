@@ -37,11 +37,13 @@ def replicas(tmp_path_factory):
     port = free_port()
     log = (tmp_path_factory.mktemp("replicas") / "serve-replicas.log").open("w")
     flags = ["--max-model-len", "1024", "--kv-cache-gib", "1", "--max-n", "4", "--drain-timeout-s", "5"]
-    command = cli_command("serve-replicas", "--replicas", "2", "--port", port, "--", *flags)
+    # One core each, named (the suite's engines are told their cores; none are free to claim).
+    command = cli_command("serve-replicas", "--replicas", "2", "--replica-cores", "0|1", "--port", port, "--", *flags)
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        assert wait_for(lambda: len(targets(url)) == 2, STARTUP_S), open(log.name).read()[-4000:]
+        up = wait_for(lambda: len(targets(url)) == 2 or process.poll() is not None, STARTUP_S)
+        assert up and process.poll() is None, open(log.name).read()[-4000:]
         yield url, process
     finally:
         process.send_signal(signal.SIGTERM)

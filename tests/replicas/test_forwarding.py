@@ -67,3 +67,14 @@ def test_replica_counts():
         serve_replicas.replica_counts(parsed("--replicas", "2", "--max-replicas", "4"))
     with pytest.raises(ValueError, match="more than"):
         serve_replicas.replica_counts(parsed("--min-replicas", "5", "--max-replicas", "4"))
+
+
+def test_named_cores():
+    assert serve_replicas.named_cores(parsed("--replica-cores", "0|1"), 2) == ["0", "1"]
+    assert serve_replicas.named_cores(parsed(), 2) is None
+    with pytest.raises(ValueError, match="1 list"):
+        serve_replicas.named_cores(parsed("--replica-cores", "0-1"), 2)
+    with pytest.raises(ValueError, match="without --cores-per-replica"):
+        serve_replicas.named_cores(parsed("--replica-cores", "0|1", "--cores-per-replica", "1"), 2)
+    with pytest.raises(SystemExit):  # not a CPU list: argparse's message, exit 2
+        parsed("--replica-cores", "zero|one")
