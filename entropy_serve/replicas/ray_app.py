@@ -236,7 +236,8 @@ def serve_until_signalled(application, http_host: str, http_port: int, ray_addre
     """Start Ray (or join `ray_address`), run the application, and stay up until SIGTERM
     or SIGINT, then shut Serve down (the replicas drain their servers)."""
     stop = asyncio.Event()
-    ray.init(address=ray_address, namespace=NAMESPACE, log_to_driver=False)
+    # "local": a Ray of our own, never one an earlier `ray start` left its address for.
+    ray.init(address=ray_address or "local", namespace=NAMESPACE, log_to_driver=False)
     try:
         serve.start(http_options={"host": http_host, "port": http_port})
         serve.run(application, name="entropy-serve", route_prefix="/")

@@ -19,7 +19,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -111,6 +113,10 @@ def two_nodes(tmp_path_factory):
     finally:
         stop(second)
         stop(head)
+        # `ray stop` would also forget the cluster's address; a later ray.init() must not find it.
+        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        if current.exists() and HEAD_IP in current.read_text():
+            current.unlink()
         subprocess.run(["ip", "netns", "del", NAMESPACE], capture_output=True)
         subprocess.run(["ip", "link", "del", veth], capture_output=True)
 
