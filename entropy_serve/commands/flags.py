@@ -16,7 +16,8 @@ from pathlib import Path
 
 from entropy_serve import calibration, flag_types, model_store
 from entropy_serve.commands import UsageError
-from entropy_serve.server.config import ENGINE, PARALLEL, ServerConfig, flag_of
+from entropy_serve.server.config import ServerConfig
+from entropy_serve.server.settings import ENGINE, PARALLEL, flag_of
 
 ENGINE_GROUPS = (ENGINE, PARALLEL)
 

@@ -8,7 +8,8 @@ import signal
 import sys
 
 from entropy_serve.commands.flags import add_server_flags, server_config
-from entropy_serve.server.config import ANSWERING, SERVING, STATE, ServerConfig
+from entropy_serve.server.config import ServerConfig
+from entropy_serve.server.settings import ANSWERING, SERVING, STATE
 
 HELP = "run the OpenAI-compatible server"
 DEAD_EXIT_DELAY_S = 1.0

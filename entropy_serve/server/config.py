@@ -1,7 +1,7 @@
 """Server configuration: one frozen object, resolved once at start-up from flags and env.
 
 Each field is defined once, here: its default, and, where a command takes it as a flag,
-the flag's group, type and help (`Flag`). The commands' flags are generated from these
+the flag's group, type and help (`Flag`, settings.py). The commands' flags are generated from these
 fields (commands/flags.py), every flag also reads its environment variable
 (`ENTROPY_SERVE_<FLAG>`, cli.py), and a default that depends on the platform is
 resolved here too (`enforce_eager`), so every engine this project starts, from any
@@ -12,41 +12,13 @@ into the config; request handlers only read it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from entropy_serve import flag_types
 from entropy_serve.host import parse_bind
+from entropy_serve.server.settings import ANSWERING, ENGINE, PARALLEL, SERVING, STATE, Flag, flag_of, setting
 
-# Flag groups: which commands take a field as a flag (commands/flags.py).
-ENGINE = "engine"  # every command that starts an engine
-PARALLEL = "parallelism (vLLM's)"  # with the engine's flags
-ANSWERING = "answering"  # commands that answer requests: serve, batch
-SERVING = "serving"  # serve only: where to listen, keys, limits of HTTP
-STATE = "files, batches and stored responses"  # serve only
-
-
-@dataclass(frozen=True)
-class Flag:
-    group: str
-    help: str
-    type: Callable[[str], Any] | None = None
-    choices: tuple[str, ...] | None = None
-    name: str | None = None  # the flag, when not the field's name (--api-key for api_keys)
-    short: str | None = None  # e.g. -tp
-    repeated: bool = False  # given once per value (flag_types.Repeated)
-
-
-def setting(default: Any, flag: Flag | None = None) -> Any:
-    """A ServerConfig field: its default, and its flag where commands take it as one."""
-    if isinstance(default, list | dict):
-        raise TypeError("a setting's default must be immutable")
-    return dataclasses.field(default=default, metadata={"flag": flag})
-
-
-def flag_of(field: dataclasses.Field) -> Flag | None:
-    return field.metadata.get("flag")
+CHANNEL_TRANSPORTS = ("auto", "ipc", "tcp")  # the entropy channel's (server/engine/adapters/transport.py)
 
 
 def platform_is_cpu() -> bool:
@@ -141,6 +113,23 @@ class ServerConfig:
             PARALLEL,
             "how the ranks run: processes on this node (mp) or a Ray cluster across nodes (ray); default: vLLM's",
             choices=("mp", "ray", "uni", "external_launcher"),
+        ),
+    )
+    entropy_channel: str = setting(
+        "auto",
+        Flag(
+            PARALLEL,
+            "how the engine's workers send per-token entropies to the server: ipc (a socket file: workers on this "
+            "machine), tcp (workers on other nodes; encrypted, keys made per launch), auto (tcp with the Ray executor)",
+            choices=CHANNEL_TRANSPORTS,
+        ),
+    )
+    entropy_channel_host: str | None = setting(
+        None,
+        Flag(
+            PARALLEL,
+            "tcp entropy channel: this node's address the workers reach it at (default: VLLM_HOST_IP, else the "
+            "address of the default route's interface, as vLLM picks for its own ranks)",
         ),
     )
     # What `logprobs` report (vLLM's flag): raw_logprobs (the model's, vLLM's default) or

@@ -44,7 +44,9 @@ ENTROPY_STORE_KEYS = Gauge(
 )
 ENTROPY_RECORDS = Counter(
     "entropy_serve_entropy_records",
-    "Per-token entropy records received from the engine: one per measured token (more: a rank published twice).",
+    "Per-token entropy records received, by engine (vLLM's data-parallel rank): one per measured token "
+    "(more: a rank published twice).",
+    ["engine"],
 )
 TOKENS_BY_SAMPLER = Counter(
     "entropy_serve_tokens_by_sampler", "Generated tokens, by sampler (vllm: none of ours).", ["sampler"]

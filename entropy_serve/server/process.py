@@ -1,4 +1,5 @@
-"""Start and stop real `entropy-serve serve` processes (end-to-end tests, benchmarks)."""
+"""Start and stop real `entropy-serve serve` processes (end-to-end tests, benchmarks, and
+each Ray Serve replica's server: entropy_serve/replicas/)."""
 
 from __future__ import annotations
 
@@ -31,14 +32,18 @@ class ServerProcess:
     ServerProcess(*flags) as server:` waits until it is ready and terminates it on the
     way out, whatever happened inside."""
 
-    def __init__(self, *args: str, kv_cache_gib: int | None = 2, env: dict[str, str] | None = None):
+    def __init__(
+        self, *args: str, kv_cache_gib: int | None = 2, env: dict[str, str] | None = None, host_ip: str = "127.0.0.1"
+    ):
         """`kv_cache_gib`: the engine's KV budget (None: the server's own default). Its files,
-        batches and responses go to a database of its own unless `--database-url` is given."""
+        batches and responses go to a database of its own unless `--database-url` is given.
+        `host_ip`: the address it listens on (and is reached at)."""
         self.port = free_port()
         if "--database-url" not in args:
             state_dir = tempfile.mkdtemp(prefix="entropy-serve-state-")
             args = (*args, "--database-url", f"sqlite:///{state_dir}/state.sqlite3")
-        self.url = f"http://127.0.0.1:{self.port}"
+        args = (*args, "--host", host_ip)
+        self.url = f"http://{host_ip}:{self.port}"
         self.log_path = Path(tempfile.mkstemp(prefix="entropy-serve-", suffix=".log")[1])
         env = {**os.environ, **(env or {})}
         env.pop(host.KV_CACHE_ENV, None)

@@ -20,13 +20,14 @@ class FakeEngine:
         self.mute = mute
         self.warmed: list[str] = []
 
-    async def generate(self, prompt, params, request_id):
+    async def generate(self, prompt, params, request_id, data_parallel_rank=None):
         spec = RowSpec.from_extra_args(params.extra_args)
         assert not spec.shape and spec.key == request_id and params.max_tokens == 1
-        self.warmed.append(spec.compile_grammar)
+        engine = data_parallel_rank or 0  # the engine the request was sent to compiles it
+        self.warmed.append(spec.compile_grammar if data_parallel_rank is None else (engine, spec.compile_grammar))
         await asyncio.sleep(self.delay_s)
         if not self.mute:
-            self.store.add([(grammar_ready_key(spec.compile_grammar), 0, 0.0, 0.0, 0.0, 0.0)])
+            self.store.add([(grammar_ready_key(spec.compile_grammar, engine), 0, 0.0, 0.0, 0.0, 0.0)], engine)
         yield "output"
 
 
@@ -39,6 +40,20 @@ def test_one_warm_up_per_new_grammar_shared_by_concurrent_requests():
         await warmup.compiled(engine, store, {"root ::= [0-9]"})  # known: no second warm-up
         await warmup.compiled(engine, store, set())
         assert len(engine.warmed) == 2 and len(store) == 0  # the readiness keys are closed again
+
+    asyncio.run(scenario())
+
+
+def test_each_data_parallel_engine_compiles_its_own():
+    """A grammar compiled in engine 0 is not ready in engine 1: a request pinned there warms it up there."""
+
+    async def scenario():
+        store = EntropyStore()
+        engine, warmup = FakeEngine(store), GrammarWarmup()
+        await warmup.compiled(engine, store, {"root ::= [0-9]"}, 0)
+        await warmup.compiled(engine, store, {"root ::= [0-9]"}, 1)
+        await warmup.compiled(engine, store, {"root ::= [0-9]"}, 1)  # known there now
+        assert engine.warmed == [(0, "root ::= [0-9]"), (1, "root ::= [0-9]")]
 
     asyncio.run(scenario())
 

@@ -68,7 +68,7 @@ def create_app(service: Service, drain: Drain | None = None) -> FastAPI:
             message = f"draining: shutting down, {drain.num_in_flight} request(s) in flight"
             return JSONResponse(error_body(503, message, "service_unavailable"), status_code=503)
         if engine.ready:
-            return JSONResponse({"status": "ok"})
+            return JSONResponse({"status": "ok", "engines": engine.engines()})
         message = engine.failure or f"the engine is {engine.state.value}"
         return JSONResponse(error_body(503, message, "service_unavailable"), status_code=503)
 

@@ -10,6 +10,7 @@ model's learned strategy settings (`resolved`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -63,6 +64,9 @@ class StrategyContext:
     planner: Planner
     router: DifficultyRouter | None  # when serving with --probe
     defaults: defaults.StrategyDefaults | None = None  # the model's learned strategy settings
+    # The data-parallel engine of the strategy request being answered: every plan it runs
+    # goes there (engine/data_parallel.py). None: one engine, or not in a strategy request.
+    data_parallel_rank: int | None = None
 
     def resolved(self, request: SamplingRequest) -> SamplingRequest:
         """The request with its strategy as it runs: fields the client left out learned
@@ -76,7 +80,7 @@ class StrategyContext:
     async def run(
         self, plan: RequestPlan, watch: Callable[[submission.Step], Awaitable[None]] | None = None
     ) -> submission.Result:
-        return await submission.run(self.engine, self.store, plan, watch)
+        return await submission.run(self.engine, self.store, self._pinned(plan), watch)
 
     async def stop(self, job_key: str) -> None:
         """Abort one engine job now: vLLM frees its slot and generates nothing more for it;
@@ -85,7 +89,13 @@ class StrategyContext:
 
     async def reply(self, plan: RequestPlan, extensions: dict | None = None) -> Reply:
         """An ordinary generation of `plan`, streamed or whole; `extensions` join the reply."""
+        plan = self._pinned(plan)
         if plan.stream:
             chunks = streaming.chat_chunks if plan.chat else streaming.completion_chunks
             return await ChunkStream.start(chunks(self.engine, self.store, plan), extensions)
         return responses.generation_reply(plan, await self.run(plan), extensions)
+
+    def _pinned(self, plan: RequestPlan) -> RequestPlan:
+        if self.data_parallel_rank is None:
+            return plan
+        return dataclasses.replace(plan, data_parallel_rank=self.data_parallel_rank)

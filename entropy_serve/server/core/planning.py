@@ -14,10 +14,9 @@ Order of operations for every request:
 Strategies also continue a prompt from tokens already generated for it
 (`plan_continuations`: entropy_fork's branches), with the same checks and jobs.
 
-Which chain samples a request, with what, and what vLLM is asked for are
-sampler_plan.py's pure decisions; the Planner applies them to the engine's context. A
-structured-output constraint goes to vLLM where vLLM samples (chain VLLM), else its
-grammar goes in the row spec, for our adapter (engine/adapters/grammar.py).
+Which chain samples a request, with what, and what vLLM is asked for are sampler_plan.py's pure
+decisions; the Planner applies them to the engine's context. A structured-output constraint goes to
+vLLM where vLLM samples (chain VLLM), else its grammar goes in the row spec, for our adapter (adapters/grammar.py).
 """
 
 from __future__ import annotations
@@ -77,6 +76,7 @@ class RequestPlan:
     echo: list[PromptEcho] | None = None  # per prompt, when completions' echo repeats it
     echo_only: bool = False  # max_tokens 0: the reply holds the prompt; the engine's one token is dropped
     return_prompt_logprobs: bool = False  # vLLM's `prompt_logprobs` field in the reply
+    data_parallel_rank: int | None = None  # its jobs' data-parallel engine, else vLLM's pick (engine/data_parallel.py)
 
     @property
     def measures_entropy(self) -> bool:

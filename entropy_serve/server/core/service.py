@@ -20,6 +20,7 @@ engine (engine/holder.py), the entropy channel (engine/adapters/channel.py), the
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -39,8 +40,10 @@ from entropy_serve.server.core.planning import Planner
 from entropy_serve.server.core.submission import Result
 from entropy_serve.server.engine.adapters.channel import EntropyChannel
 from entropy_serve.server.engine.adapters.spec import profile_to_env
+from entropy_serve.server.engine.adapters.transport import channel_transport
+from entropy_serve.server.engine.facts import EngineFacts
 from entropy_serve.server.engine.feature_engines import start_feature_engine
-from entropy_serve.server.engine.holder import EngineFacts, EngineHolder
+from entropy_serve.server.engine.holder import EngineHolder
 from entropy_serve.server.errors import BadRequest, ModelNotFound, validation_message
 from entropy_serve.server.protocol.requests import ChatCompletionRequest, CompletionRequest, SamplingRequest
 from entropy_serve.server.strategies import ANSWERS, defaults
@@ -130,7 +133,8 @@ class Service:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        env = {**self.channel.start(), **profile_to_env(self.profile)}
+        transport = channel_transport(self.config.entropy_channel, self.config.distributed_executor_backend)
+        env = {**self.channel.start(transport, self.config.entropy_channel_host), **profile_to_env(self.profile)}
         await self.engine.start(env, companion=self._start_router if self.router else None)
 
     async def _start_router(self, engine: AsyncLLM) -> AsyncLLM | None:
@@ -155,7 +159,9 @@ class Service:
         metrics.REQUESTS.labels(endpoint=endpoint.value).inc()
         request = self._parse(body, endpoint)
         if request.strategy is not None:
-            return await ANSWERS[type(request.strategy)](self.context, request)
+            with self.engine.strategy_engine() as rank:  # one engine holds its shared prefix
+                context = dataclasses.replace(self.context, data_parallel_rank=rank)
+                return await ANSWERS[type(request.strategy)](context, request)
         return await self.context.reply(self.planner.plan(request))
 
     async def generate(self, body: object, endpoint: Endpoint | str) -> Result:

@@ -7,6 +7,9 @@ plan), paired with the per-token entropies of its new tokens (waiting for them o
 entropy channel when the adapter measures the request). `run` accumulates the same
 records into whole choices. Prometheus is fed as the tokens arrive.
 
+Every job of a plan goes to the plan's data-parallel engine, when it names one (a
+strategy request's: engine/data_parallel.py), or to the engine that compiles its grammar.
+
 Leaving `stream` early (client gone, task cancelled) makes vLLM abort every job still
 running: nothing keeps generating for a client that left.
 """
@@ -92,10 +95,17 @@ async def stream(engine: EngineHolder, store: EntropyStore, plan: RequestPlan) -
     if plan.measures_entropy:
         for job in plan.jobs:
             store.open(job.key)
-    streams = [llm.generate({"prompt_token_ids": job.token_ids}, job.params, job.key) for job in plan.jobs]
+    grammars = {job.grammar for job in plan.jobs if job.grammar}
+    rank = plan.data_parallel_rank
+    if rank is None and grammars:  # run where the grammar is compiled (engine/data_parallel.py)
+        rank = engine.engine_for_grammar()
+    streams = [
+        llm.generate({"prompt_token_ids": job.token_ids}, job.params, job.key, data_parallel_rank=rank)
+        for job in plan.jobs
+    ]
     metrics.REQUESTS_RUNNING.inc()
     try:
-        await engine.grammars.compiled(llm, store, {job.grammar for job in plan.jobs if job.grammar})
+        await engine.grammars.compiled(llm, store, grammars, rank)
         async for job_index, output in merge_async_iterators(*streams):
             job = plan.jobs[job_index]
             choices = []

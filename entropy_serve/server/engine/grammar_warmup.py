@@ -35,20 +35,21 @@ WARMUP_PROMPT = [0]  # any one token: the warm-up's output is thrown away
 
 
 class GrammarWarmup:
-    """One engine's grammars: compiled ones, and warm-ups under way (by readiness key)."""
+    """One AsyncLLM's grammars: compiled ones, and warm-ups under way (by readiness key,
+    which names the data-parallel engine: each compiles its own)."""
 
     def __init__(self) -> None:
         self._known: OrderedDict[str, asyncio.Future] = OrderedDict()
 
-    async def compiled(self, llm, store: EntropyStore, grammars: set[str]) -> None:
-        """Return once every grammar in `grammars` is compiled in `llm`'s workers (or its
-        warm-up timed out)."""
+    async def compiled(self, llm, store: EntropyStore, grammars: set[str], rank: int | None = None) -> None:
+        """Return once every grammar in `grammars` is compiled in the workers of `llm`'s
+        data-parallel engine `rank` (None: its only engine), or its warm-up timed out."""
         waits = []
         for grammar in grammars:
-            key = grammar_ready_key(grammar)
+            key = grammar_ready_key(grammar, rank or 0)
             ready = self._known.get(key)
             if ready is None:
-                ready = self._known[key] = asyncio.ensure_future(self._warm_up(llm, store, grammar, key))
+                ready = self._known[key] = asyncio.ensure_future(self._warm_up(llm, store, grammar, key, rank))
                 while len(self._known) > MAX_KNOWN:
                     self._known.popitem(last=False)
             self._known.move_to_end(key)
@@ -56,14 +57,14 @@ class GrammarWarmup:
         if waits:
             await asyncio.gather(*(asyncio.shield(wait) for wait in waits))  # one leaving client cancels no warm-up
 
-    async def _warm_up(self, llm, store: EntropyStore, grammar: str, key: str) -> None:
+    async def _warm_up(self, llm, store: EntropyStore, grammar: str, key: str, rank: int | None) -> None:
         spec = RowSpec(key=f"grammar-warmup-{uuid.uuid4().hex}", shape=False, compile_grammar=grammar)
         params = SamplingParams(
             max_tokens=1, temperature=0.0, extra_args=spec.to_extra_args(), output_kind=RequestOutputKind.FINAL_ONLY
         )
         store.open(key)
         try:
-            async for _ in llm.generate({"prompt_token_ids": WARMUP_PROMPT}, params, spec.key):
+            async for _ in llm.generate({"prompt_token_ids": WARMUP_PROMPT}, params, spec.key, data_parallel_rank=rank):
                 pass
             await store.take(key, range(1), timeout_s=WARMUP_TIMEOUT_S)
         except TimeoutError:

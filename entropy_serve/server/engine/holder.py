@@ -37,11 +37,11 @@ an explicit budget (vLLM's CPU default sizes it from host memory).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import os
-from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Awaitable, Callable, Iterator
 
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.platforms import current_platform
@@ -50,13 +50,14 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from entropy_serve import host
 from entropy_serve.server import metrics
 from entropy_serve.server.config import ServerConfig
+from entropy_serve.server.engine.data_parallel import EngineLoads
+from entropy_serve.server.engine.facts import GIB, EngineFacts, engine_facts
 from entropy_serve.server.engine.grammar_warmup import GrammarWarmup
 from entropy_serve.server.errors import EngineUnavailable
 
 logger = logging.getLogger(__name__)
 
 WATCH_INTERVAL_S = 0.5
-GIB = 1 << 30
 # The default KV-cache budget on CPU: room for this many whole contexts, or this many
 # tokens per batched sequence (--max-num-seqs), whichever is more. SmolLM2-135M in float32
 # at its 8192 context: 4 contexts = 32768 tokens = 1.4 GiB.
@@ -145,42 +146,6 @@ def kv_bytes_per_token(model_config) -> int:
     return 2 * layers * kv_heads * model_config.get_head_size() * model_config.dtype.itemsize
 
 
-@dataclass(frozen=True)
-class EngineFacts:
-    """What the engine got, as the startup log and `/v1/models` report it."""
-
-    dtype: str  # the dtype it computes in
-    dtype_requested: str  # as asked (`auto` resolves per host: see the module doc)
-    model_runner: str  # "v1" (vLLM's CPU runner) or "v2" (model-runner-v2, CUDA's default)
-    cpu_cores: str | None  # VLLM_CPU_OMP_THREADS_BIND: one CPU list per worker rank ('|' between)
-    threads_per_worker: int | None
-    kv_cache_gib: float | None  # CPU: the explicit budget; GPU: vLLM's sizing (None)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    def __str__(self) -> str:
-        cores = f"cores {self.cpu_cores} ({self.threads_per_worker} threads per worker)" if self.cpu_cores else "GPU"
-        kv = f", KV cache {self.kv_cache_gib:.2f} GiB" if self.kv_cache_gib else ""
-        return f"dtype {self.dtype} (asked: {self.dtype_requested}), model runner {self.model_runner}, {cores}{kv}"
-
-
-def engine_facts(config: ServerConfig, engine) -> EngineFacts:
-    vllm_config = engine.vllm_config
-    on_cpu = current_platform.is_cpu()
-    bind = os.environ.get(host.BIND_ENV) if on_cpu else None
-    ranks = host.parse_bind(bind) if bind else None
-    kv_bytes = vllm_config.cache_config.kv_cache_memory_bytes if on_cpu else None
-    return EngineFacts(
-        dtype=str(vllm_config.model_config.dtype).removeprefix("torch."),
-        dtype_requested=config.dtype,
-        model_runner="v2" if vllm_config.use_v2_model_runner else "v1",
-        cpu_cores=bind,
-        threads_per_worker=len(ranks[0]) if ranks else None,
-        kv_cache_gib=round(kv_bytes / GIB, 3) if kv_bytes else None,
-    )
-
-
 class EngineState(enum.Enum):
     STARTING = "starting"
     READY = "ready"
@@ -203,6 +168,7 @@ class EngineHolder:
         self.tokenizer = None
         self.max_model_len: int = 0
         self.facts: EngineFacts | None = None
+        self.loads: EngineLoads | None = None  # data-parallel engines only (data_parallel.py)
         self.failure: str | None = None
         self._watched: list[AsyncLLM] = []
         self.grammars = GrammarWarmup()  # grammars compiled in this engine's workers (grammar_warmup.py)
@@ -247,9 +213,29 @@ class EngineHolder:
         self.tokenizer = self.engine.get_tokenizer()
         self.max_model_len = self.engine.vllm_config.model_config.max_model_len
         self.facts = engine_facts(self.config, self.engine)
+        self.loads = EngineLoads.of(self.engine)
         if self.state is EngineState.STARTING:
             self.state = EngineState.READY
             logger.info("engine ready: %s (context %d tokens; %s)", self.config.model, self.max_model_len, self.facts)
+
+    @contextlib.contextmanager
+    def strategy_engine(self) -> Iterator[int | None]:
+        """The data-parallel engine a strategy request runs on (None: one engine)."""
+        if self.loads is None:
+            yield None
+            return
+        with self.loads.strategy_engine() as rank:
+            yield rank
+
+    def engine_for_grammar(self) -> int | None:
+        """The data-parallel engine a request with a grammar runs on (None: one engine)."""
+        return None if self.loads is None else self.loads.least_loaded()
+
+    def engines(self) -> list[dict]:
+        """What `/health` says of each engine: its rank and, data-parallel, its load."""
+        if self.loads is None:
+            return [{"engine": 0}]
+        return [load.as_dict() for load in self.loads.loads()]
 
     def death(self) -> str | None:
         """Why a watched engine has died, if one has."""
@@ -270,7 +256,7 @@ class EngineHolder:
             self.state = EngineState.STOPPED
         # Dropped as well as shut down: an AsyncLLM left for the interpreter's exit runs
         # its shutdown again from __del__ when vLLM's modules are already torn down.
-        engine, self.engine, self._watched = self.engine, None, []
+        engine, self.engine, self._watched, self.loads = self.engine, None, [], None
         if engine is not None:
             engine.shutdown()
 

@@ -8,22 +8,20 @@ from pathlib import Path
 import pytest
 
 from entropy_serve.server.engine.adapters.channel import (
-    CHANNEL_ENV,
     EntropyChannel,
     EntropyPublisher,
     EntropyStore,
     EntropySubscriber,
 )
+from entropy_serve.server.engine.adapters.transport import CHANNEL_ENV, Endpoint
 
 
-def test_records_travel_and_wait_for_late_ones(tmp_path, monkeypatch):
-    address = f"ipc://{tmp_path}/entropy.sock"
-    monkeypatch.setenv(CHANNEL_ENV, address)
-
+def test_records_travel_and_wait_for_late_ones(monkeypatch):
     async def scenario():
         store = EntropyStore()
-        subscriber = EntropySubscriber(address, store)
-        reader = asyncio.create_task(subscriber.run())
+        endpoint = Endpoint("ipc")
+        monkeypatch.setenv(CHANNEL_ENV, endpoint.address)
+        reader = asyncio.create_task(EntropySubscriber(endpoint.socket, store).run())
         publisher = EntropyPublisher()
         for key in ("req-a", "req-b"):  # submission opens its jobs' keys before submitting them
             store.open(key)
@@ -40,7 +38,7 @@ def test_records_travel_and_wait_for_late_ones(tmp_path, monkeypatch):
             await store.take("req-b", range(0, 2), timeout_s=0.1)
         store.forget("req-a")
         reader.cancel()
-        subscriber.close()
+        endpoint.close()
         return first, both, again, store
 
     first, both, again, store = asyncio.run(scenario())
@@ -77,22 +75,21 @@ def test_channel_hands_its_address_to_the_engine_and_cleans_up(monkeypatch):
     assert not folder.exists()
 
 
-def test_only_tensor_parallel_rank_0_publishes(tmp_path, monkeypatch):
+def test_only_tensor_parallel_rank_0_publishes(monkeypatch):
     """Every TP rank runs the processors on the same logits; one record per token."""
-    address = f"ipc://{tmp_path}/entropy.sock"
-    monkeypatch.setenv(CHANNEL_ENV, address)
 
     async def scenario():
         store = EntropyStore()
-        subscriber = EntropySubscriber(address, store)
-        reader = asyncio.create_task(subscriber.run())
+        endpoint = Endpoint("ipc")
+        monkeypatch.setenv(CHANNEL_ENV, endpoint.address)
+        reader = asyncio.create_task(EntropySubscriber(endpoint.socket, store).run())
         ranks = [EntropyPublisher(rank=lambda r=r: r) for r in (0, 1)]
         for rank, publisher in enumerate(ranks):
             publisher.publish([("req", 0, 1.0 + rank, 0.5, 1.0)])
         (record,) = await store.take("req", range(0, 1))
         await asyncio.sleep(0.05)
         reader.cancel()
-        subscriber.close()
+        endpoint.close()
         return record, ranks
 
     record, (rank0, rank1) = asyncio.run(scenario())

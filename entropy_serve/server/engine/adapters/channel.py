@@ -1,9 +1,10 @@
 """Per-token entropies from the engine's worker process to the HTTP server.
 
 vLLM's logits processors cannot return data, so the adapters publish what they measure
-on a ZeroMQ PUSH socket; the server PULLs it into an EntropyStore. The address is an
-IPC path in a private temporary folder, passed to the engine's processes through the
-CHANNEL_ENV variable (spawned processes inherit the environment).
+on a ZeroMQ PUSH socket; the server PULLs it into an EntropyStore. Where the socket
+lives (an IPC path on one machine, TCP with CURVE keys when workers run on other nodes)
+is transport.py's; its address reaches the engine's processes through their environment
+(CHANNEL_ENV, and KEYS_ENV for TCP).
 
 A record is (engine request key, output position, model entropy, sampled entropy,
 temperature, model self-certainty). Keying by output position makes it safe under preemption and discarded
@@ -13,10 +14,12 @@ so records that arrive after their request ended, or that nobody asked for, are
 dropped instead of piling up. The same channel carries the workers' grammar-readiness
 records (server/engine/grammar_warmup.py), under keys of their own.
 
-Under tensor parallelism every TP rank's worker runs the logits processors on the same
-full logits (vLLM gathers them before sampling), so every rank measures the same
-entropies; only TP rank 0 publishes them, one record per token. Pipeline stages other
-than the last compute no logits; data-parallel engines each publish their own requests.
+A message is (engine index, records): the data-parallel rank of the engine whose worker
+measured them, the `engine` label vLLM's own metrics use. Under tensor parallelism every
+TP rank's worker runs the logits processors on the same full logits (vLLM gathers them
+before sampling), so every rank measures the same entropies; only TP rank 0 publishes
+them, one record per token. Pipeline stages other than the last compute no logits;
+data-parallel engines each publish their own requests.
 """
 
 from __future__ import annotations
@@ -24,8 +27,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,10 +35,10 @@ import zmq
 import zmq.asyncio
 
 from entropy_serve.server import metrics
+from entropy_serve.server.engine.adapters.transport import CHANNEL_ENV, KEYS_ENV, Endpoint, secure_publisher
 
 logger = logging.getLogger(__name__)
 
-CHANNEL_ENV = "ENTROPY_SERVE_CHANNEL"
 Record = tuple[str, int, float, float, float, float]
 
 
@@ -56,12 +57,21 @@ def tensor_parallel_rank() -> int:
     return get_tensor_model_parallel_rank() if model_parallel_is_initialized() else 0
 
 
+def engine_index(vllm_config) -> int:
+    """The data-parallel rank of the engine a worker belongs to (0 in unit tests, no config).
+    vLLM 0.32 runs the engines of a dense model as independent DP=1 engines, resetting
+    `data_parallel_rank` to 0 in each; `data_parallel_index` keeps the rank."""
+    return 0 if vllm_config is None else vllm_config.parallel_config.data_parallel_index
+
+
 class EntropyPublisher:
     """Engine side: connects lazily on first publish, never blocks the engine step; on
     TP ranks other than 0 it publishes nothing (see the module doc)."""
 
-    def __init__(self, rank: Callable[[], int] = tensor_parallel_rank) -> None:
+    def __init__(self, engine: int = 0, rank: Callable[[], int] = tensor_parallel_rank) -> None:
         self.address = os.environ.get(CHANNEL_ENV)
+        self._keys = os.environ.get(KEYS_ENV)
+        self.engine = engine
         self._rank = rank
         self._publishes: bool | None = None  # decided on the first publish, once ranks exist
         self._socket: zmq.Socket | None = None
@@ -77,8 +87,10 @@ class EntropyPublisher:
         if self._socket is None:
             self._socket = zmq.Context.instance().socket(zmq.PUSH)
             self._socket.setsockopt(zmq.SNDHWM, 0)  # never drop: the server is always reading
+            if self._keys:
+                secure_publisher(self._socket, self._keys)
             self._socket.connect(self.address)
-        self._socket.send(self._encoder.encode(records), copy=False)
+        self._socket.send(self._encoder.encode((self.engine, records)), copy=False)
 
 
 class EntropyStore:
@@ -96,8 +108,8 @@ class EntropyStore:
         self._by_key.setdefault(key, {})
         metrics.ENTROPY_STORE_KEYS.set(len(self._by_key))
 
-    def add(self, records: list[Record]) -> None:
-        metrics.ENTROPY_RECORDS.inc(len(records))
+    def add(self, records: list[Record], engine: int = 0) -> None:
+        metrics.ENTROPY_RECORDS.labels(engine=str(engine)).inc(len(records))
         for key, position, *values in records:
             kept = self._by_key.get(key)
             if kept is not None:
@@ -129,47 +141,38 @@ class EntropyStore:
 
 
 class EntropySubscriber:
-    """Server side: binds the channel and feeds an EntropyStore until closed."""
+    """Server side: reads an endpoint's socket (transport.py) into an EntropyStore until cancelled."""
 
-    def __init__(self, address: str, store: EntropyStore) -> None:
-        self.address = address
+    def __init__(self, socket: zmq.asyncio.Socket, store: EntropyStore) -> None:
+        self.socket = socket
         self.store = store
-        self._context = zmq.asyncio.Context()
-        self._socket = self._context.socket(zmq.PULL)
-        self._socket.bind(address)
         self._decoder = msgspec.msgpack.Decoder()
 
     async def run(self) -> None:
         while True:
-            message = await self._socket.recv(copy=False)
-            self.store.add(self._decoder.decode(message.buffer))
-
-    def close(self) -> None:
-        self._socket.close(linger=0)
-        self._context.term()
+            message = await self.socket.recv(copy=False)
+            engine, records = self._decoder.decode(message.buffer)
+            self.store.add(records, engine)
 
 
 class EntropyChannel:
-    """The server's end of the channel: a private folder (0700) holding the socket, the
-    subscriber bound to it, and the store it fills. `start` binds it and returns the
+    """The server's end of the channel: the endpoint of the chosen transport, the
+    subscriber reading it, and the store it fills. `start` binds it and returns the
     environment the engine's processes need to publish to it."""
 
     def __init__(self) -> None:
         self.store = EntropyStore()
-        self._folder: str | None = None
-        self._subscriber: EntropySubscriber | None = None
+        self._endpoint: Endpoint | None = None
         self._task: asyncio.Task | None = None
 
-    def start(self) -> dict[str, str]:
-        self._folder = tempfile.mkdtemp(prefix="entropy-serve-")
-        address = f"ipc://{self._folder}/entropy.sock"
-        self._subscriber = EntropySubscriber(address, self.store)
-        self._task = asyncio.create_task(self._subscriber.run())
-        return {CHANNEL_ENV: address}
+    def start(self, transport: str = "ipc", host: str | None = None) -> dict[str, str]:
+        self._endpoint = Endpoint(transport, host)
+        self._task = asyncio.create_task(EntropySubscriber(self._endpoint.socket, self.store).run())
+        logger.info("entropy channel: %s", self._endpoint.address)
+        return dict(self._endpoint.env)
 
     def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            self._subscriber.close()
-        if self._folder is not None:
-            shutil.rmtree(self._folder, ignore_errors=True)
+        if self._endpoint is not None:
+            self._endpoint.close()

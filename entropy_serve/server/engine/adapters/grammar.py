@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 import xgrammar as xgr
 
-from entropy_serve.server.engine.adapters.channel import EntropyPublisher
+from entropy_serve.server.engine.adapters.channel import EntropyPublisher, engine_index
 from entropy_serve.server.engine.adapters.spec import RowSpec, grammar_ready_key
 
 # This runs in vLLM's engine process, where only vLLM's logger tree has handlers.
@@ -60,15 +60,17 @@ class Matcher:
 class GrammarRows:
     """Compiled grammars (by text) and per-request matchers (by row key)."""
 
-    def __init__(self, vocab_size: int, tokenizer_info: Callable[[], xgr.TokenizerInfo]):
-        """`tokenizer_info` is called once, on the first grammar (it loads the tokenizer)."""
+    def __init__(self, vocab_size: int, tokenizer_info: Callable[[], xgr.TokenizerInfo], engine: int = 0):
+        """`tokenizer_info` is called once, on the first grammar (it loads the tokenizer);
+        `engine` is the data-parallel rank of this worker's engine."""
         self.vocab_size = vocab_size
         self.tokenizer_info = tokenizer_info
         self._compiler: xgr.GrammarCompiler | None = None
         self._compiler_lock = threading.Lock()  # the step and the background compiles both ask for it
         self._background: ThreadPoolExecutor | None = None
         # Readiness records go out from the background thread, on a socket of its own.
-        self.ready_publisher = EntropyPublisher()
+        self.engine = engine
+        self.ready_publisher = EntropyPublisher(engine)
         self.matchers: dict[str, Matcher] = {}
 
     @classmethod
@@ -85,7 +87,7 @@ class GrammarRows:
             )
             return xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
 
-        rows = cls(vocab_size, tokenizer_info)
+        rows = cls(vocab_size, tokenizer_info, engine_index(vllm_config))
         rows.warm_up()
         return rows
 
@@ -117,7 +119,7 @@ class GrammarRows:
                 self.compiler().compile_grammar(grammar)
             except Exception as error:  # reported again where the request compiles it
                 logger.warning("entropy-serve: a warm-up grammar failed to compile: %s", error)
-            self.ready_publisher.publish([(grammar_ready_key(grammar), 0, 0.0, 0.0, 0.0, 0.0)])
+            self.ready_publisher.publish([(grammar_ready_key(grammar, self.engine), 0, 0.0, 0.0, 0.0, 0.0)])
 
         self._background.submit(compile_then_publish)
 

@@ -28,7 +28,7 @@ class RowSpec:
     grammar_prefix: list[int] = field(default_factory=list)  # prompt tokens the grammar accepts first
     seed: int | None = None  # the adapter draws the row's token with this seed (samplers/draw.py); shaped rows only
     # A warm-up row (server/engine/grammar_warmup.py): compile this grammar off the step, then
-    # publish grammar_ready_key(it) on the entropy channel.
+    # publish grammar_ready_key(it, the worker's engine) on the entropy channel.
     compile_grammar: str | None = None
 
     def to_extra_args(self) -> dict:
@@ -45,9 +45,10 @@ class RowSpec:
             raise ValueError(f"malformed {EXTRA_ARGS_KEY} sampler spec: {error}") from error
 
 
-def grammar_ready_key(grammar: str) -> str:
-    """The entropy-channel key under which the workers say `grammar` is compiled."""
-    return "grammar-ready-" + hashlib.sha256(grammar.encode()).hexdigest()[:32]
+def grammar_ready_key(grammar: str, engine: int = 0) -> str:
+    """The entropy-channel key under which the workers of data-parallel engine `engine`
+    say `grammar` is compiled (each engine compiles its own)."""
+    return f"grammar-ready-{engine}-" + hashlib.sha256(grammar.encode()).hexdigest()[:32]
 
 
 def profile_to_env(profile: EntropyProfile | None) -> dict[str, str]:

@@ -14,7 +14,7 @@ from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
 from entropy_serve.samplers.penalties import TokenHistory
-from entropy_serve.server.engine.adapters.channel import EntropyPublisher
+from entropy_serve.server.engine.adapters.channel import EntropyPublisher, engine_index
 from entropy_serve.server.engine.adapters.grammar import GrammarRows
 from entropy_serve.server.engine.adapters.rows import RowPlan, process_rows, warm_up
 from entropy_serve.server.engine.adapters.spec import RowSpec, profile_from_env
@@ -29,7 +29,7 @@ class EntropyLogitsProcessorV1(LogitsProcessor):
         self.device = device
         # batch row -> (spec, the request's live list of output token ids, its prompt's ids)
         self.rows: dict[int, tuple[RowSpec, list[int], list[int] | None]] = {}
-        self.publisher = EntropyPublisher()
+        self.publisher = EntropyPublisher(engine_index(vllm_config))
         self.profile = profile_from_env()  # the server's, fixed for the engine's life
         self.plan: RowPlan | None = None
         self.grammars: GrammarRows | None = None

@@ -12,7 +12,7 @@ import torch
 from vllm import SamplingParams
 from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext, LogitsProcessor, LogitsProcRequestState
 
-from entropy_serve.server.engine.adapters.channel import EntropyPublisher
+from entropy_serve.server.engine.adapters.channel import EntropyPublisher, engine_index
 from entropy_serve.server.engine.adapters.grammar import GrammarRows
 from entropy_serve.server.engine.adapters.rows import RowPlan, process_rows
 from entropy_serve.server.engine.adapters.spec import RowSpec, profile_from_env
@@ -26,7 +26,7 @@ class EntropyLogitsProcessorV2(LogitsProcessor):
     def __init__(self, vllm_config, req_states: LogitsProcRequestState) -> None:
         self.req_states = req_states
         self.slots: dict[int, RowSpec] = {}
-        self.publisher = EntropyPublisher()
+        self.publisher = EntropyPublisher(engine_index(vllm_config))
         self.profile = profile_from_env()  # the server's, fixed for the engine's life
         self._plans: dict[tuple[int, ...], RowPlan] = {}
         self.grammars = GrammarRows.of(vllm_config) if vllm_config is not None else None  # None in unit tests
