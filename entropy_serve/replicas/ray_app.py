@@ -214,11 +214,7 @@ def build_app(
             target_ongoing_requests=target_ongoing_requests,
         ),
         max_ongoing_requests=max_ongoing_requests,
-        # Cores are ours to bind (host.py's claims, or --replica-cores), not Ray's to count:
-        # a replica that reserved its cores in Ray would leave none for Serve's own actors
-        # (the prefix router's tree). Ray spreads replicas over nodes by how many fit one.
-        ray_actor_options={"num_cpus": 0, "num_gpus": gpus_per_replica},
-        max_replicas_per_node=_replicas_per_node(cores_per_replica, replica_cores),
+        ray_actor_options={"num_cpus": _num_cpus(cores_per_replica, replica_cores), "num_gpus": gpus_per_replica},
         request_router_config=RequestRouterConfig(request_router_class=PrefixCacheAffinityRouter),
         health_check_period_s=HEALTH_CHECK_PERIOD_S,
         health_check_timeout_s=10.0,
@@ -228,14 +224,12 @@ def build_app(
     return ingress.bind(replicas.bind(serve_flags, cores_per_replica, replica_cores))
 
 
-def _replicas_per_node(cores_per_replica: int | None, replica_cores: list[str] | None) -> int | None:
-    """How many replicas fit one node's cores (nodes taken to be like this one); None: no
-    bound (GPU replicas, counted by Ray's GPUs)."""
+def _num_cpus(cores_per_replica: int | None, replica_cores: list[str] | None) -> int:
+    """What Ray counts a replica as using: its cores (so Ray places no more replicas on a
+    node than it has cores for)."""
     if replica_cores:
-        return len(replica_cores)
-    if cores_per_replica:
-        return max(1, len(host.usable_cpus()) // cores_per_replica)
-    return None
+        return min(len(host.parse_cpu_list(cores)) for cores in replica_cores)
+    return cores_per_replica or 0
 
 
 def serve_until_signalled(application, http_host: str, http_port: int, ray_address: str | None) -> None:
