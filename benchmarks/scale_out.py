@@ -144,6 +144,7 @@ def main() -> None:
         shapes["dp1"] = measure(url, args)
     with served(["--data-parallel-size", "2"], host.bind_text(halves), args.kv_cache_gib) as url:
         shapes["dp2"] = measure(url, args)
+    print(json.dumps(shapes), file=sys.stderr, flush=True)  # the DP pair, before the replicas start
     with replicas([host.cpu_list_text(cores)], args.kv_cache_gib) as url:
         shapes["replicas1"] = measure(url, args)
     with replicas([host.cpu_list_text(half) for half in halves], args.kv_cache_gib) as url:
