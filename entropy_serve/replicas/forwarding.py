@@ -31,7 +31,7 @@ class Forwarded:
     path: str  # with its query string
     headers: list[tuple[str, str]]
     body: bytes
-    prompt: str  # the text whose prefix the replica's cache may hold ('' for requests without one)
+    prompt: str  # the text the router keys on: the prompt's (`routing_text`)
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,13 @@ def prompt_text(body: bytes) -> str:
         if field in data:
             return _text(data[field])
     return ""
+
+
+def routing_text(body: bytes, method: str, path: str) -> str:
+    """What Ray's prefix router reads: the prompt's text, or, for a request without one
+    (`GET /v1/models`, files), its method and path. Never empty: the router divides by
+    its length (ray 2.60: an empty prompt raises inside it and the request never routes)."""
+    return prompt_text(body) or f"{method} {path}"
 
 
 def _text(value) -> str:

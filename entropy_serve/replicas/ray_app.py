@@ -39,7 +39,7 @@ from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
 from entropy_serve import host
-from entropy_serve.replicas.forwarding import Forwarded, Head, kept_headers, prompt_text, stream_cut, unavailable
+from entropy_serve.replicas.forwarding import Forwarded, Head, kept_headers, routing_text, stream_cut, unavailable
 from entropy_serve.server.process import ServerProcess
 
 logger = logging.getLogger("ray.serve")
@@ -47,7 +47,9 @@ logger = logging.getLogger("ray.serve")
 HEALTH_CHECK_PERIOD_S = 2.0
 REGISTRY = "entropy-serve-replicas"  # the registry actor's name, in Ray's namespace NAMESPACE
 NAMESPACE = "entropy-serve"
-TARGET_MAX_AGE_S = 5 * HEALTH_CHECK_PERIOD_S  # a replica not heard from for this long is gone
+# A replica not heard from for this long is gone (its health checks come late while its
+# one core is busy generating).
+TARGET_MAX_AGE_S = 15 * HEALTH_CHECK_PERIOD_S
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
@@ -172,7 +174,8 @@ class Ingress:
     async def proxy(self, path: str, request: Request) -> Response:
         body = await request.body()
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        forwarded = Forwarded(request.method, target, kept_headers(request.headers.items()), body, prompt_text(body))
+        headers = kept_headers(request.headers.items())
+        forwarded = Forwarded(request.method, target, headers, body, routing_text(body, request.method, target))
         stream = self.replica.forward.remote(forwarded)
         try:
             head = await anext(stream)

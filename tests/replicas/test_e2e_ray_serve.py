@@ -4,8 +4,8 @@ machine (one core and a small KV cache each, a Ray instance of the command's own
 Requests spread over both replicas; requests that share a long prompt prefix go to one
 replica (Ray's prefix-affinity router); every replica's server is listed for Prometheus
 and its /metrics scrapes; when one replica's server is killed mid-load its in-flight
-requests, and only those, fail cleanly (a 503 in OpenAI's shape, or a stream's final
-error event), the requests after go to the other, and Ray Serve starts a new replica in
+requests fail cleanly (a 503 in OpenAI's shape, or a stream's final error event), the
+requests after go to the other, and Ray Serve starts a new replica in
 its place.
 """
 
@@ -87,6 +87,7 @@ def ask(url: str, content: str, **fields):
 
 def test_targets_are_prometheus_service_discovery(replicas):
     url, _ = replicas
+    assert client(url).models.list().data[0].id == MODEL  # a request without a prompt routes too
     groups = httpx.get(f"{url}/replicas/targets").json()
     assert isinstance(groups, list) and set(groups[0]) == {"targets", "labels"}
     assert all(":" in target for target in groups[0]["targets"])
@@ -151,18 +152,21 @@ def running(target: str) -> float:
 
 def test_a_killed_replica_fails_its_requests_cleanly_and_is_replaced(replicas):
     url, _ = replicas
+    known = targets(url)
+    assert len(known) == 2
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         streams = [pool.submit(stream_outcome, url, i) for i in range(6)]
         time.sleep(8)  # every stream under way
         # The router decides where they went (new prompts go to the replica it holds least
         # text for): kill the one with the most in flight, the engine and its server at once.
-        in_flight = {target: running(target) for target in targets(url)}
+        in_flight = {target: running(target) for target in known}
         victim = max(in_flight, key=in_flight.get)
         (survivor,) = set(in_flight) - {victim}
         os.kill(server_pid(victim), signal.SIGKILL)
         outcomes = [stream.result(timeout=300) for stream in streams]
     assert set(outcomes) <= {"done", "cut", "refused"}, outcomes  # each ended, and said how
-    assert in_flight[victim] > 0 and len(outcomes) - outcomes.count("done") == in_flight[victim], (outcomes, in_flight)
+    # Every request the victim was generating failed (more may have: routed there, not yet started).
+    assert in_flight[victim] > 0 and len(outcomes) - outcomes.count("done") >= in_flight[victim], (outcomes, in_flight)
     # Ray Serve's health check takes the replica out: later requests all go to the survivor.
     assert wait_for(lambda: victim not in targets(url), 60)
     for turn in range(4):

@@ -9,7 +9,7 @@ import pytest
 
 from entropy_serve.cli import build_parser
 from entropy_serve.commands import serve_replicas
-from entropy_serve.replicas.forwarding import kept_headers, prompt_text, stream_cut, unavailable
+from entropy_serve.replicas.forwarding import kept_headers, prompt_text, routing_text, stream_cut, unavailable
 
 
 def body(**fields) -> bytes:
@@ -78,3 +78,8 @@ def test_named_cores():
         serve_replicas.named_cores(parsed("--replica-cores", "0|1", "--cores-per-replica", "1"), 2)
     with pytest.raises(SystemExit):  # not a CPU list: argparse's message, exit 2
         parsed("--replica-cores", "zero|one")
+
+
+def test_the_router_never_gets_an_empty_text():
+    assert routing_text(body(prompt="2 + 2 ="), "POST", "/v1/completions") == "2 + 2 ="
+    assert routing_text(b"", "GET", "/v1/models") == "GET /v1/models"
