@@ -31,32 +31,17 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-TOPICS = ["the sea", "a robot", "autumn", "a city at night", "mathematics", "a cat", "rain", "the moon"]
+from throughput import completions_tokens_per_s, prompts  # beside this script
+
 SC_LEAVES = 4
-
-
-def prompts(num_requests: int) -> list[str]:
-    return [f"Write a short story about {TOPICS[i % len(TOPICS)]} (#{i})." for i in range(num_requests)]
 
 
 async def one_round(url: str, model: str, texts: list[str], max_tokens: int, strategy: bool) -> float:
     """Generated tokens per second of one round: every request in flight at once."""
-    import openai
-
     extra = {"ignore_eos": True, "return_entropy": True}
     if strategy:
         extra["strategy"] = {"name": "self_consistency", "n": SC_LEAVES}
-    async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="x", timeout=1200, max_retries=0) as client:
-        start = time.perf_counter()
-        replies = await asyncio.gather(
-            *(
-                client.completions.create(
-                    model=model, prompt=t, max_tokens=max_tokens, temperature=0.8, extra_body=extra
-                )
-                for t in texts
-            )
-        )
-    return sum(r.usage.completion_tokens for r in replies) / (time.perf_counter() - start)
+    return await completions_tokens_per_s(url, model, texts, max_tokens, extra, timeout_s=1200, max_retries=0)
 
 
 @contextlib.contextmanager
