@@ -27,6 +27,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,7 +67,8 @@ def replicas(replica_cores: list[str], kv_cache_gib: int) -> Iterator[str]:
     count = len(replica_cores)
     command = [sys.executable, "-m", "entropy_serve", "serve-replicas", "--replicas", str(count)]
     command += ["--replica-cores", "|".join(replica_cores), "--port", str(port), "--", *serve_flags]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = tempfile.NamedTemporaryFile("w+", prefix="serve-replicas-", suffix=".log", delete=False)
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 600
@@ -78,7 +80,7 @@ def replicas(replica_cores: list[str], kv_cache_gib: int) -> Iterator[str]:
             except (httpx.TransportError, ValueError):
                 pass
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"serve-replicas --replicas {count} did not come up")
+                raise RuntimeError(f"serve-replicas --replicas {count} did not come up; its log: {log.name}")
             time.sleep(1)
         yield url
     finally:
