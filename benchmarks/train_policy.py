@@ -37,13 +37,17 @@ from entropy_serve.trainer.policy import CHECKPOINTS
 from entropy_serve.trainer.policy_log import LOG_FILE, read_log
 
 BASELINE = "grpo"  # no method: TRL's GRPO with DAPO's loss
-# Per method, what the run adds to its --method (a setting the method needs at this scale).
-EXTRA_FLAGS = {
-    "canon": ["--loss-type", "dr_grpo"],  # the paper's pairing (its advantages are not std-scaled)
-    # The reference samples a quarter of a batch of hundreds of problems again; a quarter of
-    # 2 problems is one group, whose 4 answers are often all wrong (nothing to select): all.
-    "aepo": ["--aepo-prompt-fraction", "1.0"],
-}
+# Each benchmarked run's name and what it passes to train-policy besides the settings
+# every run shares: its --method, and the settings a method needs at this scale.
+VARIANTS = {BASELINE: [], **{method: ["--method", method] for method in METHODS}}
+VARIANTS["canon"] += ["--loss-type", "dr_grpo"]  # the paper's pairing (its advantages are not std-scaled)
+# The reference samples a quarter of a batch of hundreds of problems again; a quarter of
+# 2 problems is one group, whose 4 answers are often all wrong (nothing to select): all.
+VARIANTS["aepo"] += ["--aepo-prompt-fraction", "1.0"]
+# AEPO's claim is a target of one's choosing. By default the target is the first batch's
+# entropy, which the untrained model reaches while failing most problems; this one is
+# 1 nat, which plain GRPO's entropy passes through on its way down.
+VARIANTS["aepo_1nat"] = [*VARIANTS["aepo"], "--aepo-target-entropy-nats", "1.0"]
 AEPO_BAND = 0.10  # the paper's claim: entropy held within 10% of its target ...
 AEPO_FROM_STEP = 10  # ... from step 10 on
 
@@ -54,7 +58,6 @@ def run_method(method: str, seed: int, args) -> dict:
     if summary_path.exists():
         return json.loads(summary_path.read_text())
     folder = args.out / "work" / f"{method}-s{seed}"
-    methods = [] if method == BASELINE else ["--method", method, *EXTRA_FLAGS.get(method, [])]
     command = [
         sys.executable, "-m", "entropy_serve", "train-policy",
         "--output-dir", str(folder), "--steps", str(args.steps), "--seed", str(seed),
@@ -62,7 +65,7 @@ def run_method(method: str, seed: int, args) -> dict:
         "--updates-per-batch", str(args.updates_per_batch), "--learning-rate", str(args.learning_rate),
         "--max-tokens", str(args.max_tokens), "--save-steps", str(args.steps), "--calibration-samples", "1",
         "--held-out-problems", str(args.held_out), "--held-out-samples", str(args.samples),
-        *methods,
+        *VARIANTS[method],
     ]  # fmt: skip
     print(f"[{method} s{seed}] {' '.join(command[2:])}", file=sys.stderr, flush=True)
     started = time.perf_counter()
@@ -111,7 +114,7 @@ def aepo_holds(run: dict) -> float:
 
 
 def report(runs: list[dict], out: Path) -> str:
-    order = [BASELINE, *METHODS]
+    order = list(VARIANTS)
     by_method: dict[str, list[dict]] = {}
     for run in sorted(runs, key=lambda r: (order.index(r["method"]), r["seed"])):
         by_method.setdefault(run["method"], []).append(run)
@@ -149,11 +152,14 @@ def report(runs: list[dict], out: Path) -> str:
             f"{statistics.fmean(column(group, 'wall_s')):.0f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    if "aepo" in by_method:
-        held = [aepo_holds(r) for r in by_method["aepo"]]
+    for method, group in by_method.items():
+        if group[0]["aepo_target_entropy_nats"] is None:
+            continue
+        held = [aepo_holds(r) for r in group]
+        targets = ", ".join(f"{r['aepo_target_entropy_nats']:.2f}" for r in group)
         verdicts.append(
-            f"- aepo: share of rollout batches from step {AEPO_FROM_STEP} on within {AEPO_BAND:.0%} of the target, "
-            f"per seed: {', '.join(f'{h:.2f}' for h in held)}"
+            f"- {method}: share of rollout batches from step {AEPO_FROM_STEP} on within {AEPO_BAND:.0%} of the "
+            f"target (nats: {targets}), per seed: {', '.join(f'{h:.2f}' for h in held)}"
         )
     if BASELINE in by_method:
         falls = [r["rollout_entropy_nats"][-1] - r["rollout_entropy_nats"][0] for r in by_method[BASELINE]]
@@ -196,7 +202,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--report", action="store_true", help="only redraw the table and plot from OUT/runs")
-    parser.add_argument("--methods", type=lambda text: text.split(","), default=[BASELINE, *METHODS])
+    parser.add_argument("--methods", type=lambda text: text.split(","), default=list(VARIANTS))
     parser.add_argument("--seeds", type=lambda text: [int(s) for s in text.split(",")], default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--group-size", type=int, default=4)
@@ -212,8 +218,8 @@ def main() -> None:
         print(report(runs, args.out))
         return
     for name in args.methods:
-        if name != BASELINE and name not in METHODS:
-            parser.error(f"--methods: unknown {name!r}; known: {BASELINE}, {', '.join(METHODS)}")
+        if name not in VARIANTS:
+            parser.error(f"--methods: unknown {name!r}; known: {', '.join(VARIANTS)}")
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     runs = []
