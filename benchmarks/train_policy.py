@@ -20,6 +20,7 @@ resumes with the same command. Writes, in OUT:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -105,12 +106,23 @@ def column(runs: list[dict], *path: str) -> list:
     return [reduce(getitem, path, run) for run in runs]
 
 
+def late_entropies(run: dict) -> list[float]:
+    """The rollout entropies of the batches from step AEPO_FROM_STEP on."""
+    return [h for s, h in zip(run["steps"], run["rollout_entropy_nats"]) if s >= AEPO_FROM_STEP]
+
+
 def aepo_holds(run: dict) -> float:
     """The share of rollout batches from step AEPO_FROM_STEP on whose entropy is within
     AEPO_BAND of the run's target."""
     target = run["aepo_target_entropy_nats"]
-    late = [h for s, h in zip(run["steps"], run["rollout_entropy_nats"]) if s >= AEPO_FROM_STEP]
+    late = late_entropies(run)
     return sum(abs(h - target) <= AEPO_BAND * target for h in late) / max(1, len(late))
+
+
+def distance(run: dict, target: float) -> float:
+    """The mean distance (nats) of the rollout entropy from `target`, from step
+    AEPO_FROM_STEP on."""
+    return statistics.fmean(abs(h - target) for h in late_entropies(run))
 
 
 def report(runs: list[dict], out: Path) -> str:
@@ -152,19 +164,29 @@ def report(runs: list[dict], out: Path) -> str:
             f"{statistics.fmean(column(group, 'wall_s')):.0f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    baseline_by_seed = {run["seed"]: run for run in by_method.get(BASELINE, [])}
     for method, group in by_method.items():
         if group[0]["aepo_target_entropy_nats"] is None:
             continue
-        held = [aepo_holds(r) for r in group]
+        held = ", ".join(f"{aepo_holds(r):.2f}" for r in group)
         targets = ", ".join(f"{r['aepo_target_entropy_nats']:.2f}" for r in group)
-        verdicts.append(
+        distances = [distance(r, r["aepo_target_entropy_nats"]) for r in group]
+        line = (
             f"- {method}: share of rollout batches from step {AEPO_FROM_STEP} on within {AEPO_BAND:.0%} of the "
-            f"target (nats: {targets}), per seed: {', '.join(f'{h:.2f}' for h in held)}"
+            f"target (nats: {targets}), per seed: {held}; mean distance from the target {shown(distances)} nats"
         )
+        paired = [r for r in group if r["seed"] in baseline_by_seed]
+        if paired:  # plain GRPO's run of the same seed, measured against the same target
+            grpo = [distance(baseline_by_seed[r["seed"]], r["aepo_target_entropy_nats"]) for r in paired]
+            line += f" (plain GRPO's, same seeds and targets: {shown(grpo)})"
+        verdicts.append(line)
     if BASELINE in by_method:
         falls = [r["rollout_entropy_nats"][-1] - r["rollout_entropy_nats"][0] for r in by_method[BASELINE]]
+        # How much one batch's entropy moves from the last: the noise any band is read through.
+        steps = [abs(b - a) for r in by_method[BASELINE] for a, b in itertools.pairwise(late_entropies(r))]
         verdicts.append(
-            f"- grpo: rollout entropy change, first batch to last, per seed: {', '.join(f'{f:+.3f}' for f in falls)}"
+            f"- grpo: rollout entropy change, first batch to last, per seed: {', '.join(f'{f:+.3f}' for f in falls)}; "
+            f"from one batch to the next, from step {AEPO_FROM_STEP} on: median {statistics.median(steps):.3f} nats"
         )
     text = "\n".join(lines) + "\n\n" + "\n".join(verdicts) + "\n"
     (out / "results.md").write_text(text)
