@@ -98,11 +98,10 @@ def run(args: argparse.Namespace) -> int:
     if cores is None and not gpus and not replica_cores:
         cores = max(1, len(host.usable_cpus()) // high)
     try:
-        from entropy_serve.replicas.ray_app import build_app, serve_until_signalled
+        from entropy_serve.replicas.ray_app import Shape, build_app, serve_until_signalled
     except ImportError as error:
         raise ValueError(f"serve-replicas needs Ray Serve: pip install 'entropy-serve[replicas]' ({error})") from error
-    application = build_app(
-        flags,
+    shape = Shape(
         min_replicas=low,
         max_replicas=high,
         target_ongoing_requests=args.target_ongoing_requests,
@@ -111,5 +110,6 @@ def run(args: argparse.Namespace) -> int:
         replica_cores=replica_cores,
         gpus_per_replica=gpus,
     )
+    application = build_app(flags, shape)
     serve_until_signalled(application, args.host, args.port, args.ray_address)
     return 0

@@ -29,6 +29,7 @@ import logging
 import signal
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import httpx
 import ray
@@ -193,38 +194,56 @@ async def _rest(stream) -> AsyncIterator[bytes]:
         yield stream_cut(f"the replica died: {error}")
 
 
-def build_app(
-    serve_flags: list[str],
-    *,
-    min_replicas: int,
-    max_replicas: int,
-    target_ongoing_requests: float,
-    max_ongoing_requests: int,
-    cores_per_replica: int | None,
-    replica_cores: list[str] | None,
-    gpus_per_replica: float,
-):
-    """The Serve application: the ingress bound to the replicas' deployment."""
+@dataclass(frozen=True)
+class Shape:
+    """How many replicas, how loaded, on what (serve-replicas' flags)."""
+
+    min_replicas: int
+    max_replicas: int
+    target_ongoing_requests: float
+    max_ongoing_requests: int  # per replica
+    cores_per_replica: int | None
+    replica_cores: list[str] | None
+    gpus_per_replica: float
+
+
+def deployments(shape: Shape):
+    """The ingress and replica deployments of the Serve application."""
     from ray.serve.config import AutoscalingConfig, RequestRouterConfig
     from ray.serve.llm.request_router import PrefixCacheAffinityRouter
 
     replicas = serve.deployment(Replica).options(
         name="replica",
         autoscaling_config=AutoscalingConfig(
-            min_replicas=min_replicas,
-            initial_replicas=min_replicas,
-            max_replicas=max_replicas,
-            target_ongoing_requests=target_ongoing_requests,
+            min_replicas=shape.min_replicas,
+            initial_replicas=shape.min_replicas,
+            max_replicas=shape.max_replicas,
+            target_ongoing_requests=shape.target_ongoing_requests,
         ),
-        max_ongoing_requests=max_ongoing_requests,
-        ray_actor_options={"num_cpus": _num_cpus(cores_per_replica, replica_cores), "num_gpus": gpus_per_replica},
+        max_ongoing_requests=shape.max_ongoing_requests,
+        ray_actor_options={
+            "num_cpus": _num_cpus(shape.cores_per_replica, shape.replica_cores),
+            "num_gpus": shape.gpus_per_replica,
+        },
         request_router_config=RequestRouterConfig(request_router_class=PrefixCacheAffinityRouter),
         health_check_period_s=HEALTH_CHECK_PERIOD_S,
         health_check_timeout_s=10.0,
         graceful_shutdown_timeout_s=60.0,
     )
-    ingress = serve.deployment(serve.ingress(app)(Ingress)).options(name="ingress", ray_actor_options={"num_cpus": 0})
-    return ingress.bind(replicas.bind(serve_flags, cores_per_replica, replica_cores))
+    # The ingress only forwards: it holds as many requests as all the replicas can (with
+    # Ray Serve's default, 5, only 5 requests at a time would get through).
+    ingress = serve.deployment(serve.ingress(app)(Ingress)).options(
+        name="ingress",
+        max_ongoing_requests=shape.max_replicas * shape.max_ongoing_requests,
+        ray_actor_options={"num_cpus": 0},
+    )
+    return ingress, replicas
+
+
+def build_app(serve_flags: list[str], shape: Shape):
+    """The Serve application: the ingress bound to the replicas' deployment."""
+    ingress, replicas = deployments(shape)
+    return ingress.bind(replicas.bind(serve_flags, shape.cores_per_replica, shape.replica_cores))
 
 
 def _num_cpus(cores_per_replica: int | None, replica_cores: list[str] | None) -> int:

@@ -83,3 +83,14 @@ def test_named_cores():
 def test_the_router_never_gets_an_empty_text():
     assert routing_text(body(prompt="2 + 2 ="), "POST", "/v1/completions") == "2 + 2 ="
     assert routing_text(b"", "GET", "/v1/models") == "GET /v1/models"
+
+
+def test_the_ingress_holds_what_every_replica_can():
+    """Ray Serve lets a deployment hold 5 requests unless told otherwise: the ingress, which
+    only forwards, must let through as many as all the replicas together hold."""
+    from entropy_serve.replicas.ray_app import Shape, deployments
+
+    shape = Shape(1, 3, 16, 64, cores_per_replica=1, replica_cores=None, gpus_per_replica=0.0)
+    ingress, replicas = deployments(shape)
+    assert replicas.max_ongoing_requests == 64
+    assert ingress.max_ongoing_requests == 3 * 64
