@@ -13,9 +13,15 @@ import httpx
 
 
 def metric(server, name: str, default: float | None = None) -> float:
-    """The value of one sample line (`name` may carry its labels); `default` when the
-    line is absent (a labelled counter appears only once counted), else an error."""
-    text = httpx.get(f"{server.url}/metrics").text
+    """The value of one sample line of `server`'s metrics (see `metric_at`)."""
+    return metric_at(server.url, name, default)
+
+
+def metric_at(url: str, name: str, default: float | None = None) -> float:
+    """The value of one sample line of the metrics at `url` (`name` may carry its labels);
+    `default` when the line is absent (a labelled counter appears only once counted),
+    else an error."""
+    text = httpx.get(f"{url}/metrics", timeout=5).text
     match = re.search(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE)
     if match is None and default is not None:
         return default
