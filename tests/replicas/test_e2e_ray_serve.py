@@ -5,8 +5,7 @@ Requests spread over both replicas; requests that share a long prompt prefix go 
 replica (Ray's prefix-affinity router); every replica's server is listed for Prometheus
 and its /metrics scrapes; when one replica's server is killed mid-load its in-flight
 requests fail cleanly (a 503 in OpenAI's shape, or a stream's final error event), the
-requests after go to the other, and Ray Serve starts a new replica in
-its place.
+requests after go to the other, and Ray Serve starts a new replica in its place.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import re
 import signal
 import subprocess
 import time
@@ -24,7 +22,7 @@ import httpx
 import openai
 import pytest
 from conftest import MODEL
-from helpers import cli_command, wait_for
+from helpers import cli_command, metric_at, wait_for
 
 from entropy_serve.server.process import free_port
 
@@ -129,7 +127,7 @@ def stream_outcome(url: str, index: int) -> str:
     body = {
         "model": MODEL,
         "messages": [{"role": "user", "content": f"{uuid.uuid4().hex} Tell a long story, part {index}."}],
-        "max_tokens": 300,
+        "max_tokens": 900,  # still generating when the replica is killed, 8 s in, on a fast core
         "stream": True,
         "ignore_eos": True,
     }
@@ -146,8 +144,7 @@ def stream_outcome(url: str, index: int) -> str:
 
 
 def running(target: str) -> float:
-    text = httpx.get(f"http://{target}/metrics", timeout=5).text
-    return float(re.search(r"^entropy_serve_requests_running (\S+)$", text, re.MULTILINE).group(1))
+    return metric_at(f"http://{target}", "entropy_serve_requests_running")
 
 
 def test_a_killed_replica_fails_its_requests_cleanly_and_is_replaced(replicas):
@@ -159,10 +156,12 @@ def test_a_killed_replica_fails_its_requests_cleanly_and_is_replaced(replicas):
         time.sleep(8)  # every stream under way
         # The router decides where they went (new prompts go to the replica it holds least
         # text for): kill the one with the most in flight, the engine and its server at once.
+        # Found before the counts are read: the kill follows the reading at once.
+        pids = {target: server_pid(target) for target in known}
         in_flight = {target: running(target) for target in known}
         victim = max(in_flight, key=in_flight.get)
+        os.kill(pids[victim], signal.SIGKILL)
         (survivor,) = set(in_flight) - {victim}
-        os.kill(server_pid(victim), signal.SIGKILL)
         outcomes = [stream.result(timeout=300) for stream in streams]
     assert set(outcomes) <= {"done", "cut", "refused"}, outcomes  # each ended, and said how
     # Every request the victim was generating failed (more may have: routed there, not yet started).
