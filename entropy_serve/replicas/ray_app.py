@@ -52,6 +52,11 @@ NAMESPACE = "entropy-serve"
 # one core is busy generating).
 TARGET_MAX_AGE_S = 15 * HEALTH_CHECK_PERIOD_S
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+# Prefix affinity holds while no replica has more than this many requests queued beyond
+# another; past it, the less loaded of two. (Ray's default, no limit, sends a burst of new
+# prompts all to the replica holding the least text: the prefix tree learns of each
+# routed prompt only after it is sent.)
+IMBALANCE_LIMIT = 2
 
 
 @ray.remote(num_cpus=0)
@@ -225,7 +230,10 @@ def deployments(shape: Shape):
             "num_cpus": _num_cpus(shape.cores_per_replica, shape.replica_cores),
             "num_gpus": shape.gpus_per_replica,
         },
-        request_router_config=RequestRouterConfig(request_router_class=PrefixCacheAffinityRouter),
+        request_router_config=RequestRouterConfig(
+            request_router_class=PrefixCacheAffinityRouter,
+            request_router_kwargs={"imbalanced_threshold": IMBALANCE_LIMIT},
+        ),
         health_check_period_s=HEALTH_CHECK_PERIOD_S,
         health_check_timeout_s=10.0,
         graceful_shutdown_timeout_s=60.0,
