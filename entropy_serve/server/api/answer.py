@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 
+import anyio
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
@@ -33,14 +35,38 @@ async def answer(
         if isinstance(reply, ChunkStream):
             events = sse_events(drain.cut_short(reply), ticket, named=named_events)
             ticket = None  # the stream releases it
-            return StreamingResponse(
-                events, media_type="text/event-stream", headers=extension_headers(reply.extensions)
+            return ClosingStreamingResponse(
+                events,
+                media_type="text/event-stream",
+                headers=extension_headers(reply.extensions),
+                also_close=reply.aclose,  # even if the client left before the first event
             )
         body = reply.model_dump(exclude_unset=True)
         return JSONResponse(body, headers=extension_headers(body))
     finally:
         if ticket is not None:
             ticket.release()
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """A StreamingResponse that closes its body (and `also_close`) however it ends.
+    Starlette drops the body iterator when the client leaves while a chunk is being sent,
+    and a generator left to the garbage collector aborts its engine request only when a
+    collection gets to it: seconds or minutes of generating for nobody."""
+
+    def __init__(self, content: AsyncGenerator, *, also_close: Callable[[], Awaitable] | None = None, **kwargs):
+        super().__init__(content, **kwargs)
+        self._content = content
+        self._also_close = also_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):  # a cancelled handler still aborts its requests
+                await self._content.aclose()
+                if self._also_close is not None:
+                    await self._also_close()
 
 
 def extension_headers(fields: dict) -> dict[str, str]:
@@ -60,12 +86,13 @@ async def sse_events(stream: AsyncIterable, ticket: Ticket | None = None, *, nam
     API's form: each event named by its type, no [DONE], an error as its `error` event."""
     sequence = 0
     try:
-        async for chunk in stream:
-            if named:
-                sequence = chunk.sequence_number + 1
-                yield f"event: {chunk.type}\ndata: {chunk.model_dump_json()}\n\n"
-            else:
-                yield f"data: {chunk.model_dump_json(exclude_unset=True)}\n\n"
+        async with aclosing(aiter(stream)) as chunks:
+            async for chunk in chunks:
+                if named:
+                    sequence = chunk.sequence_number + 1
+                    yield f"event: {chunk.type}\ndata: {chunk.model_dump_json()}\n\n"
+                else:
+                    yield f"data: {chunk.model_dump_json(exclude_unset=True)}\n\n"
         if not named:
             yield SSE_DONE
         return

@@ -11,7 +11,7 @@ model's learned strategy settings (`resolved`).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -38,18 +38,27 @@ class ChunkStream:
     whose first chunk already exists (so errors before it were raised by `answer`), and
     the reply's extension fields that a stream carries in HTTP headers instead."""
 
-    def __init__(self, first: Chunk, rest: AsyncIterator[Chunk], extensions: dict | None = None):
+    def __init__(self, first: Chunk, rest: AsyncGenerator[Chunk, None], extensions: dict | None = None):
         self._first = first
         self._rest = rest
         self.extensions = extensions or {}
 
     async def __aiter__(self) -> AsyncIterator[Chunk]:
-        yield self._first
-        async for chunk in self._rest:
-            yield chunk
+        try:
+            yield self._first
+            async for chunk in self._rest:
+                yield chunk
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the chunks beneath, which aborts what they still generate in the engine.
+        A stream that ends early is closed here, iterated or not, not whenever the garbage
+        collector gets to it."""
+        await self._rest.aclose()
 
     @classmethod
-    async def start(cls, chunks: AsyncIterator[Chunk], extensions: dict | None = None) -> ChunkStream:
+    async def start(cls, chunks: AsyncGenerator[Chunk, None], extensions: dict | None = None) -> ChunkStream:
         return cls(await anext(chunks), chunks, extensions)
 
 

@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from vllm.exceptions import VLLMValidationError
+from vllm.outputs import RequestOutput
 from vllm.utils.async_utils import merge_async_iterators
 from vllm.v1.engine.exceptions import EngineDeadError
 
 from entropy_serve.server import metrics
-from entropy_serve.server.core.planning import RequestPlan
+from entropy_serve.server.core.planning import EngineJob, RequestPlan
 from entropy_serve.server.engine.adapters.channel import EntropyStore, TokenEntropy
 from entropy_serve.server.engine.holder import EngineHolder
 from entropy_serve.server.errors import BadRequest, EngineUnavailable
@@ -106,44 +108,19 @@ async def stream(engine: EngineHolder, store: EntropyStore, plan: RequestPlan) -
     metrics.REQUESTS_RUNNING.inc()
     try:
         await engine.grammars.compiled(llm, store, grammars, rank)
-        async for job_index, output in merge_async_iterators(*streams):
-            job = plan.jobs[job_index]
-            choices = []
-            for piece in output.outputs:
-                start = num_streamed.get((job.key, piece.index), 0)
-                num_streamed[(job.key, piece.index)] = start + len(piece.token_ids)
-                entropies = []
-                if plan.measures_entropy:
-                    entropies = await store.take(job.key, range(start, start + len(piece.token_ids)))
-                choices.append(
-                    Generated(
-                        index=plan.choice_index(job.prompt_index, job.first_sample + piece.index),
-                        prompt_index=job.prompt_index,
-                        text=piece.text,
-                        token_ids=list(piece.token_ids),
-                        logprobs=None if piece.logprobs is None else list(piece.logprobs),
-                        finish_reason=piece.finish_reason,
-                        stop_reason=piece.stop_reason,
-                        entropies=entropies,
-                    )
-                )
-            step = Step(
-                job_key=job.key,
-                prompt_index=job.prompt_index,
-                num_prompt_tokens=len(output.prompt_token_ids or ()),
-                num_cached_tokens=output.num_cached_tokens or 0,
-                choices=choices,
-                prompt_logprobs=None if output.prompt_logprobs is None else list(output.prompt_logprobs),
-            )
-            num_new_tokens = _account_tokens(plan, step)
-            if first_token_at is None and num_new_tokens:
-                first_token_at = time.perf_counter()
-                metrics.TIME_TO_FIRST_TOKEN_S.observe(first_token_at - arrival)
-            if output.finished:
-                unfinished.discard(job.key)
-                if job.first_sample == 0:  # n samples of one prompt read it once
-                    metrics.PROMPT_TOKENS.inc(step.num_prompt_tokens)
-            yield step
+        async with aclosing(merge_async_iterators(*streams)) as outputs:  # closed here, not by the GC
+            async for job_index, output in outputs:
+                job = plan.jobs[job_index]
+                step = await _step(plan, job, output, store, num_streamed)
+                num_new_tokens = _account_tokens(plan, step)
+                if first_token_at is None and num_new_tokens:
+                    first_token_at = time.perf_counter()
+                    metrics.TIME_TO_FIRST_TOKEN_S.observe(first_token_at - arrival)
+                if output.finished:
+                    unfinished.discard(job.key)
+                    if job.first_sample == 0:  # n samples of one prompt read it once
+                        metrics.PROMPT_TOKENS.inc(step.num_prompt_tokens)
+                yield step
         metrics.E2E_LATENCY_S.observe(time.perf_counter() - arrival)
     except EngineDeadError as error:
         raise EngineUnavailable(f"the engine died: {error}") from error
@@ -153,10 +130,47 @@ async def stream(engine: EngineHolder, store: EntropyStore, plan: RequestPlan) -
         raise EngineUnavailable(str(error)) from error
     finally:
         metrics.REQUESTS_RUNNING.dec()
-        if unfinished:  # left early: merge_async_iterators' cleanup aborted them
+        if unfinished:  # left early: closing merge_async_iterators aborted them in the engine
             metrics.ABORTED.inc()
         for job in plan.jobs:
             store.forget(job.key)
+
+
+async def _step(
+    plan: RequestPlan,
+    job: EngineJob,
+    output: RequestOutput,
+    store: EntropyStore,
+    num_streamed: dict[tuple[str, int], int],
+) -> Step:
+    """One engine output of `job` as our Step: its choices' new tokens with their entropies."""
+    choices = []
+    for piece in output.outputs:
+        start = num_streamed.get((job.key, piece.index), 0)
+        num_streamed[(job.key, piece.index)] = start + len(piece.token_ids)
+        entropies = []
+        if plan.measures_entropy:
+            entropies = await store.take(job.key, range(start, start + len(piece.token_ids)))
+        choices.append(
+            Generated(
+                index=plan.choice_index(job.prompt_index, job.first_sample + piece.index),
+                prompt_index=job.prompt_index,
+                text=piece.text,
+                token_ids=list(piece.token_ids),
+                logprobs=None if piece.logprobs is None else list(piece.logprobs),
+                finish_reason=piece.finish_reason,
+                stop_reason=piece.stop_reason,
+                entropies=entropies,
+            )
+        )
+    return Step(
+        job_key=job.key,
+        prompt_index=job.prompt_index,
+        num_prompt_tokens=len(output.prompt_token_ids or ()),
+        num_cached_tokens=output.num_cached_tokens or 0,
+        choices=choices,
+        prompt_logprobs=None if output.prompt_logprobs is None else list(output.prompt_logprobs),
+    )
 
 
 async def run(
@@ -168,19 +182,20 @@ async def run(
     prompt_logprobs: dict[int, list[dict | None]] = {}
     num_cached_tokens = 0
     counted_cache: set[str] = set()  # jobs whose prefix-cache hits are counted
-    async for step in stream(engine, store, plan):
-        if watch is not None:
-            await watch(step)
-        for piece in step.choices:
-            if piece.index in choices:
-                choices[piece.index].extend(piece)
-            else:
-                choices[piece.index] = piece
-        if step.prompt_logprobs is not None:
-            prompt_logprobs.setdefault(step.prompt_index, step.prompt_logprobs)
-        if step.job_key not in counted_cache:
-            counted_cache.add(step.job_key)
-            num_cached_tokens += step.num_cached_tokens
+    async with aclosing(stream(engine, store, plan)) as steps:
+        async for step in steps:
+            if watch is not None:
+                await watch(step)
+            for piece in step.choices:
+                if piece.index in choices:
+                    choices[piece.index].extend(piece)
+                else:
+                    choices[piece.index] = piece
+            if step.prompt_logprobs is not None:
+                prompt_logprobs.setdefault(step.prompt_index, step.prompt_logprobs)
+            if step.job_key not in counted_cache:
+                counted_cache.add(step.job_key)
+                num_cached_tokens += step.num_cached_tokens
     return Result(
         prompt_token_ids=[plan.prompt_token_ids(p) for p in range(plan.num_prompts)],
         choices=[choices[i] for i in sorted(choices)],

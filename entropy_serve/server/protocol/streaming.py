@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 from openai.types import Completion
 from openai.types.chat import ChatCompletionChunk
@@ -30,24 +31,25 @@ async def completion_chunks(engine: EngineHolder, store: EntropyStore, plan: Req
     text_offsets: dict[int, int] = {}  # choice index -> characters streamed so far
     prompt_logprobs: dict[int, list] = {}  # prompt index -> vLLM's, from its job's first output
     entropy = EntropyAccumulator(plan.return_entropy)
-    async for step in submission.stream(engine, store, plan):
-        num_prompt_by_index.setdefault(step.prompt_index, step.num_prompt_tokens)
-        if not plan.echo_only:
-            num_completion += sum(len(c.token_ids) for c in step.choices)
-        if step.prompt_logprobs is not None:
-            prompt_logprobs.setdefault(step.prompt_index, step.prompt_logprobs)
-        choices = step.choices
-        if plan.echo is not None:  # the prompt comes first in a choice's first chunk
-            choices = [_echoed(plan, c, prompt_logprobs, first=c.index not in text_offsets) for c in choices]
-        yield responses.completion(
-            **reply,
-            choices=choices,
-            num_top_logprobs=plan.num_top_logprobs,
-            text_offsets=text_offsets,
-            entropy=entropy.fields(choices),
-        )
-        for choice in choices:
-            text_offsets[choice.index] = text_offsets.get(choice.index, 0) + len(choice.text)
+    async with aclosing(submission.stream(engine, store, plan)) as steps:
+        async for step in steps:
+            num_prompt_by_index.setdefault(step.prompt_index, step.num_prompt_tokens)
+            if not plan.echo_only:
+                num_completion += sum(len(c.token_ids) for c in step.choices)
+            if step.prompt_logprobs is not None:
+                prompt_logprobs.setdefault(step.prompt_index, step.prompt_logprobs)
+            choices = step.choices
+            if plan.echo is not None:  # the prompt comes first in a choice's first chunk
+                choices = [_echoed(plan, c, prompt_logprobs, first=c.index not in text_offsets) for c in choices]
+            yield responses.completion(
+                **reply,
+                choices=choices,
+                num_top_logprobs=plan.num_top_logprobs,
+                text_offsets=text_offsets,
+                entropy=entropy.fields(choices),
+            )
+            for choice in choices:
+                text_offsets[choice.index] = text_offsets.get(choice.index, 0) + len(choice.text)
     if plan.include_usage:
         usage = responses.usage(sum(num_prompt_by_index.values()), num_completion)
         yield responses.completion(**reply, choices=[], num_top_logprobs=None, usage=usage)
@@ -83,27 +85,28 @@ async def chat_chunks(
     num_completion, num_prompt = 0, 0
     entropy = EntropyAccumulator(plan.return_entropy)
     tool_streamers = {}  # choice index -> ToolStreamer, for requests with tools
-    async for step in submission.stream(engine, store, plan):
-        num_prompt = num_prompt or step.num_prompt_tokens
-        fields = entropy.fields(step.choices)
-        choices = []
-        for choice in step.choices:
-            num_completion += len(choice.token_ids)
-            tool_delta = None
-            if plan.tools is not None:
-                streamer = tool_streamers.setdefault(choice.index, plan.tools.streamer())
-                tool_delta = streamer.step(choice.text, choice.token_ids, finished=choice.finish_reason is not None)
-            choices.append(
-                responses.chat_delta_choice(
-                    choice=choice,
-                    num_top_logprobs=plan.num_top_logprobs,
-                    first=choice.index not in started,
-                    entropy=fields.get(choice.index),
-                    tool_delta=tool_delta,
+    async with aclosing(submission.stream(engine, store, plan)) as steps:
+        async for step in steps:
+            num_prompt = num_prompt or step.num_prompt_tokens
+            fields = entropy.fields(step.choices)
+            choices = []
+            for choice in step.choices:
+                num_completion += len(choice.token_ids)
+                tool_delta = None
+                if plan.tools is not None:
+                    streamer = tool_streamers.setdefault(choice.index, plan.tools.streamer())
+                    tool_delta = streamer.step(choice.text, choice.token_ids, finished=choice.finish_reason is not None)
+                choices.append(
+                    responses.chat_delta_choice(
+                        choice=choice,
+                        num_top_logprobs=plan.num_top_logprobs,
+                        first=choice.index not in started,
+                        entropy=fields.get(choice.index),
+                        tool_delta=tool_delta,
+                    )
                 )
-            )
-            started.add(choice.index)
-        yield responses.chat_chunk(**reply, choices=choices)
+                started.add(choice.index)
+            yield responses.chat_chunk(**reply, choices=choices)
     if plan.include_usage:
         yield responses.chat_chunk(**reply, choices=[], usage=responses.usage(num_prompt, num_completion))
 

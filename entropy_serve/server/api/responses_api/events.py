@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import aclosing
 
 from openai.types.chat import ChatCompletionChunk
 from openai.types.responses import Response, ResponseStreamEvent
@@ -47,18 +48,19 @@ class EventStream:
         opening = response_object(self.request, response_id=self.response_id, created_at=self.created_at, answer=None)
         yield self.event("response.created", response=opening)
         yield self.event("response.in_progress", response=opening)
-        async for chunk in chunks:
-            if chunk.usage is not None:
-                self.answer.num_input_tokens = chunk.usage.prompt_tokens
-                self.answer.num_output_tokens = chunk.usage.completion_tokens
-            for choice in chunk.choices:
-                self._add_entropy((choice.model_extra or {}).get("entropy"))
-                self.answer.finish_reason = choice.finish_reason or self.answer.finish_reason
-                for event in self._text(choice):
-                    yield event
-                for call in choice.delta.tool_calls or []:
-                    for event in self._tool_call(call):
+        async with aclosing(aiter(chunks)) as chunk_iterator:
+            async for chunk in chunk_iterator:
+                if chunk.usage is not None:
+                    self.answer.num_input_tokens = chunk.usage.prompt_tokens
+                    self.answer.num_output_tokens = chunk.usage.completion_tokens
+                for choice in chunk.choices:
+                    self._add_entropy((choice.model_extra or {}).get("entropy"))
+                    self.answer.finish_reason = choice.finish_reason or self.answer.finish_reason
+                    for event in self._text(choice):
                         yield event
+                    for call in choice.delta.tool_calls or []:
+                        for event in self._tool_call(call):
+                            yield event
         for event in self._close():
             yield event
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import aclosing
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response as HTTPResponse
@@ -71,10 +72,11 @@ def responses_router(service: Service, store: Store, drain: Drain) -> APIRouter:
         events = EventStream(request, response_id, created_at)
 
         async def streamed():
-            async for event in events.events(reply):
-                if event.type in ("response.completed", "response.incomplete"):
-                    await keep(events.final, events.answer.chat_message())
-                yield event
+            async with aclosing(events.events(reply)) as stream:
+                async for event in stream:
+                    if event.type in ("response.completed", "response.incomplete"):
+                        await keep(events.final, events.answer.chat_message())
+                    yield event
 
         return await ChunkStream.start(streamed(), reply.extensions)
 
