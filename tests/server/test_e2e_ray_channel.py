@@ -61,16 +61,18 @@ def wait_listening(address: tuple[str, int], timeout_s: float = 60) -> None:
             time.sleep(0.5)
 
 
-def stop(process: subprocess.Popen | None) -> None:
-    """A `ray start --block` and everything it started (its own process group)."""
-    if process is None or process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(60)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+def stop(*processes: subprocess.Popen | None) -> None:
+    """`ray start --block`s and everything they started (each its own process group), all
+    told at once: one after another, each waited for the other's node a while."""
+    running = [process for process in processes if process is not None and process.poll() is None]
+    for process in running:
+        os.killpg(process.pid, signal.SIGTERM)
+    for process in running:
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +83,14 @@ def two_nodes(tmp_path_factory):
     assert os.geteuid() == 0, "this test makes a network namespace: it needs root"
     veth = f"veth{os.getpid() % 100000}"
     logs = tmp_path_factory.mktemp("ray")
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    # No drain on SIGTERM: nothing runs on the nodes by then, and a node draining waits for
+    # the head's GCS (30 s by default, all of it when the head is stopping too).
+    env = {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+    }
     inside = ("ip", "netns", "exec", NAMESPACE)
     head = second = None
     run("ip", "netns", "add", NAMESPACE)
@@ -111,8 +120,7 @@ def two_nodes(tmp_path_factory):
         )
         yield
     finally:
-        stop(second)
-        stop(head)
+        stop(second, head)
         # `ray stop` would also forget the cluster's address; a later ray.init() must not find it.
         current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
         if current.exists() and HEAD_IP in current.read_text():
