@@ -3,7 +3,8 @@ machine (one core and a small KV cache each, a Ray instance of the command's own
 
 Requests spread over both replicas; requests that share a long prompt prefix go to one
 replica (Ray's prefix-affinity router); every replica's server is listed for Prometheus
-and its /metrics scrapes; when one replica's server is killed mid-load its in-flight
+and its /metrics scrapes; a client that leaves a stream has it aborted in the replica's
+engine; when one replica's server is killed mid-load its in-flight
 requests fail cleanly (a 503 in OpenAI's shape, or a stream's final error event), the
 requests after go to the other, and Ray Serve starts a new replica in its place.
 """
@@ -106,6 +107,29 @@ def test_requests_spread_and_a_shared_prefix_sticks_to_one_replica(replicas):
         ask(url, f"{session} Now: what is {turn} + 1?")
     turns = {t: served_by_each(url)[t] - before[t] for t in before}
     assert sorted(turns.values()) == [0, 4], turns  # all on one replica, the one holding the prefix
+
+
+def aborted(url: str) -> float:
+    """Requests the replicas' engines aborted because their client left."""
+    return sum(metric_at(f"http://{target}", "entropy_serve_requests_aborted_total", 0.0) for target in targets(url))
+
+
+def test_a_client_that_leaves_a_stream_has_it_aborted_in_the_replicas_engine(replicas):
+    url, _ = replicas
+    before = aborted(url)
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": f"{uuid.uuid4().hex} Tell a long story."}],
+        "max_tokens": 900,
+        "stream": True,
+        "ignore_eos": True,
+    }
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as response:
+        received = [line for line, _ in zip(response.iter_lines(), range(3))]
+        assert all(line.startswith("data: ") for line in received if line)
+    # Through the proxy, the ingress and the replica's forwarding: the engine stops generating.
+    assert wait_for(lambda: aborted(url) > before)
+    assert wait_for(lambda: sum(running(target) for target in targets(url)) == 0)
 
 
 def server_pid(target: str) -> int:
