@@ -55,8 +55,7 @@ class ClosingStreamingResponse(StreamingResponse):
     collection gets to it: seconds or minutes of generating for nobody."""
 
     def __init__(self, content: AsyncGenerator, *, also_close: Callable[[], Awaitable] | None = None, **kwargs):
-        super().__init__(content, **kwargs)
-        self._content = content
+        super().__init__(content, **kwargs)  # an async generator: Starlette keeps it as body_iterator
         self._also_close = also_close
 
     async def __call__(self, scope, receive, send) -> None:
@@ -64,7 +63,7 @@ class ClosingStreamingResponse(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             with anyio.CancelScope(shield=True):  # a cancelled handler still aborts its requests
-                await self._content.aclose()
+                await self.body_iterator.aclose()
                 if self._also_close is not None:
                     await self._also_close()
 
