@@ -1,6 +1,6 @@
 """A streamed answer whose client leaves: the generator beneath, whose cleanup aborts the
 request in the engine, is closed before the response returns, not when the garbage
-collector gets to it (it had let a 4000-token request run on for minutes)."""
+collector gets to it (in CI that had let a 4000-token request run on past 20 s)."""
 
 from __future__ import annotations
 

@@ -52,7 +52,7 @@ class ClosingStreamingResponse(StreamingResponse):
     """A StreamingResponse that closes its body (and `also_close`) however it ends.
     Starlette drops the body iterator when the client leaves while a chunk is being sent,
     and a generator left to the garbage collector aborts its engine request only when a
-    collection gets to it: seconds or minutes of generating for nobody."""
+    collection gets to it: in CI, more than 20 s of generating for nobody."""
 
     def __init__(self, content: AsyncGenerator, *, also_close: Callable[[], Awaitable] | None = None, **kwargs):
         super().__init__(content, **kwargs)  # an async generator: Starlette keeps it as body_iterator
